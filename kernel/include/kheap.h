@@ -1,0 +1,69 @@
+/* The kernel heap: one address-ordered, doubly-linked list of segments (docs/kernel-interface.md).
+ * This header is shared by the kernel and the host-side allocator test, so it only needs
+ * <stdint.h>/<stddef.h>. */
+#ifndef KHEAP_H
+#define KHEAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HEAP_ALIGN 16
+enum { KERNEL_HEAP_SIZE = 1024 * 1024 };      /* a DWARF enumerator kheap can read */
+
+/* Smallest payload a split may leave behind: a free segment must hold something useful. */
+#define HEAP_MIN_PAYLOAD 16
+
+/* Poison byte for free payloads; POISON=0 at build time turns poisoning off. */
+#ifndef KHEAP_POISON
+#define KHEAP_POISON 1
+#endif
+#define HEAP_POISON_BYTE 0xA5
+
+typedef struct heap_segment {
+    struct heap_segment *next;
+    struct heap_segment *prev;
+    uint32_t is_allocated;                    /* 0 free, 1 allocated; anything else is corrupt */
+    uint32_t segment_size;                    /* bytes, header included, multiple of 16 */
+} __attribute__((aligned(HEAP_ALIGN))) heap_segment_t;
+
+typedef struct heap_stats {
+    uint32_t  allocations;      /* blocks handed out (kmalloc, kcalloc, krealloc's new block) */
+    uint32_t  frees;            /* blocks released (kfree, krealloc's old block) */
+    uint32_t  failed;           /* requests that returned NULL */
+    uintptr_t bytes_requested;  /* sum of sizes the callers asked for (cumulative) */
+    uintptr_t bytes_allocated;  /* sum of segment_size of blocks handed out (cumulative) */
+    uintptr_t bytes_freed;      /* sum of segment_size of blocks released (cumulative) */
+    uintptr_t current_usage;    /* bytes_allocated - bytes_freed = sum of used segment sizes */
+    uintptr_t peak_usage;       /* highest current_usage seen */
+} heap_stats_t;
+
+extern heap_segment_t *heap_segment_list_head;
+extern uintptr_t kernel_heap_start;
+extern uintptr_t kernel_heap_size;
+extern heap_stats_t heap_stats;
+extern const int32_t heap_poison;
+
+/* Lays one free segment over [start, start + size); start must be 16-byte aligned. */
+void kheap_init(uintptr_t start, uintptr_t size);
+
+void *kmalloc(size_t bytes);
+void *kcalloc(size_t count, size_t size);
+void *krealloc(void *ptr, size_t bytes);
+void kfree(void *ptr);
+
+/* Helpers the scenarios and tests use to reason about blocks. */
+static inline heap_segment_t *kheap_segment_of(void *payload)
+{
+    return (heap_segment_t *)((uintptr_t)payload - sizeof(heap_segment_t));
+}
+static inline void *kheap_payload_of(heap_segment_t *seg)
+{
+    return (void *)((uintptr_t)seg + sizeof(heap_segment_t));
+}
+/* Counter updates, exposed so the tutorial-bug scenario can account for its own blocks. */
+void kheap_account_alloc(heap_segment_t *seg, uintptr_t requested);
+void kheap_account_free(heap_segment_t *seg);
+/* Fills a free segment's payload with the poison byte (no-op with POISON=0). */
+void kheap_poison_payload(heap_segment_t *seg);
+
+#endif
