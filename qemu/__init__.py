@@ -1,0 +1,1 @@
+"""How to boot the kheap test kernel in QEMU (see launcher.py and README.md)."""

@@ -1,0 +1,388 @@
+"""Boot the kheap test kernel in QEMU: one scenario, gdbstub on 127.0.0.1, serial to a file.
+
+Stdlib only, importable as ``qemu.launcher`` from the repository root, and runnable as
+``python3 -m qemu.launcher`` (what ``qemu/run.sh`` does). It builds nothing: if the ELF is
+missing it says to run ``make -C kernel``.
+
+The scenario is chosen at launch without rebuilding: QEMU's generic loader writes the word
+``SCENARIO_MAGIC | id`` at physical address ``SCENARIO_WORD_ADDR`` at reset, and the kernel
+reads it before doing anything else (see qemu/README.md and kernel/include/kernel.h).
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KERNEL_DIR = REPO_ROOT / "kernel"
+
+# Must match kernel/src/scenario_table.c (the id is the index) and kernel/include/kernel.h.
+SCENARIOS = (
+    "clean", "stress", "overflow", "backlink", "cycle", "wild", "double-free", "uaf",
+    "leak", "pages", "tutorial-bug", "crash",
+)
+SCENARIO_WORD_ADDR = 0x1000
+SCENARIO_MAGIC = 0x4B480000
+
+# Tags each scenario checkpoints with, in order.
+SCENARIO_TAGS = {name: (name,) for name in SCENARIOS}
+SCENARIO_TAGS["leak"] = ("leak-1", "leak-2")
+
+# What QEMU needs for each build.
+MACHINES = {
+    "arm": ("qemu-system-arm", "raspi2b"),
+    "aarch64": ("qemu-system-aarch64", "raspi3b"),
+}
+
+READY_PATTERN = r"KHEAP-READY scenario=\S+"
+PANIC_PATTERN = r"KHEAP-PANIC reason=\S+"
+
+
+class LauncherError(RuntimeError):
+    """QEMU could not be started, exited early, or did not print what was awaited."""
+
+
+@dataclass
+class Checkpoint:
+    """One ``KHEAP-CHECKPOINT`` dump: the kernel's own view of its heap at kheap_checkpoint."""
+    tag: str
+    segments: list = field(default_factory=list)   # [(addr, size, state)], state 'used'/'free'/'bad(N)'
+    stats: dict = field(default_factory=dict)      # heap_stats fields -> int
+    stop: tuple | None = None                      # (reason, addr) if the walk stopped early
+    count: int | None = None                       # segments= from the END line
+
+
+_SEG_RE = re.compile(r"^KHEAP-SEG addr=(0x[0-9a-f]+) size=(\d+) state=(\S+)$")
+_STOP_RE = re.compile(r"^KHEAP-SEG-STOP reason=(\S+) addr=(0x[0-9a-f]+)$")
+
+
+def parse_checkpoints(text: str) -> list:
+    """Parses every complete checkpoint dump in serial output."""
+    found, current = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("KHEAP-CHECKPOINT BEGIN tag="):
+            current = Checkpoint(tag=line.split("tag=", 1)[1])
+        elif current is None:
+            continue
+        elif m := _SEG_RE.match(line):
+            current.segments.append((int(m.group(1), 16), int(m.group(2)), m.group(3)))
+        elif m := _STOP_RE.match(line):
+            current.stop = (m.group(1), int(m.group(2), 16))
+        elif line.startswith("KHEAP-STATS "):
+            current.stats = {k: int(v) for k, v in (kv.split("=", 1) for kv in line.split()[1:])}
+        elif line.startswith("KHEAP-CHECKPOINT END "):
+            fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+            current.count = int(fields.get("segments", "-1"))
+            found.append(current)
+            current = None
+    return found
+
+
+def elf_path(arch: str) -> Path:
+    return KERNEL_DIR / "build" / arch / "kernel.elf"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (QEMU may still lose a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_live_vms: "weakref.WeakSet[KernelVM]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for vm in list(_live_vms):
+        vm.stop()
+
+
+class KernelVM:
+    """One QEMU running the kernel. Use as a context manager; ``stop()`` is idempotent."""
+
+    def __init__(self, arch: str = "arm", scenario: str = "clean", halt: bool = False,
+                 gdb_port: int | None = None, serial_path: str | os.PathLike | None = None,
+                 elf: str | os.PathLike | None = None, extra_args=()):
+        if arch not in MACHINES:
+            raise ValueError(f"arch must be one of {sorted(MACHINES)}, not {arch!r}")
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+        self.arch = arch
+        self.scenario = scenario
+        self.halt = halt
+        self.elf = Path(elf) if elf else elf_path(arch)
+        self.gdb_port: int | None = gdb_port
+        self._fixed_port = gdb_port is not None
+        self._extra_args = list(extra_args)
+        self._tmpdir: str | None = None
+        self._own_serial = serial_path is None
+        self.serial_path: Path | None = Path(serial_path) if serial_path else None
+        self.qmp_path: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self._qmp_sock: socket.socket | None = None
+        self._qmp_buf = b""
+        self._stderr_file = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "KernelVM":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def command_line(self) -> list:
+        binary, machine = MACHINES[self.arch]
+        word = SCENARIO_MAGIC | SCENARIOS.index(self.scenario)
+        args = [
+            binary, "-M", machine, "-kernel", str(self.elf),
+            "-display", "none", "-monitor", "none",
+            "-serial", f"file:{self.serial_path}",
+            "-gdb", f"tcp:127.0.0.1:{self.gdb_port}",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-device", f"loader,addr={SCENARIO_WORD_ADDR:#x},data={word:#x},data-len=4",
+        ]
+        if self.halt:
+            args.append("-S")
+        return args + self._extra_args
+
+    def start(self) -> "KernelVM":
+        if self.proc is not None:
+            return self
+        if not self.elf.is_file():
+            raise LauncherError(f"{self.elf} does not exist: run `make -C kernel` first")
+        binary = MACHINES[self.arch][0]
+        if shutil.which(binary) is None:
+            raise LauncherError(f"{binary} is not installed (apt-get install qemu-system-arm)")
+        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.arch}-{self.scenario}-")
+        if self._own_serial:
+            self.serial_path = Path(self._tmpdir) / "serial.log"
+        self.qmp_path = Path(self._tmpdir) / "qmp.sock"
+        _live_vms.add(self)
+        try:
+            for attempt in range(5):
+                if not self._fixed_port:
+                    self.gdb_port = free_port()
+                if self.serial_path.exists():
+                    self.serial_path.unlink()
+                self._close_stderr()
+                self._stderr_file = open(Path(self._tmpdir) / "qemu.stderr", "wb")
+                self.proc = subprocess.Popen(
+                    self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=self._stderr_file,
+                    start_new_session=True)          # Ctrl-C in a terminal reaches us, not QEMU
+                if self._wait_started():
+                    return self
+                err = self.stderr_text()
+                self.proc = None
+                if self._fixed_port or "Address already in use" not in err:
+                    raise LauncherError(f"QEMU failed to start: {err.strip()}")
+            raise LauncherError("QEMU could not bind a gdb port after 5 attempts")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_started(self, timeout: float = 10.0) -> bool:
+        """True once QEMU is up (its QMP socket exists); False if it exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if self.qmp_path.exists():
+                return True
+            time.sleep(0.01)
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Kills QEMU (terminate, then kill) and removes the temporary files. Idempotent."""
+        if self._qmp_sock is not None:
+            try:
+                self._qmp_sock.close()
+            except OSError:
+                pass
+            self._qmp_sock = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=3)
+            self.proc = None
+        self._close_stderr()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        _live_vms.discard(self)
+
+    def _close_stderr(self) -> None:
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- serial ----------------------------------------------------------------------------
+    def serial_text(self) -> str:
+        """Everything the kernel printed so far."""
+        try:
+            return self.serial_path.read_text(errors="replace")
+        except (FileNotFoundError, AttributeError):
+            return ""
+
+    def stderr_text(self) -> str:
+        try:
+            return (Path(self._tmpdir) / "qemu.stderr").read_text(errors="replace")
+        except (FileNotFoundError, TypeError):
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        """Waits until ``pattern`` (a regex) appears in the serial output; returns the text.
+
+        Raises LauncherError with the tail of the serial log if QEMU exits or time runs out.
+        A KHEAP-PANIC that is not what was awaited also ends the wait early."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.serial_text()
+            if regex.search(text):
+                return text
+            if "PANIC" not in pattern and re.search(PANIC_PATTERN, text):
+                self._fail(f"kernel panicked while waiting for {pattern!r}", text)
+            if not self.is_running():
+                self._fail(f"QEMU exited while waiting for {pattern!r}", text)
+            if time.monotonic() > deadline:
+                self._fail(f"timed out after {timeout:.0f}s waiting for {pattern!r}", text)
+            time.sleep(0.02)
+
+    def wait_until_settled(self, timeout: float = 30.0) -> str:
+        """Waits for the scenario's end: KHEAP-READY, or KHEAP-PANIC for ``crash``."""
+        pattern = PANIC_PATTERN if self.scenario == "crash" else READY_PATTERN
+        return self.wait_for(pattern, timeout)
+
+    def _fail(self, why: str, text: str) -> None:
+        tail = "\n".join(text.splitlines()[-15:])
+        stderr = self.stderr_text().strip()
+        raise LauncherError(
+            f"{self.arch}/{self.scenario}: {why}\n--- serial tail ---\n{tail}"
+            + (f"\n--- qemu stderr ---\n{stderr}" if stderr else ""))
+
+    def checkpoints(self) -> list:
+        """Parsed checkpoint dumps printed so far (see parse_checkpoints)."""
+        return parse_checkpoints(self.serial_text())
+
+    # -- QMP -------------------------------------------------------------------------------
+    def qmp(self, command: str, **arguments):
+        """Runs one QMP command and returns its ``return`` value (raises on ``error``).
+
+        Arguments are passed as given; for names with dashes use ``**{"node-name": ...}``."""
+        if self._qmp_sock is None:
+            self._qmp_connect()
+        message = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        return self._qmp_call(message)
+
+    def _qmp_connect(self) -> None:
+        if not self.is_running():
+            raise LauncherError("QEMU is not running")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(120)                         # dump-guest-memory of 1 GiB takes a while
+        sock.connect(str(self.qmp_path))
+        self._qmp_sock = sock
+        self._qmp_read()                             # greeting
+        self._qmp_call({"execute": "qmp_capabilities"})
+
+    def _qmp_read(self) -> dict:
+        while True:
+            while b"\n" not in self._qmp_buf:
+                chunk = self._qmp_sock.recv(65536)
+                if not chunk:
+                    raise LauncherError("QMP connection closed by QEMU")
+                self._qmp_buf += chunk
+            line, self._qmp_buf = self._qmp_buf.split(b"\n", 1)
+            if line.strip():
+                return json.loads(line)
+
+    def _qmp_call(self, message: dict):
+        self._qmp_sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = self._qmp_read()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise LauncherError(f"QMP {message['execute']}: {reply['error'].get('desc')}")
+            return reply.get("return")
+
+    def __repr__(self) -> str:
+        return (f"KernelVM(arch={self.arch!r}, scenario={self.scenario!r}, "
+                f"gdb_port={self.gdb_port}, running={self.is_running()})")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="qemu/run.sh", description="Boot the kheap test kernel in QEMU, in the foreground.")
+    parser.add_argument("--arch", choices=sorted(MACHINES), default="arm")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="clean")
+    parser.add_argument("--gdb-port", type=int, default=None,
+                        help="gdbstub port on 127.0.0.1 (default: a free one, printed)")
+    parser.add_argument("--halt", action="store_true",
+                        help="freeze the CPU at the first instruction until gdb continues")
+    parser.add_argument("--serial", default=None,
+                        help="write the kernel's serial output to this file (default: terminal)")
+    args = parser.parse_args(argv)
+
+    vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
+                  gdb_port=args.gdb_port, serial_path=args.serial)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        vm.start()
+        print(f"kheap: {args.arch}/{args.scenario} running, elf {vm.elf}", flush=True)
+        print(f"kheap: gdb port {vm.gdb_port} (target remote 127.0.0.1:{vm.gdb_port})"
+              + (", halted at the first instruction" if args.halt else ""), flush=True)
+        if args.serial:
+            print(f"kheap: serial output in {args.serial}", flush=True)
+        print("kheap: Ctrl-C stops QEMU", flush=True)
+        shown = 0
+        while vm.is_running() and not stopping:
+            if not args.serial:
+                text = vm.serial_text()
+                if len(text) > shown:
+                    sys.stdout.write(text[shown:])
+                    sys.stdout.flush()
+                    shown = len(text)
+            time.sleep(0.1)
+        if not vm.is_running() and not stopping:
+            print(f"kheap: QEMU exited: {vm.stderr_text().strip()}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        pass
+    except LauncherError as error:
+        print(f"kheap: {error}", file=sys.stderr)
+        return 1
+    finally:
+        vm.stop()
+    print("kheap: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

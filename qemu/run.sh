@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Boots the kheap test kernel in QEMU in the foreground; a thin wrapper over qemu/launcher.py.
+#   qemu/run.sh --arch {arm,aarch64} --scenario NAME [--gdb-port PORT] [--halt] [--serial FILE]
+# Prints the gdb port; Ctrl-C stops QEMU and removes its temporary files.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+exec python3 -m qemu.launcher "$@"
