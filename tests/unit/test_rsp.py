@@ -1,0 +1,397 @@
+"""The remote-protocol client against the in-process fake stub: one behaviour per test."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gdbext.core.memory import MemoryFault
+from gdbext.targets.rsp import (RemoteTarget, StopReply, TargetError, WriteForbidden,
+                                check_read_only, checksum, decode_payload, frame,
+                                parse_hostport)
+from fake_gdbstub import FakeGdbStub, StubConfig, escape, rle_encode
+
+BASE = 0x8000
+IMAGE = bytes(random.Random(5).randrange(256) for _ in range(64 * 1024)) + bytes(16 * 1024)
+WRITE_COMMANDS = (b"M", b"X", b"G", b"P", b"Z", b"z", b"c", b"s", b"v", b"C", b"S", b"R", b"k", b"Q", b"T")
+
+
+def stub(**knobs) -> FakeGdbStub:
+    knobs.setdefault("image", IMAGE)
+    knobs.setdefault("base", BASE)
+    return FakeGdbStub(StubConfig(**knobs))
+
+
+def connect(s: FakeGdbStub, **kw) -> RemoteTarget:
+    kw.setdefault("timeout", 2.0)
+    return RemoteTarget("127.0.0.1", s.port, **kw)
+
+
+def assert_never_wrote(s: FakeGdbStub) -> None:
+    for p in s.received:
+        assert not (p[:1] in WRITE_COMMANDS and p != b"QStartNoAckMode"), p
+
+
+# -- framing -------------------------------------------------------------------------------
+def test_frame_and_checksum():
+    assert frame(b"g") == b"$g#67"
+    assert frame(b"m8000,4") == b"$m8000,4#%02x" % checksum(b"m8000,4")
+    assert checksum(b"") == 0
+
+
+def test_decode_rle_and_escapes():
+    assert decode_payload(b"0* ") == b"0000"          # ' ' = 32 -> 3 more
+    assert decode_payload(b"}\x03") == b"#"
+    assert decode_payload(b"a}]b") == b"a}b"
+    assert decode_payload(b"}\x0a*!") == b"*" * 5     # a repeat applies to the unescaped byte
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_rle_roundtrip(data):
+    hexed = data.hex().encode()
+    assert decode_payload(rle_encode(hexed)) == hexed
+    assert decode_payload(escape(data)) == data
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("localhost:1234", ("localhost", 1234)), (":1234", ("127.0.0.1", 1234)),
+    ("1234", ("127.0.0.1", 1234)), ("[::1]:99", ("::1", 99)), ("10.0.0.2:65535", ("10.0.0.2", 65535)),
+])
+def test_parse_hostport(text, expected):
+    assert parse_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "host:0", "host:70000", "a:b:c"])
+def test_parse_hostport_rejects(text):
+    with pytest.raises(TargetError):
+        parse_hostport(text)
+
+
+def test_stop_reply_parse():
+    r = StopReply.parse("T05thread:01;core:0;")
+    assert r.signal == 5 and r.thread == "01" and r.info["core"] == "0"
+    with pytest.raises(TargetError):
+        StopReply.parse("OK")
+
+
+# -- the write guard -----------------------------------------------------------------------
+@pytest.mark.parametrize("payload", [b"M8000,4:00000000", b"X8000,1:\x00", b"G00", b"P0=00",
+                                     b"Z0,8000,4", b"c", b"s", b"vCont;c", b"k", b"R00",
+                                     b"QNonStop:1", b"m8000,4;M0,1:00", b"qRcmd,7265736574"])
+def test_write_guard_refuses(payload):
+    with pytest.raises(WriteForbidden):
+        check_read_only(payload)
+
+
+def test_write_guard_allows_what_we_use():
+    for p in (b"?", b"g", b"D", b"m8000,800", b"qSupported:xmlRegisters=arm", b"Hg01", b"Hgp1.2",
+              b"qfThreadInfo", b"qsThreadInfo", b"QStartNoAckMode", b"qXfer:features:read:target.xml:0,7f0"):
+        check_read_only(p)
+
+
+def test_write_guard_is_on_the_wire_path():
+    with stub() as s, connect(s) as t:
+        with pytest.raises(WriteForbidden):
+            t._send_packet(b"M8000,1:00")
+        with pytest.raises(WriteForbidden):
+            t._command(b"X8000,1:\x00")
+        assert t.read(BASE, 4) == IMAGE[:4]
+    assert_never_wrote(s)
+
+
+# -- reads ---------------------------------------------------------------------------------
+def test_read_small_and_exact():
+    with stub() as s, connect(s) as t:
+        assert t.read(BASE, 1) == IMAGE[:1]
+        assert t.read(BASE + 3, 13) == IMAGE[3:16]
+        assert t.read(BASE, 0) == b""
+    assert_never_wrote(s)
+
+
+def test_read_split_at_packet_size():
+    with stub(packet_size=0x400) as s, connect(s, pipeline=1) as t:
+        assert t.chunk_size == 0x200
+        assert t.read(BASE, 10000) == IMAGE[:10000]
+        sizes = [int(p.split(b",")[1], 16) for p in s.received if p.startswith(b"m")]
+        assert max(sizes) == 0x200 and len(sizes) == -(-10000 // 0x200)
+
+
+def test_e22_halves_and_remembers():
+    with stub(max_read=700) as s, connect(s, pipeline=1) as t:
+        assert t.chunk_size == 2048
+        assert t.read(BASE, 5000) == IMAGE[:5000]
+        assert t.chunk_size == 512
+        before = len(s.received)
+        assert t.read(BASE, 1024) == IMAGE[:1024]
+        assert len(s.received) - before == 2          # no E22 probing the second time
+
+
+def test_no_packet_size_uses_default():
+    with stub(packet_size=None, max_read=2048) as s, connect(s) as t:
+        assert t.read(BASE, 9000) == IMAGE[:9000]
+
+
+def test_pipelined_bulk_read():
+    with stub() as s, connect(s, pipeline=8) as t:
+        assert t.read(BASE, len(IMAGE)) == IMAGE
+        assert t.read(BASE + 5, 30001) == IMAGE[5:30006]
+    assert_never_wrote(s)
+
+
+def test_short_replies_are_continued():
+    with stub(short_reads=100) as s, connect(s) as t:
+        assert t.read(BASE, 1000) == IMAGE[:1000]
+
+
+def test_rle_replies():
+    zeros = BASE + len(IMAGE) - 16 * 1024                   # the zero tail compresses well
+    with stub(rle=True) as s, connect(s) as t:
+        assert t.read(zeros, 8192) == bytes(8192)
+        assert t.read(BASE, 4096) == IMAGE[:4096]
+        assert t.registers()["pc"] == 15 * 0x11 + 0x1000
+
+
+# -- faults --------------------------------------------------------------------------------
+def test_unmapped_read_faults_at_exact_address():
+    hole = (BASE + 5000, BASE + 6000)
+    with stub(unmapped=[hole]) as s, connect(s) as t:
+        with pytest.raises(MemoryFault) as e:
+            t.read(BASE, 20000)
+        assert e.value.address == hole[0]
+        assert e.value.size == BASE + 20000 - hole[0]
+        with pytest.raises(MemoryFault) as e:
+            t.read(hole[0] + 10, 4)
+        assert e.value.address == hole[0] + 10
+        assert t.read(hole[1], 100) == IMAGE[hole[1] - BASE:hole[1] - BASE + 100]
+        assert t.read(hole[0] - 8, 8) == IMAGE[hole[0] - BASE - 8:hole[0] - BASE]
+
+
+@pytest.mark.parametrize("pipeline", [1, 16])
+@pytest.mark.parametrize("offset", [0, 1, 2047, 2048, 2049, 4095, 12345])
+def test_fault_bisection_everywhere(offset, pipeline):
+    start = BASE + 100 + offset
+    with stub(unmapped=[(start, start + 3)]) as s, connect(s, pipeline=pipeline) as t:
+        with pytest.raises(MemoryFault) as e:
+            t.read(BASE, 20000)
+        assert e.value.address == start
+
+
+def test_read_past_end_of_memory():
+    end = BASE + len(IMAGE)
+    with stub() as s, connect(s) as t:
+        with pytest.raises(MemoryFault) as e:
+            t.read(end - 10, 100)
+        assert e.value.address == end
+        with pytest.raises(MemoryFault):
+            t.read(0x10, 4)
+        with pytest.raises(MemoryFault):
+            t.read(-4, 4)
+
+
+def test_fault_is_one_line():
+    with stub(unmapped=[(BASE, BASE + 16)]) as s, connect(s) as t:
+        with pytest.raises(MemoryFault) as e:
+            t.read(BASE, 4)
+        assert "\n" not in str(e.value) and "0x8000" in str(e.value)
+
+
+# -- unreliable stubs ----------------------------------------------------------------------
+@pytest.mark.parametrize("every", [2, 3, 7])
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_corrupt_checksums_are_retransmitted(every, pipeline):
+    with stub(corrupt_every=every) as s, connect(s, pipeline=pipeline) as t:
+        assert t.read(BASE, 40000) == IMAGE[:40000]
+        assert t.registers()["r1"] == 0x11 + 0x1000
+        assert t.retransmissions > 0
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_nacks_are_retransmitted(every, pipeline):
+    with stub(nack_every=every) as s, connect(s, pipeline=pipeline) as t:
+        assert t.read(BASE, 40000) == IMAGE[:40000]
+        assert t.retransmissions > 0
+    assert_never_wrote(s)
+
+
+def test_every_reply_corrupt_gives_up():
+    with stub(corrupt_every=1) as s:
+        with pytest.raises(TargetError, match="bad checksum"):
+            connect(s)
+
+
+def test_every_packet_nacked_gives_up():
+    with stub(nack_every=1) as s:
+        with pytest.raises(TargetError, match="rejected"):
+            connect(s)
+
+
+def test_line_noise_is_skipped():
+    with stub(noise=True) as s, connect(s) as t:
+        assert t.read(BASE, 9000) == IMAGE[:9000]
+
+
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_garbage_reply_is_one_line_error(pipeline):
+    with stub(garbage_every=3) as s, connect(s, pipeline=pipeline) as t:
+        with pytest.raises(TargetError) as e:
+            t.read(BASE, 40000)
+        assert "garbage" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_silent_stub_times_out():
+    with stub(silent=True) as s:
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="no reply"):
+            connect(s, timeout=0.6, halt_probe=0.2)
+        assert time.monotonic() - t0 < 3
+
+
+def test_stub_that_hangs_up():
+    with stub(close_after=3) as s, connect(s) as t:
+        t.read(BASE, 4)
+        with pytest.raises(TargetError, match="closed|lost") as e:
+            t.read(BASE, 4)
+            t.read(BASE, 4)
+        assert "\n" not in str(e.value)
+
+
+def test_nothing_listening():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(TargetError, match="cannot connect"):
+        RemoteTarget("127.0.0.1", port, timeout=1)
+
+
+def test_connect_timeout():
+    # A listener with a full backlog that never accepts: further SYNs are dropped, so
+    # connect() hangs until our timeout.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+            fillers.append(f)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="cannot connect|no reply"):
+            RemoteTarget("127.0.0.1", port, timeout=0.5, halt_probe=0.2)
+        assert time.monotonic() - t0 < 3
+    finally:
+        for f in fillers:
+            f.close()
+        server.close()
+
+
+# -- modes and state -----------------------------------------------------------------------
+def test_no_ack_mode_when_offered():
+    with stub(no_ack=True) as s, connect(s) as t:
+        assert not t._ack_mode
+        assert t.read(BASE, 20000) == IMAGE[:20000]
+        assert b"QStartNoAckMode" in s.received
+
+
+def test_running_target_is_halted_and_resumed():
+    with stub(running=True) as s:
+        with connect(s, halt_probe=0.1) as t:
+            assert t.was_running and s.interrupts == 1
+            assert t.read(BASE, 16) == IMAGE[:16]
+            assert t.stop_reason().signal == 5
+        assert s.detached                           # it ran before, so it runs again
+    assert_never_wrote(s)
+
+
+def test_halted_target_stays_halted():
+    with stub() as s:
+        with connect(s) as t:
+            assert not t.was_running
+            assert t.stop_reason().signal == 5
+        assert not s.detached and s.interrupts == 0
+
+
+def test_qemu_style_unsolicited_stop_means_it_was_running():
+    with stub(unsolicited_stop=True) as s:
+        with connect(s) as t:
+            assert t.was_running and t.last_stop.signal == 2
+            assert t.stop_reason().signal == 5
+        assert s.detached
+
+
+def test_detach_override():
+    with stub() as s:
+        with connect(s, detach=True):
+            pass
+        assert s.detached
+
+
+def test_read_after_close():
+    with stub() as s:
+        t = connect(s)
+        t.close()
+        t.close()
+        with pytest.raises(TargetError):
+            t.read(BASE, 4)
+
+
+# -- registers and threads -----------------------------------------------------------------
+def test_registers_from_target_xml_with_includes():
+    regs = {"r0": 0x11223344, "sp": 0x7FF0, "pc": 0x8000, "cpsr": 0x600001D3}
+    with stub(registers=regs) as s, connect(s) as t:
+        got = t.registers()
+        assert t.arch == "arm"
+        assert {k: got[k] for k in regs} == regs
+        assert list(got)[:3] == ["r0", "r1", "r2"] and "d0" not in got
+        assert any(p.startswith(b"qXfer:features:read:arm-core.xml") for p in s.received)
+
+
+def test_registers_fallback_arm_with_fpa_block():
+    with stub(xml=False, fpa_block=True, registers={"pc": 0x8004, "cpsr": 0x1D3}) as s, connect(s) as t:
+        got = t.registers()
+        assert got["pc"] == 0x8004 and got["cpsr"] == 0x1D3 and t.arch == "arm"
+
+
+def test_registers_fallback_arm_compact():
+    with stub(xml=False, registers={"pc": 0x8004, "cpsr": 0x1D3}) as s, connect(s) as t:
+        got = t.registers()
+        assert got["pc"] == 0x8004 and got["cpsr"] == 0x1D3
+
+
+@pytest.mark.parametrize("xml", [True, False])
+def test_registers_aarch64(xml):
+    regs = {"x0": 0x1122334455667788, "sp": 0x80000, "pc": 0x80004, "cpsr": 0x3C5}
+    with stub(arch="aarch64", xml=xml, registers=regs) as s, connect(s) as t:
+        got = t.registers()
+        assert t.arch == "aarch64"
+        assert {k: got[k] for k in regs} == regs and len(got) == 34
+
+
+def test_threads_and_per_thread_registers():
+    with stub(threads=4) as s, connect(s) as t:
+        assert t.threads() == ["01", "02", "03", "04"]
+        assert t.registers("03")["r0"] == 0x3000
+        assert t.registers("01")["r0"] == 0x1000
+        with pytest.raises(TargetError):
+            t.registers("09")
+
+
+def test_memory_read_speed_is_per_packet_not_per_byte():
+    big = bytes(1 << 20)
+    with stub(image=big) as s, connect(s) as t:
+        t0 = time.perf_counter()
+        assert t.read(BASE, len(big)) == big
+        elapsed = time.perf_counter() - t0
+        assert t.packets_sent < 600
+    assert elapsed < 10          # generous: a sanity bound, the real figure is in bench/
