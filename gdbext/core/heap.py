@@ -1,0 +1,267 @@
+"""Heap walkers over ``heap_segment_t`` lists: ``walk_heap``, ``for_each_segment``, ``find_segment``.
+
+Walkers follow the kernel's own ``next`` links (the list is what kmalloc trusts) and assume
+nothing: a walk is bounded by ``heap_size // header_size + 1`` steps, stops at a NULL link, at
+the first address outside the heap, at the first unreadable header, or on a revisited header,
+and records why. Judging what it found is :mod:`validate`'s job.
+
+Speed: the heap is read in bulk once (:meth:`Program.heap_bytes`) and headers are decoded with
+one ``struct.Struct.unpack_from`` each; the walk keeps raw tuples and builds :class:`Segment`
+objects only when asked, so a walk of a million segments stays around a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .memory import MemoryFault
+from .program import Program
+
+__all__ = ["Segment", "HeapWalk", "SegmentMatch", "walk_heap", "for_each_segment", "find_segment",
+           "segment_state", "STOP_END", "STOP_FAULT", "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP",
+           "STOP_BAD_HEAD"]
+
+STOP_END = "end"              # a NULL next: the list ended normally
+STOP_FAULT = "fault"          # a header could not be read
+STOP_BOUND = "bound"          # more steps than the heap can hold segments
+STOP_CYCLE = "cycle"          # next led back to a header already visited
+STOP_LEFT_HEAP = "left-heap"  # next points outside the heap (or a header would cross its end)
+STOP_BAD_HEAD = "bad-head"    # the list head is unknown, NULL or outside the heap
+
+# (address, next, prev, is_allocated, segment_size): how the walk keeps what it read.
+Record = Tuple[int, int, int, int, int]
+
+
+def segment_state(is_allocated: int) -> str:
+    """'used' (1), 'free' (0) or 'bad' (anything else: the header is corrupt)."""
+    return "used" if is_allocated == 1 else "free" if is_allocated == 0 else "bad"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One ``heap_segment_t`` as read from memory (values raw, even when corrupt)."""
+
+    address: int
+    size: int                 # segment_size, header included
+    is_allocated: int         # raw value: 0 free, 1 used, other = corrupt
+    next: int
+    prev: int
+    payload: int              # address + sizeof(heap_segment_t)
+    state: str                # 'used' | 'free' | 'bad'
+    extra: Dict[str, int] = dc_field(default_factory=dict)   # fields beyond the known four
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    @property
+    def payload_size(self) -> int:
+        return max(0, self.size - (self.payload - self.address))
+
+    def to_json(self) -> Dict[str, object]:
+        out: Dict[str, object] = {"address": self.address, "size": self.size, "state": self.state,
+                                  "is_allocated": self.is_allocated, "next": self.next,
+                                  "prev": self.prev, "payload": self.payload}
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+
+@dataclass
+class HeapWalk:
+    """What a walk found and why it stopped.
+
+    ``records`` keeps the raw tuples ``(address, next, prev, is_allocated, segment_size)``
+    in list order; :attr:`segments` builds :class:`Segment` objects from them on first use.
+    ``stop_address`` is the address that stopped the walk (the NULL-terminated segment for
+    ``end``, the fault address, the out-of-heap or revisited address); ``stop_from`` is the
+    segment whose ``next`` led there (None for the head).
+    """
+
+    records: List[Record]
+    stop_reason: str
+    stop_address: Optional[int]
+    stop_from: Optional[int]
+    stop_detail: str
+    heap_start: int
+    heap_end: int
+    header_size: int
+    list_head: Optional[int]
+    bound: int
+    _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
+    _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """True when the list ended with a NULL link (corruption may still be present)."""
+        return self.stop_reason == STOP_END
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def segments(self) -> List[Segment]:
+        if self._segments is None:
+            hdr = self.header_size
+            extra = self._extra or {}
+            self._segments = [Segment(a, s, f, n, p, a + hdr, segment_state(f), extra.get(a, {}))
+                              for a, n, p, f, s in self.records]
+        return self._segments
+
+    def stop_json(self) -> Dict[str, object]:
+        return {"reason": self.stop_reason, "address": self.stop_address, "from": self.stop_from,
+                "detail": self.stop_detail}
+
+
+def walk_heap(prog: Program, start: Optional[int] = None, max_steps: Optional[int] = None,
+              extra_fields: bool = True) -> HeapWalk:
+    """Walk the ``heap_segment_t`` list from ``heap_segment_list_head`` (or ``start``).
+
+    ``prog``: the :class:`Program` of the kernel. Never raises on corrupt data; raises
+    :class:`~gdbext.core.program.ProgramError` only when the heap cannot be located at all.
+    """
+    bounds = prog.bounds
+    layout = prog.layouts.segment
+    hs, he = bounds.start, bounds.end
+    hdr = layout.header_size
+    bound = bounds.size // max(hdr, 1) + 1
+    if max_steps is not None:
+        bound = min(bound, max_steps)
+    head = bounds.list_head if start is None else start
+    records: List[Record] = []
+
+    def result(reason: str, address: Optional[int], frm: Optional[int], detail: str) -> HeapWalk:
+        walk = HeapWalk(records, reason, address, frm, detail, hs, he, hdr, head, bound)
+        if extra_fields and layout.extra_fields and records:
+            walk._extra = _read_extra(prog, records)
+        return walk
+
+    if head is None:
+        return result(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
+    if head == 0:
+        return result(STOP_BAD_HEAD, 0, None, "list head is NULL")
+    if not (hs <= head and head + hdr <= he):
+        return result(STOP_BAD_HEAD, head, None, "list head is outside the heap")
+
+    buf = prog.heap_bytes()
+    limit = len(buf) - layout.decode_size     # last offset whose header is in the buffer
+    unpack = layout.unpack_from
+    append = records.append
+    addr, frm = head, None
+    seen: Optional[set] = None
+    steps = 0
+    # Hot loop: the checks are ordered so a healthy, ascending list pays for three compares.
+    while True:
+        off = addr - hs
+        if off < 0 or addr + hdr > he:
+            return result(STOP_LEFT_HEAP, addr, frm, "next points outside the heap")
+        if steps >= bound:
+            return result(STOP_BOUND, addr, frm, f"more than {bound} segments: the heap cannot hold that many")
+        if seen is not None:
+            if addr in seen:
+                return result(STOP_CYCLE, addr, frm, "next leads back to a segment already visited")
+            seen.add(addr)
+        if off <= limit:
+            t = unpack(buf, off)
+        else:
+            try:
+                t = unpack(prog.read(addr, layout.decode_size), 0)
+            except MemoryFault as fault:
+                return result(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable")
+        append((addr, t[0], t[1], t[2], t[3]))
+        steps += 1
+        nxt = t[0]
+        if nxt == 0:
+            return result(STOP_END, addr, frm, "end of list")
+        if nxt <= addr and seen is None:
+            # Only a backward (or self) link can close a cycle: start remembering from here.
+            seen = {r[0] for r in records}
+        frm, addr = addr, nxt
+
+
+def _read_extra(prog: Program, records: List[Record]) -> Dict[int, Dict[str, int]]:
+    layout = prog.layouts.segment
+    out: Dict[int, Dict[str, int]] = {}
+    for rec in records:
+        try:
+            out[rec[0]] = layout.decode_extra(prog.read(rec[0], layout.header_size))
+        except (MemoryFault, ValueError):
+            continue
+    return out
+
+
+def for_each_segment(prog: Program) -> Iterator[Segment]:
+    """Every segment on the list, in list order, stopping silently where the walk stops.
+
+    ``prog``: the :class:`Program`. Use :func:`walk_heap` to learn why it stopped.
+    """
+    yield from walk_heap(prog).segments
+
+
+@dataclass(frozen=True)
+class SegmentMatch:
+    """The segment holding an address: ``offset`` from the segment start, ``where`` it falls."""
+
+    segment: Segment
+    offset: int
+    where: str            # 'header' | 'payload'
+    method: str           # 'direct' (header found without walking) | 'walk'
+
+    @property
+    def payload_offset(self) -> int:
+        return self.segment.address + self.offset - self.segment.payload
+
+    def to_json(self) -> Dict[str, object]:
+        return {"segment": self.segment.to_json(), "offset": self.offset, "where": self.where,
+                "payload_offset": self.payload_offset, "method": self.method}
+
+
+def _plausible_header(prog: Program, address: int) -> Optional[Segment]:
+    """A header at ``address`` that looks right and whose neighbours link back to it."""
+    b = prog.bounds
+    layout = prog.layouts.segment
+    hdr = layout.header_size
+    if address % 16 or address < b.start or address + hdr > b.end:
+        return None
+    try:
+        nxt, prv, alloc, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+        if alloc not in (0, 1) or size < hdr or size % 16 or address + size > b.end:
+            return None
+        if nxt not in (0, address + size):
+            return None
+        if prv == 0:
+            if address != b.list_head:
+                return None
+        else:
+            if not (b.start <= prv < address) or layout.unpack_from(prog.read(prv, layout.decode_size), 0)[0] != address:
+                return None
+        extra = layout.decode_extra(prog.read(address, hdr)) if layout.extra_fields else {}
+    except (MemoryFault, ValueError):
+        return None
+    return Segment(address, size, alloc, nxt, prv, address + hdr, segment_state(alloc), extra)
+
+
+def find_segment(prog: Program, address: int) -> Optional[SegmentMatch]:
+    """The segment whose ``[address, address + segment_size)`` holds ``address``, or None.
+
+    ``address`` may be a header address, a payload pointer (as kmalloc returned it) or any
+    interior address. A header or payload pointer is confirmed from the header and its
+    neighbours' links without a walk; other addresses take one walk over the bulk-read heap.
+    """
+    b = prog.bounds
+    if not b.start <= address < b.end:
+        return None
+    hdr = prog.header_size
+    for cand in (address - hdr, address):
+        seg = _plausible_header(prog, cand)
+        if seg is not None and seg.address <= address < seg.end:
+            off = address - seg.address
+            return SegmentMatch(seg, off, "header" if off < hdr else "payload", "direct")
+    walk = walk_heap(prog)
+    for a, n, p, f, s in walk.records:
+        if a <= address < a + max(s, hdr):
+            seg = next(x for x in walk.segments if x.address == a)
+            off = address - a
+            return SegmentMatch(seg, off, "header" if off < hdr else "payload", "walk")
+    return None

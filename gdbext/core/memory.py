@@ -1,0 +1,305 @@
+"""Raw memory access: one reader protocol, one fault type, and a block cache in front.
+
+Every byte kheap looks at comes through ``Reader.read(address, size) -> bytes``. The debugger
+adapters (gdb, lldb), the remote-protocol client and the offline dump reader all implement it,
+and all of them turn their own errors into :class:`MemoryFault`, the only exception a read may
+raise. A remote link costs per packet rather than per byte, so :class:`BlockCache` turns many
+small reads into a few large aligned ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+__all__ = ["MemoryFault", "Reader", "RangesReader", "BlockCache"]
+
+
+class MemoryFault(Exception):
+    """A read that could not be satisfied.
+
+    ``address`` is the first address that could not be read when the reader knows it (the
+    in-memory readers and the cache always do), otherwise the start of the failed request.
+    ``size`` is the number of bytes that were wanted from ``address`` on.
+    """
+
+    def __init__(self, address: int, size: int = 1, reason: str = "") -> None:
+        self.address = int(address)
+        self.size = int(size)
+        self.reason = reason
+        super().__init__(address, size, reason)
+
+    def __str__(self) -> str:
+        # One line, whatever the backend put in ``reason`` (it may come from a remote stub).
+        reason = " ".join(str(self.reason).split())
+        text = f"cannot read {self.size} byte{'s' if self.size != 1 else ''} at 0x{self.address:x}"
+        return f"{text}: {reason}" if reason else text
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """Anything that returns ``size`` bytes at ``address`` or raises :class:`MemoryFault`."""
+
+    def read(self, address: int, size: int) -> bytes:  # pragma: no cover - protocol
+        ...
+
+
+class RangesReader:
+    """Memory made of byte ranges: synthetic heaps in tests and offline dumps.
+
+    Ranges may touch (a read may span adjacent ranges) but must not overlap. A read that
+    reaches outside every range raises :class:`MemoryFault` at the first missing address.
+    """
+
+    def __init__(self, ranges: Iterable[Tuple[int, bytes]]) -> None:
+        items = sorted((int(base), bytes(data)) for base, data in ranges if len(data))
+        for (b1, d1), (b2, _) in zip(items, items[1:]):
+            if b1 + len(d1) > b2:
+                raise ValueError(f"ranges overlap at 0x{b2:x}")
+        self._bases: List[int] = [b for b, _ in items]
+        self._data: List[bytes] = [d for _, d in items]
+        self.reads = 0
+
+    @property
+    def ranges(self) -> List[Tuple[int, bytes]]:
+        return list(zip(self._bases, self._data))
+
+    def read(self, address: int, size: int) -> bytes:
+        self.reads += 1
+        if size < 0:
+            raise MemoryFault(address, 0, "negative size")
+        if size == 0:
+            return b""
+        if address < 0:
+            raise MemoryFault(address, size, "negative address")
+        parts: List[bytes] = []
+        cur, end = address, address + size
+        i = bisect.bisect_right(self._bases, cur) - 1
+        while cur < end:
+            if i < 0 or i >= len(self._bases):
+                raise MemoryFault(cur, end - cur, "outside the mapped ranges")
+            base, data = self._bases[i], self._data[i]
+            if not base <= cur < base + len(data):
+                raise MemoryFault(cur, end - cur, "outside the mapped ranges")
+            take = min(end, base + len(data)) - cur
+            parts.append(data[cur - base:cur - base + take])
+            cur += take
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+# A block whose backend read failed keeps the pieces that could be read: (offset, bytes).
+_Pieces = List[Tuple[int, bytes]]
+
+
+class BlockCache:
+    """An aligned block cache in front of any :class:`Reader`.
+
+    Why: on QEMU's gdbstub each packet carries about 2 KiB, so a heap walk done field by field
+    costs thousands of round trips. Blocks are aligned to ``block_size``; a request that misses
+    several consecutive blocks is one backend read per missing run, not one per block. When a
+    backend read faults, the run is split and finally probed in ``probe_size`` pieces (and the
+    fault address the backend reports is used to keep the readable start of a piece), so a
+    partly unreadable region still serves its readable part and faults at the exact address.
+
+    The target's memory changes whenever it runs: front ends call :meth:`invalidate` then.
+    """
+
+    def __init__(self, reader: Reader, block_size: int = 64 * 1024, probe_size: int = 4096) -> None:
+        if block_size <= 0 or block_size & (block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        self.reader = reader
+        self.block_size = block_size
+        self.probe_size = max(1, min(probe_size, block_size))
+        self._blocks: Dict[int, bytes] = {}
+        self._partial: Dict[int, _Pieces] = {}
+        self.backend_reads = 0
+        self.backend_bytes = 0
+        self.backend_faults = 0
+        self.hits = 0
+        self.misses = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget everything (the target ran, or memory was written)."""
+        self._blocks.clear()
+        self._partial.clear()
+
+    def counters(self) -> Dict[str, int]:
+        return {"backend_reads": self.backend_reads, "backend_bytes": self.backend_bytes,
+                "backend_faults": self.backend_faults, "hits": self.hits, "misses": self.misses,
+                "cached_blocks": len(self._blocks) + len(self._partial)}
+
+    def _backend(self, address: int, size: int) -> bytes:
+        self.backend_reads += 1
+        try:
+            data = self.reader.read(address, size)
+        except MemoryFault:
+            self.backend_faults += 1
+            raise
+        if len(data) != size:
+            # A short read is a fault at the first missing byte, whatever the backend thinks.
+            self.backend_faults += 1
+            raise MemoryFault(address + len(data), size - len(data), "short read")
+        self.backend_bytes += size
+        return data
+
+    # -- filling -----------------------------------------------------------------------------
+    def _fill_run(self, first: int, count: int) -> None:
+        """Read blocks ``first .. first+count-1`` (all missing) with as few reads as possible."""
+        bs = self.block_size
+        try:
+            data = self._backend(first * bs, count * bs)
+        except MemoryFault as fault:
+            if count == 1:
+                self._probe_block(first)
+                return
+            # Keep what the fault says was readable, then split the rest.
+            good = (fault.address - first * bs) // bs if fault.address > first * bs else 0
+            good = min(good, count - 1)
+            if good:
+                self._fill_run(first, good)
+            rest_first, rest = first + good, count - good
+            if rest == 1:
+                self._probe_block(rest_first)
+            elif good:
+                self._fill_run(rest_first, rest)
+            else:
+                half = rest // 2
+                self._fill_run(rest_first, half)
+                self._fill_run(rest_first + half, rest - half)
+            return
+        if count == 1:
+            self._blocks[first] = data
+        else:
+            view = memoryview(data)
+            for k in range(count):
+                self._blocks[first + k] = bytes(view[k * bs:(k + 1) * bs])
+
+    def _probe_block(self, index: int) -> None:
+        """Find the readable pieces of a block whose whole read faulted."""
+        bs, step = self.block_size, self.probe_size
+        base = index * bs
+        pieces: _Pieces = []
+        for off in range(0, bs, step):
+            addr = base + off
+            try:
+                pieces.append((off, self._backend(addr, step)))
+                continue
+            except MemoryFault as fault:
+                hint = fault.address
+            # The backend says where the fault began: keep the readable start of the piece.
+            if addr < hint < addr + step:
+                try:
+                    pieces.append((off, self._backend(addr, hint - addr)))
+                except MemoryFault:
+                    pass
+        # Merge touching pieces so a lookup finds the longest readable stretch at once.
+        merged: _Pieces = []
+        for off, data in pieces:
+            if merged and merged[-1][0] + len(merged[-1][1]) == off:
+                merged[-1] = (merged[-1][0], merged[-1][1] + data)
+            else:
+                merged.append((off, data))
+        self._partial[index] = merged
+
+    def _ensure(self, first: int, last: int) -> None:
+        blocks, partial = self._blocks, self._partial
+        run_start: Optional[int] = None
+        for idx in range(first, last + 1):
+            if idx in blocks or idx in partial:
+                if run_start is not None:
+                    self._fill_run(run_start, idx - run_start)
+                    run_start = None
+                continue
+            self.misses += 1
+            if run_start is None:
+                run_start = idx
+        if run_start is not None:
+            self._fill_run(run_start, last + 1 - run_start)
+
+    def prefetch(self, address: int, size: int) -> None:
+        """Bring ``[address, address+size)`` into the cache; never raises on faults."""
+        if size <= 0 or address < 0:
+            return
+        bs = self.block_size
+        self._ensure(address // bs, (address + size - 1) // bs)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            if size < 0:
+                raise MemoryFault(address, 0, "negative size")
+            return b""
+        if address < 0:
+            raise MemoryFault(address, size, "negative address")
+        bs = self.block_size
+        first, last = address // bs, (address + size - 1) // bs
+        blocks = self._blocks
+        if first == last:
+            block = blocks.get(first)
+            if block is not None:
+                self.hits += 1
+                off = address - first * bs
+                return block[off:off + size]
+        self._ensure(first, last)
+        parts: List[bytes] = []
+        cur, end = address, address + size
+        for idx in range(first, last + 1):
+            lo = max(cur, idx * bs) - idx * bs
+            hi = min(end, (idx + 1) * bs) - idx * bs
+            block = blocks.get(idx)
+            if block is not None:
+                parts.append(block[lo:hi])
+                cur = idx * bs + hi
+                continue
+            for off, data in self._partial.get(idx, ()):
+                if off <= lo < off + len(data):
+                    take = min(hi, off + len(data))
+                    parts.append(data[lo - off:take - off])
+                    if take < hi:
+                        raise MemoryFault(idx * bs + take, end - (idx * bs + take), "unreadable")
+                    break
+            else:
+                raise MemoryFault(idx * bs + lo, end - (idx * bs + lo), "unreadable")
+            cur = idx * bs + hi
+        self.hits += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_prefix(self, address: int, size: int) -> bytes:
+        """The readable start of ``[address, address+size)`` (possibly empty); never raises."""
+        try:
+            return self.read(address, size)
+        except MemoryFault as fault:
+            if fault.address <= address:
+                return b""
+            try:
+                return self.read(address, fault.address - address)
+            except MemoryFault:
+                return b""
+
+
+def read_prefix(reader: Reader, address: int, size: int) -> bytes:
+    """The readable start of a range from any reader (uses the fault address it reports)."""
+    if isinstance(reader, BlockCache):
+        return reader.read_prefix(address, size)
+    try:
+        return reader.read(address, size)
+    except MemoryFault as fault:
+        if address < fault.address < address + size:
+            try:
+                return reader.read(address, fault.address - address)
+            except MemoryFault:
+                return b""
+        return b""
+
+
+def merge_ranges(ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Sort and merge ``(start, end)`` ranges, so prefetching touches each block once."""
+    out: List[Tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out

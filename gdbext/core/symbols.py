@@ -1,0 +1,322 @@
+"""What the kernel ELF tells us before any memory is read: symbols, layouts, constants.
+
+:func:`load_elf_info` parses the file once with pyelftools and caches the result by
+(path, mtime, size): gdb calls it on every command and the DWARF pass is the slow part.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from dataclasses import dataclass, field as dc_field
+from typing import Dict, List, Optional, Tuple
+
+from .layout import DwarfTypes, Layouts, default_layouts, layouts_from_dwarf
+
+__all__ = ["Symbol", "Section", "ElfInfo", "ElfError", "load_elf_info", "make_elf_info", "clear_elf_cache"]
+
+
+class ElfError(Exception):
+    """The file is not an ELF kheap can read (missing, truncated, not ELF)."""
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One ``.symtab`` entry (local symbols included: the kernel has static helpers)."""
+
+    name: str
+    address: int
+    size: int
+    kind: str        # 'func', 'object', 'notype', ...
+    binding: str     # 'global', 'local', 'weak'
+    section: str = ""   # the defining section's name ('' for absolute or undefined)
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    address: int
+    size: int
+    data: Optional[bytes]      # None for NOBITS (.bss)
+
+
+@dataclass
+class ElfInfo:
+    """A parsed kernel ELF. Built by :func:`load_elf_info`; immutable by convention."""
+
+    path: str
+    elf_class: int                         # 32 or 64
+    pointer_size: int
+    endian: str                            # '<' or '>'
+    machine: str                           # e_machine, e.g. 'EM_ARM', 'EM_AARCH64'
+    symbols: Dict[str, Symbol]
+    layouts: Layouts
+    has_dwarf: bool
+    constants: Dict[str, int] = dc_field(default_factory=dict)          # DWARF enumerators
+    variables: Dict[str, Tuple[str, int]] = dc_field(default_factory=dict)  # name -> (type, size)
+    sections: List[Section] = dc_field(default_factory=list)
+    image_start: int = 0
+    image_end: int = 0
+    notes: List[str] = dc_field(default_factory=list)
+    _by_address: List[Tuple[int, int, str]] = dc_field(default_factory=list, repr=False)
+    _addresses: List[int] = dc_field(default_factory=list, repr=False)
+
+    @property
+    def byteorder(self) -> str:
+        return "little" if self.endian == "<" else "big"
+
+    @property
+    def arch(self) -> str:
+        return {"EM_ARM": "arm", "EM_AARCH64": "aarch64"}.get(self.machine, self.machine.lower())
+
+    def symbol(self, name: str) -> Optional[Symbol]:
+        return self.symbols.get(name)
+
+    def address_of(self, name: str) -> Optional[int]:
+        sym = self.symbols.get(name)
+        return sym.address if sym is not None else None
+
+    def constant(self, name: str) -> Optional[int]:
+        """A DWARF enumerator, or an absolute symbol of that name."""
+        if name in self.constants:
+            return self.constants[name]
+        return None
+
+    def in_image(self, address: int) -> bool:
+        return self.image_start <= address < self.image_end
+
+    def symbolize(self, address: int) -> Optional[str]:
+        """``name+0xoff`` for an address inside a function or object of the image, else None."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        unsized = None
+        # Sized symbols may nest or sit next to size-0 labels: look back a few entries.
+        for j in range(i, max(i - 8, -1), -1):
+            start, size, name = self._by_address[j]
+            if size and address < start + size:
+                return name if address == start else f"{name}+0x{address - start:x}"
+            if not size and unsized is None:
+                unsized = (start, name)
+        # An assembly label without .size: name the nearest one when close and inside the image.
+        if unsized is not None and self.in_image(address) and address - unsized[0] < 4096:
+            start, name = unsized
+            return name if address == start else f"{name}+0x{address - start:x}"
+        return None
+
+    def read_static(self, address: int, size: int, section: str = "") -> Optional[bytes]:
+        """The initial bytes of ``[address, address+size)`` from the file, or None.
+
+        ``section`` restricts the search to one section (needed for relocatable objects, where
+        every section starts at 0)."""
+        for sec in self.sections:
+            if section and sec.name != section:
+                continue
+            if sec.address <= address and address + size <= sec.address + sec.size:
+                if sec.data is None:
+                    return bytes(size)    # .bss starts zeroed
+                off = address - sec.address
+                return sec.data[off:off + size]
+        return None
+
+    def static_int(self, name: str, size: int = 4, signed: bool = False) -> Optional[int]:
+        sym = self.symbols.get(name)
+        if sym is None:
+            return None
+        data = self.read_static(sym.address, size, sym.section)
+        if data is None or len(data) != size:
+            return None
+        return int.from_bytes(data, self.byteorder, signed=signed)
+
+    def heap_poison(self) -> Optional[int]:
+        """The ``heap_poison`` constant from the file (-1 means built without poison)."""
+        return self.static_int("heap_poison", 4, signed=True)
+
+    def variable_size(self, name: str, default: int) -> int:
+        v = self.variables.get(name)
+        if v is not None and v[1]:
+            return v[1]
+        sym = self.symbols.get(name)
+        if sym is not None and sym.size:
+            return sym.size
+        return default
+
+    def describe(self) -> Dict[str, object]:
+        wanted = ("__end", "all_pages_array", "num_pages", "free_pages", "heap_segment_list_head",
+                  "kernel_heap_start", "kernel_heap_size", "heap_stats", "heap_poison", "panic_info",
+                  "kheap_checkpoint", "kernel_panic")
+        return {
+            "path": self.path, "class": self.elf_class, "pointer_size": self.pointer_size,
+            "endian": self.byteorder, "machine": self.machine, "arch": self.arch,
+            "has_dwarf": self.has_dwarf, "image_start": self.image_start, "image_end": self.image_end,
+            "symbols": {n: self.symbols[n].address for n in wanted if n in self.symbols},
+            "constants": {k: v for k, v in self.constants.items() if k == "KERNEL_HEAP_SIZE"},
+            "layouts": {
+                "segment": self.layouts.segment.struct.describe(),
+                "page": self.layouts.page.struct.describe(),
+                "page_list": self.layouts.page_list.describe(),
+                "stats": self.layouts.stats.describe(),
+            },
+            "notes": list(self.notes),
+        }
+
+
+_KIND = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_NOTYPE": "notype",
+         "STT_SECTION": "section", "STT_FILE": "file", "STT_TLS": "tls"}
+_BIND = {"STB_GLOBAL": "global", "STB_LOCAL": "local", "STB_WEAK": "weak"}
+
+
+def _parse(path: str) -> ElfInfo:
+    try:
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise ElfError(f"pyelftools is not installed: {exc}") from exc
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise ElfError(f"cannot open {path}: {exc.strerror}") from exc
+    with fh:
+        try:
+            elf = ELFFile(fh)
+            elf_class = elf.elfclass
+            endian = "<" if elf.little_endian else ">"
+            machine = str(elf["e_machine"])
+            pointer_size = elf_class // 8
+            is_arm = machine == "EM_ARM"
+
+            symbols: Dict[str, Symbol] = {}
+            by_address: List[Tuple[int, int, str]] = []
+            for sec in elf.iter_sections():
+                if not isinstance(sec, SymbolTableSection):
+                    continue
+                for sym in sec.iter_symbols():
+                    name = sym.name
+                    # Skip empty names and ARM mapping symbols ($a, $t, $d, $x).
+                    if not name or name.startswith("$"):
+                        continue
+                    kind = _KIND.get(sym["st_info"]["type"], str(sym["st_info"]["type"]))
+                    bind = _BIND.get(sym["st_info"]["bind"], str(sym["st_info"]["bind"]))
+                    if kind in ("section", "file"):
+                        continue
+                    value = sym["st_value"]
+                    if is_arm and kind == "func":
+                        value &= ~1    # Thumb functions carry bit 0
+                    shndx = sym["st_shndx"]
+                    sec_name = ""
+                    if isinstance(shndx, int) and 0 < shndx < elf.num_sections():
+                        sec_name = elf.get_section(shndx).name
+                    s = Symbol(name, value, sym["st_size"], kind, bind, sec_name)
+                    old = symbols.get(name)
+                    # A global wins over a local of the same name (static helpers can clash).
+                    if old is None or (old.binding == "local" and bind != "local"):
+                        symbols[name] = s
+                    if kind in ("func", "object") or (kind == "notype" and bind != "local"):
+                        by_address.append((value, sym["st_size"], name))
+            by_address.sort()
+
+            sections: List[Section] = []
+            for sec in elf.iter_sections():
+                if not sec["sh_flags"] & 0x2 or not sec["sh_size"]:   # SHF_ALLOC
+                    continue
+                data = None if sec["sh_type"] == "SHT_NOBITS" else sec.data()
+                sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], data))
+
+            loads = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
+            if loads:
+                image_start = min(seg["p_vaddr"] for seg in loads)
+                image_end = max(seg["p_vaddr"] + seg["p_memsz"] for seg in loads)
+            elif sections:
+                image_start = min(s.address for s in sections)
+                image_end = max(s.address + s.size for s in sections)
+            else:
+                image_start = image_end = 0
+
+            notes: List[str] = []
+            types: Optional[DwarfTypes] = None
+            has_dwarf = elf.has_dwarf_info() and elf.get_section_by_name(".debug_info") is not None
+            if has_dwarf:
+                try:
+                    types = DwarfTypes(elf.get_dwarf_info(), endian, pointer_size)
+                except Exception as exc:   # pyelftools raises many types on odd DWARF
+                    notes.append(f"DWARF could not be read ({type(exc).__name__}: {exc}): default layouts")
+                    types = None
+                    has_dwarf = False
+        except ELFError as exc:
+            raise ElfError(f"{path}: not a readable ELF file ({exc})") from exc
+        except (OSError, ValueError, KeyError) as exc:
+            raise ElfError(f"{path}: cannot parse ELF ({exc})") from exc
+
+    layouts = layouts_from_dwarf(types, pointer_size, endian) if types else default_layouts(pointer_size, endian)
+    if types is None:
+        layouts.notes.append(f"no DWARF in the ELF: using the default layouts for {pointer_size * 8}-bit "
+                             "pointers (docs/kernel-interface.md)")
+    notes.extend(layouts.notes)
+    constants = dict(types.enumerators) if types else {}
+    variables: Dict[str, Tuple[str, int]] = {}
+    if types:
+        for name in types.variables:
+            vt = types.variable_type(name)
+            if vt is not None:
+                variables[name] = vt
+    info = ElfInfo(path=path, elf_class=elf_class, pointer_size=pointer_size, endian=endian,
+                   machine=machine, symbols=symbols, layouts=layouts, has_dwarf=types is not None,
+                   constants=constants, variables=variables, sections=sections,
+                   image_start=image_start, image_end=image_end, notes=notes)
+    info._by_address = by_address
+    info._addresses = [a for a, _, _ in by_address]
+    return info
+
+
+_cache: Dict[str, Tuple[Tuple[float, int], ElfInfo]] = {}
+_lock = threading.Lock()
+
+
+def load_elf_info(path: "str | os.PathLike[str]") -> ElfInfo:
+    """Parse a kernel ELF (symbols, DWARF layouts, constants), cached by (path, mtime, size).
+
+    Raises :class:`ElfError` when the file cannot be read as ELF.
+    """
+    path = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ElfError(f"cannot open {path}: {exc.strerror}") from exc
+    key = (st.st_mtime, st.st_size)
+    with _lock:
+        hit = _cache.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    info = _parse(path)
+    with _lock:
+        _cache[path] = (key, info)
+    return info
+
+
+def make_elf_info(pointer_size: int = 4, endian: str = "<", symbols: Optional[Dict[str, int]] = None,
+                  sizes: Optional[Dict[str, int]] = None, constants: Optional[Dict[str, int]] = None,
+                  layouts: Optional[Layouts] = None, image: Tuple[int, int] = (0, 0),
+                  sections: Optional[List[Section]] = None, machine: str = "",
+                  path: str = "<synthetic>", notes: Optional[List[str]] = None) -> ElfInfo:
+    """An :class:`ElfInfo` without a file: synthetic heaps in tests, or a front end that only
+    has overrides. Symbols given as name -> address (kind 'object' unless sized 0 and named
+    like a function by the caller's ``sizes``)."""
+    syms: Dict[str, Symbol] = {}
+    sizes = sizes or {}
+    for name, addr in (symbols or {}).items():
+        syms[name] = Symbol(name, addr, sizes.get(name, 0), "object", "global")
+    lay = layouts or default_layouts(pointer_size, endian)
+    info = ElfInfo(path=path, elf_class=pointer_size * 8, pointer_size=pointer_size, endian=endian,
+                   machine=machine or ("EM_AARCH64" if pointer_size == 8 else "EM_ARM"), symbols=syms,
+                   layouts=lay, has_dwarf=False, constants=dict(constants or {}),
+                   sections=list(sections or []), image_start=image[0], image_end=image[1],
+                   notes=list(notes if notes is not None else lay.notes))
+    by = sorted((s.address, s.size, s.name) for s in syms.values())
+    info._by_address = by
+    info._addresses = [a for a, _, _ in by]
+    return info
+
+
+def clear_elf_cache() -> None:
+    with _lock:
+        _cache.clear()
