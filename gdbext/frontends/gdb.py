@@ -1,0 +1,266 @@
+"""The gdb face: a thin adapter from gdb's Python API to the shared command table.
+
+This is the only module that imports ``gdb``. It turns gdb's errors into the core's MemoryFault
+or a one-line CommandError, keeps one block cache per stop (so ``kheap check`` followed by
+``kheap walk`` at the same stop reads the target once) and drops it whenever the target may have
+changed: resume, a memory write by the user, an inferior call, a new objfile.
+"""
+
+import gdb  # noqa: I001 - this face exists to talk to gdb
+import gdb.printing
+import gdb.types
+
+from gdbext.core.memory import MemoryFault
+from gdbext.frontends import commands
+from gdbext.frontends.session import CommandError, Session, StopPlace
+
+
+class GdbReader:
+    """``read(address, size) -> bytes`` over ``Inferior.read_memory``: one call per block the
+    core's cache asks for, never a typed gdb.Value per field."""
+
+    def __init__(self, inferior):
+        self._inferior = inferior
+
+    def read(self, address, size):
+        try:
+            return bytes(self._inferior.read_memory(address, size))
+        except gdb.MemoryError as error:
+            raise MemoryFault(address, size, str(error)) from None
+        except gdb.error as error:
+            raise CommandError(f"cannot read target memory: {error}") from None
+
+
+class GdbSession(Session):
+    """What the command table needs from gdb: bytes, the ELF, expressions, where we stopped."""
+
+    face = "gdb"
+
+    def __init__(self):
+        super().__init__()
+        self._generation = 0
+
+    # The target ---------------------------------------------------------------------------
+    def _live_inferior(self):
+        inferior = gdb.selected_inferior()
+        thread = gdb.selected_thread()
+        if inferior is None or thread is None or not inferior.is_valid():
+            raise CommandError("no live target: connect first (target remote HOST:PORT)")
+        if thread.is_running():
+            raise CommandError("the target is running: interrupt it first (Ctrl-C or 'interrupt')")
+        return inferior
+
+    def elf_path(self):
+        path = gdb.current_progspace().filename
+        if not path:
+            raise CommandError("no kernel ELF loaded: use 'file kernel/build/<arch>/kernel.elf'")
+        return path
+
+    def reader(self):
+        return GdbReader(self._live_inferior())
+
+    def settings(self):
+        return _settings()
+
+    # Expressions and stop state -----------------------------------------------------------
+    def evaluate(self, expression):
+        try:
+            value = gdb.parse_and_eval(expression)
+            if value.type.strip_typedefs().code == gdb.TYPE_CODE_ARRAY:
+                value = value.address
+            return int(value) & ((1 << 64) - 1)
+        except gdb.error as error:
+            raise CommandError(f"cannot evaluate {expression!r}: {error}") from None
+
+    def stop_place(self, frame_limit=16):
+        self._live_inferior()
+        frames = []
+        try:
+            frame = gdb.newest_frame()
+            while frame is not None and len(frames) < frame_limit:
+                sal = frame.find_sal()
+                where = f"{sal.symtab.filename}:{sal.line}" if sal.symtab else ""
+                frames.append({"pc": frame.pc(), "function": frame.name() or "??", "source": where})
+                frame = frame.older()
+        except gdb.error:
+            pass  # a corrupted stack ends the backtrace, not the command
+        registers = {}
+        try:
+            frame = gdb.newest_frame()
+            for descriptor in frame.architecture().registers("general"):
+                registers[descriptor.name] = int(frame.read_register(descriptor)) & ((1 << 64) - 1)
+        except (gdb.error, AttributeError):
+            pass
+        thread = gdb.selected_thread()
+        return StopPlace(
+            pc=frames[0]["pc"] if frames else None,
+            function=frames[0]["function"] if frames else None,
+            frames=frames,
+            registers=registers,
+            thread=thread.num if thread else None,
+        )
+
+    def invalidate(self, *_event):
+        super().invalidate()
+
+
+# Settings as gdb parameters -------------------------------------------------------------------
+class _Prefix(gdb.Command):
+    def __init__(self, name, doc):
+        self.__doc__ = doc
+        super().__init__(name, gdb.COMMAND_DATA, prefix=True)
+
+
+class _Parameter(gdb.Parameter):
+    """A ``set kheap X`` parameter; string values are validated by the session settings."""
+
+    def __init__(self, name, kind, doc, default, *extra):
+        self.__doc__ = doc
+        self.set_doc = f"Set {doc[0].lower()}{doc[1:]}"
+        self.show_doc = f"Show {doc[0].lower()}{doc[1:]}"
+        super().__init__(f"kheap {name}", gdb.COMMAND_DATA, kind, *extra)
+        self.value = default
+        self._name = name
+
+    def get_set_string(self):
+        try:
+            _SESSION.apply_setting(self._name, self.value)
+        except CommandError as error:
+            _SESSION.apply_setting(self._name, None)
+            raise gdb.GdbError(str(error)) from None
+        return ""
+
+    def get_show_string(self, svalue):
+        return f"kheap {self._name} is {svalue or 'auto'}"
+
+
+def _settings():
+    return _SESSION.current_settings()
+
+
+# Commands -------------------------------------------------------------------------------------
+class KheapPrefix(gdb.Command):
+    def __init__(self):
+        self.__doc__ = commands.prefix_help()
+        super().__init__("kheap", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, prefix=True)
+
+    def invoke(self, argument, from_tty):
+        if argument.strip():
+            _run(argument.split()[0], gdb.string_to_argv(argument)[1:])
+        else:
+            gdb.write(commands.prefix_help() + "\n")
+
+
+class KheapSubcommand(gdb.Command):
+    def __init__(self, command):
+        self._command = command
+        self.__doc__ = commands.long_help(command)
+        super().__init__(f"kheap {command.name}", gdb.COMMAND_DATA, gdb.COMPLETE_EXPRESSION)
+
+    def invoke(self, argument, from_tty):
+        self.dont_repeat()
+        try:
+            argv = gdb.string_to_argv(argument)
+        except gdb.error as error:
+            gdb.write(f"kheap {self._command.name}: {error}\n", gdb.STDERR)
+            return
+        _run(self._command.name, argv)
+
+
+def _run(name, argv):
+    """Run one command and print its output; never let an exception reach gdb."""
+    text = commands.execute_to_text(_SESSION, name, argv)
+    if text.text:
+        gdb.write(text.text if text.text.endswith("\n") else text.text + "\n",
+                  gdb.STDERR if text.is_error else gdb.STDOUT)
+
+
+# Pretty printers and $kheap_segment ------------------------------------------------------------
+class _StructPrinter:
+    """Prints a heap_segment_t or page_t the way kheap sees it, decoded by the core."""
+
+    def __init__(self, value, describe):
+        self._value = value
+        self._describe = describe
+
+    def to_string(self):
+        try:
+            address = int(self._value.address) if self._value.address is not None else None
+            raw = bytes(gdb.selected_inferior().read_memory(address, self._value.type.sizeof)) \
+                if address is not None else bytes(self._value.bytes)
+            return self._describe(_SESSION, address, raw)
+        except Exception as error:  # noqa: BLE001 - a printer must never break 'print'
+            return f"<kheap: {error}>"
+
+
+def _lookup_printer(value):
+    try:
+        tag = gdb.types.get_basic_type(value.type).tag
+    except (gdb.error, RuntimeError):
+        return None
+    describe = commands.struct_describer(tag)
+    if describe is None or value.type.strip_typedefs().code != gdb.TYPE_CODE_STRUCT:
+        return None
+    return _StructPrinter(value, describe)
+
+
+class SegmentFunction(gdb.Function):
+    """$kheap_segment(ADDR): the heap_segment_t header address of the segment holding ADDR
+    (a payload pointer, an interior pointer or a header), or 0 if ADDR is not in the heap."""
+
+    def __init__(self):
+        super().__init__("kheap_segment")
+
+    def invoke(self, address):
+        try:
+            header = commands.segment_header_for(_SESSION, int(address))
+        except Exception as error:  # noqa: BLE001
+            raise gdb.GdbError(f"$kheap_segment: {error}") from None
+        return gdb.Value(header or 0).cast(gdb.lookup_type("unsigned long long"))
+
+
+# Events ---------------------------------------------------------------------------------------
+def _on_stop(event):
+    _SESSION.invalidate()
+    if not _SESSION.auto_check:
+        return
+    line = commands.execute_to_text(_SESSION, "check", ["--verdict"])
+    gdb.write(line.text if line.text.endswith("\n") else line.text + "\n")
+
+
+def _on_new_objfile(event):
+    _SESSION.invalidate()
+    try:
+        gdb.printing.register_pretty_printer(event.new_objfile, _lookup_printer, replace=True)
+    except (RuntimeError, TypeError):
+        event.new_objfile.pretty_printers.append(_lookup_printer)
+
+
+_SESSION = GdbSession()
+_registered = False
+
+
+def register():
+    """Create the kheap commands, parameters, printers and event hooks (once per gdb)."""
+    global _registered
+    if _registered:
+        gdb.write("kheap: already loaded\n")
+        return
+    _registered = True
+    KheapPrefix()
+    for command in commands.commands_for("gdb"):
+        KheapSubcommand(command)
+    _Prefix("set kheap", "Set kheap options.")
+    _Prefix("show kheap", "Show kheap options.")
+    for name, kind, doc, default in commands.SETTINGS:
+        _Parameter(name, getattr(gdb, kind), doc, default)
+    SegmentFunction()
+    gdb.pretty_printers.append(_lookup_printer)
+    for event, handler in ((gdb.events.stop, _on_stop), (gdb.events.cont, _SESSION.invalidate),
+                           (gdb.events.memory_changed, _SESSION.invalidate),
+                           (gdb.events.inferior_call, _SESSION.invalidate),
+                           (gdb.events.exited, _SESSION.invalidate),
+                           (gdb.events.new_objfile, _on_new_objfile),
+                           (gdb.events.clear_objfiles, _SESSION.invalidate)):
+        event.connect(handler)
+    gdb.write("kheap loaded: 'help kheap' lists the commands\n")

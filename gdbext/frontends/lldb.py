@@ -1,0 +1,287 @@
+"""The lldb face: a thin adapter from LLDB's SB API to the shared command table.
+
+The only module that imports ``lldb``. Commands are classes registered with
+``command script add -c`` under a ``kheap`` container and take the process from the execution
+context lldb hands them, not the selected one. lldb has no Python resume event, so the per-stop
+Program is keyed by the process's stop id: a new stop means a new cache.
+"""
+
+import lldb  # noqa: I001 - this face exists to talk to lldb
+
+from gdbext.core.memory import MemoryFault
+from gdbext.frontends import commands
+from gdbext.frontends.session import CommandError, Session, StopPlace
+
+_MASK64 = (1 << 64) - 1
+
+
+class LldbReader:
+    """``read(address, size) -> bytes`` over ``SBProcess.ReadMemory``; SBError -> MemoryFault."""
+
+    def __init__(self, process):
+        self._process = process
+
+    def read(self, address, size):
+        error = lldb.SBError()
+        data = self._process.ReadMemory(address, size, error)
+        if error.Fail() or data is None:
+            raise MemoryFault(address, size, error.GetCString() or "unreadable")
+        if len(data) < size:
+            raise MemoryFault(address + len(data), size - len(data), "short read")
+        return bytes(data)
+
+
+class LldbSession(Session):
+    """Session state for one lldb debugger; ``bind`` points it at a command's context."""
+
+    face = "lldb"
+
+    def __init__(self):
+        super().__init__()
+        self._context = None
+        self._stop_key = None
+
+    def bind(self, exe_ctx):
+        """Use this command's execution context, dropping the cache if the target moved on."""
+        self._context = exe_ctx
+        process = exe_ctx.GetProcess() if exe_ctx is not None else None
+        key = None
+        if process is not None and process.IsValid():
+            key = (process.GetUniqueID(), process.GetStopID())
+        if key != self._stop_key:
+            self._stop_key = key
+            self.invalidate()
+
+    def _target(self):
+        target = self._context.GetTarget() if self._context is not None else None
+        if target is None or not target.IsValid():
+            raise CommandError("no target: use 'target create kernel/build/<arch>/kernel.elf'")
+        return target
+
+    def _process(self):
+        process = self._context.GetProcess() if self._context is not None else None
+        if process is None or not process.IsValid():
+            raise CommandError("no live target: connect first (gdb-remote HOST:PORT)")
+        state = process.GetState()
+        if state in (lldb.eStateRunning, lldb.eStateStepping):
+            raise CommandError("the target is running: interrupt it first (process interrupt)")
+        if state in (lldb.eStateExited, lldb.eStateDetached, lldb.eStateInvalid,
+                     lldb.eStateUnloaded, lldb.eStateCrashed):
+            raise CommandError("the target is gone: reconnect with gdb-remote HOST:PORT")
+        return process
+
+    def elf_path(self):
+        spec = self._target().GetExecutable()
+        if not spec.IsValid() or not spec.fullpath:
+            raise CommandError("no kernel ELF: use 'target create kernel/build/<arch>/kernel.elf'")
+        return spec.fullpath
+
+    def reader(self):
+        return LldbReader(self._process())
+
+    def evaluate(self, expression):
+        try:
+            return int(expression, 0)
+        except ValueError:
+            pass
+        process = self._process()
+        frame = self._context.GetFrame()
+        if not frame.IsValid():
+            frame = process.GetSelectedThread().GetSelectedFrame()
+        value = frame.EvaluateExpression(expression) if frame.IsValid() \
+            else self._target().EvaluateExpression(expression)
+        if not value.IsValid() or value.GetError().Fail():
+            reason = value.GetError().GetCString() if value.IsValid() else "invalid expression"
+            raise CommandError(f"cannot evaluate {expression!r}: {(reason or '').strip()}")
+        if value.GetType().IsArrayType():
+            return value.AddressOf().GetValueAsUnsigned() & _MASK64
+        return value.GetValueAsUnsigned() & _MASK64
+
+    def stop_place(self, frame_limit=16):
+        process = self._process()
+        thread = self._context.GetThread()
+        if not thread.IsValid():
+            thread = process.GetSelectedThread()
+        frames = []
+        for index in range(min(thread.GetNumFrames(), frame_limit)):
+            frame = thread.GetFrameAtIndex(index)
+            line = frame.GetLineEntry()
+            source = ""
+            if line.IsValid() and line.GetFileSpec().IsValid():
+                source = f"{line.GetFileSpec().GetFilename()}:{line.GetLine()}"
+            frames.append({"pc": frame.GetPC(), "function": frame.GetFunctionName() or "??",
+                           "source": source})
+        registers = {}
+        if thread.GetNumFrames():
+            for register_set in thread.GetFrameAtIndex(0).GetRegisters():
+                if "general" not in (register_set.GetName() or "").lower():
+                    continue
+                for register in register_set:
+                    registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
+        return StopPlace(pc=frames[0]["pc"] if frames else None,
+                         function=frames[0]["function"] if frames else None,
+                         frames=frames, registers=registers, thread=thread.GetIndexID())
+
+
+_SESSION = LldbSession()
+
+
+def _emit(result, outcome):
+    if outcome.is_error:
+        result.SetError(outcome.text.rstrip("\n"))
+    elif outcome.text:
+        result.AppendMessage(outcome.text.rstrip("\n"))
+
+
+class _KheapCommand:
+    """Base of the generated ``kheap <name>`` classes; ``name`` is set per subclass."""
+
+    name = ""
+
+    def __init__(self, debugger, internal_dict):
+        self._command = commands.command_named(self.name)
+
+    def __call__(self, debugger, command, exe_ctx, result):
+        _SESSION.bind(exe_ctx)
+        try:
+            import shlex
+            argv = shlex.split(command)
+        except ValueError as error:
+            result.SetError(f"kheap {self.name}: {error}")
+            return
+        _emit(result, commands.execute_to_text(_SESSION, self.name, argv))
+
+    def get_short_help(self):
+        return self._command.summary
+
+    def get_long_help(self):
+        return commands.long_help(self._command)
+
+
+class AutoCheckCommand:
+    """``kheap auto-check on|off``: check the heap at every stop through a stop hook."""
+
+    def __init__(self, debugger, internal_dict):
+        pass
+
+    def __call__(self, debugger, command, exe_ctx, result):
+        words = command.split()
+        if len(words) != 1 or words[0] not in ("on", "off"):
+            result.SetError("usage: kheap auto-check on|off")
+            return
+        target = exe_ctx.GetTarget() if exe_ctx is not None else None
+        if target is None or not target.IsValid():
+            target = debugger.GetSelectedTarget()
+        if target is None or not target.IsValid():
+            result.SetError("kheap auto-check: no target: use 'target create' first")
+            return
+        _SESSION.apply_setting("auto-check", words[0])
+        interpreter = debugger.GetCommandInterpreter()
+        ret = lldb.SBCommandReturnObject()
+        if words[0] == "on" and getattr(target, "_kheap_hook", None) is None:
+            interpreter.HandleCommand(
+                f"target stop-hook add -P {__name__}.AutoCheckHook", exe_ctx, ret)
+        result.AppendMessage(f"kheap auto-check is {words[0]}")
+
+    def get_short_help(self):
+        return "Check the heap at every stop (on|off)."
+
+
+class AutoCheckHook:
+    """A scripted stop hook; prints the one-line verdict when auto-check is on."""
+
+    def __init__(self, target, extra_args, internal_dict):
+        pass
+
+    def handle_stop(self, exe_ctx, stream):
+        if not _SESSION.auto_check:
+            return True
+        _SESSION.bind(exe_ctx)
+        outcome = commands.execute_to_text(_SESSION, "check", ["--verdict"])
+        stream.Print(outcome.text if outcome.text.endswith("\n") else outcome.text + "\n")
+        return True
+
+
+class SettingsCommand:
+    """``kheap set NAME VALUE`` / ``kheap show [NAME]``: the same settings as gdb's parameters."""
+
+    show = False
+
+    def __init__(self, debugger, internal_dict):
+        pass
+
+    def __call__(self, debugger, command, exe_ctx, result):
+        words = command.split()
+        names = [name for name, *_ in commands.SETTINGS]
+        try:
+            if self.show:
+                current = _SESSION.current_settings()
+                for name in (words or names):
+                    if name not in current:
+                        raise CommandError(f"no setting {name!r} (one of: {', '.join(names)})")
+                    value = current[name]
+                    shown = "auto" if value is None else ("on" if value is True else
+                                                          "off" if value is False else value)
+                    result.AppendMessage(f"kheap {name} is {shown}")
+                return
+            if len(words) != 2 or words[0] not in names:
+                raise CommandError(f"usage: kheap set NAME VALUE (NAME: {', '.join(names)})")
+            _SESSION.apply_setting(words[0], words[1])
+        except CommandError as error:
+            result.SetError(str(error))
+
+    def get_short_help(self):
+        return "Show kheap settings." if self.show else "Set a kheap setting: kheap set NAME VALUE."
+
+
+class ShowSettingsCommand(SettingsCommand):
+    show = True
+
+
+def _summary(tag):
+    describe = commands.struct_describer(tag)
+
+    def summary(valobj, internal_dict):
+        try:
+            process = valobj.GetProcess()
+            _SESSION.bind(lldb.SBExecutionContext(process.GetSelectedThread().GetSelectedFrame())
+                          if process.IsValid() else None)
+            address = valobj.GetLoadAddress()
+            error = lldb.SBError()
+            raw = valobj.GetData().ReadRawData(error, 0, valobj.GetByteSize())
+            return describe(_SESSION, address if address != lldb.LLDB_INVALID_ADDRESS else None,
+                            bytes(raw or b""))
+        except Exception as error:  # noqa: BLE001 - a summary must never break 'frame variable'
+            return f"<kheap: {error}>"
+
+    return summary
+
+
+segment_summary = _summary("heap_segment")
+page_summary = _summary("page")
+
+
+def register(debugger):
+    """Create the kheap container, its commands, type summaries and settings (once)."""
+    module = __name__
+
+    def run(line):
+        ret = lldb.SBCommandReturnObject()
+        debugger.GetCommandInterpreter().HandleCommand(line, ret)
+        return ret
+
+    if run("help kheap").Succeeded():
+        return False
+    run(f"command container add -h '{commands.PREFIX_SUMMARY}' kheap")
+    for command in commands.commands_for("lldb"):
+        class_name = "Kheap_" + command.name.replace("-", "_")
+        globals()[class_name] = type(class_name, (_KheapCommand,), {"name": command.name})
+        run(f"command script add -c {module}.{class_name} kheap {command.name}")
+    run(f"command script add -c {module}.AutoCheckCommand kheap auto-check")
+    run(f"command script add -c {module}.SettingsCommand kheap set")
+    run(f"command script add -c {module}.ShowSettingsCommand kheap show")
+    for type_name in ("heap_segment_t", "struct heap_segment", "heap_segment", "heapSegment"):
+        run(f"type summary add -F {module}.segment_summary '{type_name}'")
+    for type_name in ("page_t", "struct page"):
+        run(f"type summary add -F {module}.page_summary '{type_name}'")
+    return True

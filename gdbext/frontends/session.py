@@ -1,0 +1,132 @@
+"""What every face (gdb, lldb, CLI) gives the shared command table, and the state they share.
+
+A face subclasses Session and supplies four things: the ELF path, a raw memory reader, an
+expression evaluator and where the target stopped. Everything else (settings, the per-stop
+Program with its block cache, snapshots) lives here once, so the three faces cannot drift.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from gdbext.core.memory import BlockCache
+from gdbext.core.program import Overrides, Program, load_elf_info
+
+
+class CommandError(Exception):
+    """A problem the user can act on (no target, bad expression, unreadable file): one line."""
+
+
+@dataclass
+class StopPlace:
+    """Where the target is stopped, as the debugger sees it (for ``kheap triage``)."""
+
+    pc: Optional[int] = None
+    function: Optional[str] = None
+    frames: list = field(default_factory=list)  # [{"pc", "function", "source"}], newest first
+    registers: dict = field(default_factory=dict)
+    thread: Optional[int] = None
+
+
+# name, gdb parameter kind, one-line doc, default. gdb shows them with 'show kheap NAME'; lldb
+# and the CLI take the same names as options, so a user moving between faces finds them again.
+SETTINGS = (
+    ("auto-check", "PARAM_BOOLEAN", "Whether kheap checks the heap at every stop.", False),
+    ("color", "PARAM_STRING", "Colour output: auto, on or off.", "auto"),
+    ("block-size", "PARAM_STRING", "Bytes per read of target memory (the block cache's block).",
+     "65536"),
+    ("heap-start", "PARAM_STRING", "Heap start address override (empty: from the ELF).", ""),
+    ("heap-size", "PARAM_STRING", "Heap size override (empty: from the ELF).", ""),
+    ("list-head", "PARAM_STRING", "Address of the first segment override (empty: from the ELF).",
+     ""),
+    ("debug", "PARAM_BOOLEAN", "Whether kheap shows Python tracebacks of its own bugs.", False),
+)
+
+
+def _parse_setting(name, value):
+    """Validate one setting's value, returning what the session keeps (None = automatic)."""
+    if name in ("auto-check", "debug"):
+        if isinstance(value, str):
+            if value.lower() in ("on", "1", "yes", "true"):
+                return True
+            if value.lower() in ("off", "0", "no", "false"):
+                return False
+            raise CommandError(f"kheap {name}: expected on or off, not {value!r}")
+        return bool(value)
+    if name == "color":
+        text = (value or "auto").lower()
+        if text not in ("auto", "on", "off", "always", "never"):
+            raise CommandError(f"kheap color: expected auto, on or off, not {value!r}")
+        return {"always": "on", "never": "off"}.get(text, text)
+    if value in (None, "", "auto"):
+        return None
+    try:
+        number = int(str(value), 0)
+    except ValueError:
+        raise CommandError(f"kheap {name}: not a number: {value!r}") from None
+    if name == "block-size" and not (256 <= number <= 16 * 1024 * 1024 and number & (number - 1) == 0):
+        raise CommandError("kheap block-size: a power of two between 256 and 16 MiB")
+    if number < 0:
+        raise CommandError(f"kheap {name}: must not be negative")
+    return number
+
+
+class Session:
+    """Debugger-neutral session state; faces override the four target hooks below."""
+
+    face = "none"
+
+    def __init__(self):
+        self._settings = {name: _parse_setting(name, default) for name, _, _, default in SETTINGS}
+        self._program = None
+        self.snapshots = {}
+
+    # Hooks a face provides -------------------------------------------------------------------
+    def elf_path(self):
+        raise NotImplementedError
+
+    def reader(self):
+        raise NotImplementedError
+
+    def evaluate(self, expression):
+        """An address from an expression; faces without a debugger accept numbers and symbols."""
+        raise NotImplementedError
+
+    def stop_place(self):
+        return StopPlace()
+
+    def color_wanted(self):
+        """Colour when 'color' is on, or auto and the output is a terminal (the face knows)."""
+        return self._settings["color"] == "on"
+
+    # Settings --------------------------------------------------------------------------------
+    def apply_setting(self, name, value):
+        self._settings[name] = _parse_setting(name, value)
+        self.invalidate()
+
+    def current_settings(self):
+        return dict(self._settings)
+
+    @property
+    def auto_check(self):
+        return self._settings["auto-check"]
+
+    @property
+    def debug(self):
+        return self._settings["debug"]
+
+    # The program -----------------------------------------------------------------------------
+    def overrides(self):
+        return Overrides(heap_start=self._settings["heap-start"],
+                         heap_size=self._settings["heap-size"],
+                         list_head=self._settings["list-head"])
+
+    def program(self):
+        """The Program for this stop: built once, reused until the target may have changed."""
+        if self._program is None:
+            cache = BlockCache(self.reader(), block_size=self._settings["block-size"] or 65536)
+            self._program = Program(load_elf_info(self.elf_path()), cache, overrides=self.overrides())
+        return self._program
+
+    def invalidate(self, *_event):
+        """Forget everything read from the target (it ran, or memory was written)."""
+        self._program = None
