@@ -1,0 +1,542 @@
+"""Validators: every finding about the heap and the page metadata, never the first only.
+
+Each ``validate_*`` takes the :class:`Program` (and the walk where one is needed), never raises
+on corrupt data, and returns a list of :class:`Finding`. Codes are stable (scripts and tests
+match on them). One corruption should give one code: where a first fault explains the next
+(a broken size explains the gap after it; a cycle's back link explains its wrong length) only
+the first is reported. :func:`check` bundles the walk, all findings and a verdict.
+
+The default check reads the heap plus the ``page_t`` entries of the kernel image and the heap
+and the ``free_pages`` head; ``full=True`` also reads the whole page array and walks the free
+list, which on a live target costs about one packet per 2 KiB (a few thousand packets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP,
+                   HeapWalk, walk_heap)
+from .layout import HEAP_ALIGN, PAGE_SIZE
+from .memory import MemoryFault
+from .pages import (KIND_ALLOCATED, KIND_BAD, KIND_FREE, KIND_HEAP, KIND_KERNEL, page_index, page_kind,
+                    read_free_list_head, read_pages, walk_free_list)
+from .program import Program
+from .text import escape_bytes, printable_ratio
+
+__all__ = ["Finding", "Culprit", "CheckReport", "CODES", "classify_bytes", "validate_heap",
+           "validate_poison", "validate_stats", "validate_pages", "check"]
+
+ERROR, WARNING = "error", "warning"
+
+CODES = {
+    "HEAP-HEAD": "list head unreadable, NULL or outside the heap",
+    "HEAP-BOUNDS": "a next link leads outside the heap",
+    "HEAP-ALIGN": "segment address or size not a multiple of 16",
+    "HEAP-SIZE": "segment size smaller than a header, zero, or past the heap end",
+    "HEAP-GAP": "next is past address + size",
+    "HEAP-OVERLAP": "next is before address + size",
+    "HEAP-BACKLINK": "next's prev is not this segment (or the head's prev is not NULL)",
+    "HEAP-CYCLE": "the list leads back to a segment already visited",
+    "HEAP-FLAG": "is_allocated is neither 0 nor 1",
+    "HEAP-COVERAGE": "the segments do not cover the heap exactly",
+    "HEAP-UNMERGED": "two adjacent free segments (warning)",
+    "HEAP-POISON": "a free payload's poison was overwritten (use after free?)",
+    "HEAP-STATS": "heap_stats disagree with the walk",
+    "HEAP-UNREADABLE": "the walk stopped at an unreadable address",
+    "PAGE-FLAGS": "a page's flags (or identity) differ from the layout",
+    "PAGE-FREELIST": "free_pages holds a non-free page, has a cycle, or its count is wrong",
+}
+
+MAX_PAGE_FINDINGS = 16        # per kind of page problem: a wiped array must not give 245k lines
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """Who probably did it: a segment address, why we think so, and what the bytes look like.
+
+    ``classification``: 'ascii' (``detail`` is the escaped text), 'zeros', 'poison', 'pointer'
+    (``detail`` is ``symbol+0xoff``), 'binary' (``detail`` is hex) or '' when not classified.
+    """
+
+    address: Optional[int]
+    reason: str
+    classification: str = ""
+    detail: str = ""
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"address": self.address, "reason": self.reason,
+                "classification": self.classification, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: stable ``code``, ``severity``, ``address``, one-line ``message``, values read."""
+
+    code: str
+    severity: str
+    address: Optional[int]
+    message: str
+    values: Dict[str, Any] = dc_field(default_factory=dict)
+    culprit: Optional[Culprit] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "address": self.address,
+                "message": self.message, "values": dict(self.values),
+                "culprit": self.culprit.to_json() if self.culprit else None}
+
+
+def classify_bytes(prog: Program, data: bytes) -> tuple:
+    """What overwrote something: ('zeros'|'poison'|'ascii'|'pointer'|'binary', detail)."""
+    if not data:
+        return "", ""
+    if not any(data):
+        return "zeros", f"{len(data)} zero bytes"
+    poison = prog.poison_byte()
+    if poison is not None and data.count(poison) == len(data):
+        return "poison", f"0x{poison:02x} fill"
+    if printable_ratio(data) >= 0.75 and sum(1 for b in data if 0x20 < b < 0x7F) >= 4:
+        return "ascii", escape_bytes(data.rstrip(b"\0"))
+    p = prog.pointer_size
+    order = prog.byteorder
+    for off in range(0, len(data) - p + 1, p):
+        value = int.from_bytes(data[off:off + p], order)
+        if value and prog.elf.in_image(value):
+            name = prog.elf.symbolize(value)
+            if name:
+                return "pointer", name
+    return "binary", data[:32].hex()
+
+
+def _is_error(code: str, findings: Sequence[Finding]) -> bool:
+    return any(f.code == code for f in findings)
+
+
+# -- the heap list ------------------------------------------------------------------------------
+
+def _culprit_for_header(prog: Program, walk: HeapWalk, index: int) -> Culprit:
+    """The segment physically before record ``index`` and what its header now holds."""
+    recs = walk.records
+    a = recs[index][0]
+    try:
+        raw = prog.read(a, prog.header_size)
+    except MemoryFault:
+        raw = b""
+    kind, detail = classify_bytes(prog, raw)
+    if index == 0:
+        return Culprit(None, "first segment of the heap: nothing before it to overflow", kind, detail)
+    pa, _, _, pf, ps = recs[index - 1]
+    if pf == 1:
+        return Culprit(pa, "overflow from the allocated segment before it", kind, detail)
+    if pf == 0:
+        return Culprit(pa, "write past the free segment before it (use after free?)", kind, detail)
+    return Culprit(pa, "the segment before it is corrupt too", kind, detail)
+
+
+def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Finding]:
+    """Structure of the ``heap_segment_t`` list: HEAP-HEAD ... HEAP-UNMERGED, HEAP-UNREADABLE.
+
+    ``prog``: the :class:`Program`; ``walk``: a :class:`HeapWalk` of it (walked if None).
+    """
+    if walk is None:
+        walk = walk_heap(prog)
+    out: List[Finding] = []
+    fmt = prog.fmt
+    hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
+    recs = walk.records
+    n = len(recs)
+
+    if walk.stop_reason == STOP_BAD_HEAD:
+        head_sym = prog.elf.address_of("heap_segment_list_head")
+        out.append(Finding("HEAP-HEAD", ERROR, walk.stop_address if walk.stop_address is not None else head_sym,
+                           f"heap_segment_list_head: {walk.stop_detail}"
+                           + (f" ({fmt(walk.stop_address)})" if walk.stop_address else ""),
+                           {"list_head": walk.stop_address, "heap_start": hs, "heap_end": he}))
+        return out
+
+    # The last record's next link is explained by the stop reason, not by GAP/OVERLAP.
+    last_link_explained = walk.stop_reason in (STOP_CYCLE, STOP_LEFT_HEAP, STOP_BOUND)
+    expected_prev = 0
+    prev_alloc = -1
+    prev_end = -1
+    for i in range(n):
+        a, nx, pv, f, s = recs[i]
+        end = a + s
+        if (a & 15) or (s & 15) or f > 1 or s < hdr or end > he or (nx != end and nx != 0) or pv != expected_prev:
+            _slow_segment_checks(prog, walk, i, expected_prev, last_link_explained and i == n - 1, out)
+        elif f == 0 and prev_alloc == 0 and prev_end == a:
+            out.append(Finding("HEAP-UNMERGED", WARNING, a,
+                               f"free segment at {fmt(a)} follows the free segment at {fmt(recs[i - 1][0])} unmerged",
+                               {"address": a, "previous": recs[i - 1][0], "size": s,
+                                "previous_size": recs[i - 1][4]}))
+        expected_prev, prev_alloc, prev_end = a, f, end
+
+    # Why the walk stopped.
+    frm = walk.stop_from
+    from_index = n - 1 if n else None
+    if walk.stop_reason == STOP_LEFT_HEAP:
+        culprit = _culprit_for_header(prog, walk, from_index) if from_index is not None else None
+        out.append(Finding("HEAP-BOUNDS", ERROR, walk.stop_address,
+                           f"segment at {fmt(frm)} links to {fmt(walk.stop_address)}, outside the heap "
+                           f"[{fmt(hs)}, {fmt(he)})",
+                           {"from": frm, "next": walk.stop_address, "heap_start": hs, "heap_end": he},
+                           culprit))
+    elif walk.stop_reason in (STOP_CYCLE, STOP_BOUND):
+        msg = (f"segment at {fmt(frm)} links back to {fmt(walk.stop_address)}, already visited"
+               if walk.stop_reason == STOP_CYCLE else
+               f"the list is longer than the heap can hold ({walk.bound} segments)")
+        out.append(Finding("HEAP-CYCLE", ERROR, frm, msg,
+                           {"from": frm, "next": walk.stop_address, "steps": n}))
+    elif walk.stop_reason == STOP_FAULT:
+        out.append(Finding("HEAP-UNREADABLE", ERROR, walk.stop_address,
+                           f"walk stopped: {walk.stop_detail} (fault at {fmt(walk.stop_address)})",
+                           {"from": frm, "fault_address": walk.stop_address, "segments_read": n}))
+
+    # Coverage: the list must start at heap_start and, when it ended normally, end at heap_end.
+    if n and recs[0][0] != hs:
+        out.append(Finding("HEAP-COVERAGE", ERROR, recs[0][0],
+                           f"the list starts at {fmt(recs[0][0])} but the heap starts at {fmt(hs)}",
+                           {"first": recs[0][0], "heap_start": hs}))
+    if walk.stop_reason == STOP_END and n:
+        a, _, _, _, s = recs[-1]
+        if hdr <= s and a + s <= he and a + s != he:
+            out.append(Finding("HEAP-COVERAGE", ERROR, a,
+                               f"the last segment ends at {fmt(a + s)} but the heap ends at {fmt(he)} "
+                               f"({he - a - s} bytes not covered)",
+                               {"last": a, "last_end": a + s, "heap_end": he, "uncovered": he - a - s}))
+    return out
+
+
+def _slow_segment_checks(prog: Program, walk: HeapWalk, i: int, expected_prev: int,
+                         link_explained: bool, out: List[Finding]) -> None:
+    """Per-field checks for a record that failed the fast test in :func:`validate_heap`."""
+    fmt = prog.fmt
+    he, hdr = walk.heap_end, walk.header_size
+    a, nx, pv, f, s = walk.records[i]
+    end = a + s
+    here: List[Finding] = []
+    vals = {"address": a, "next": nx, "prev": pv, "is_allocated": f, "segment_size": s}
+    if a % HEAP_ALIGN:
+        here.append(Finding("HEAP-ALIGN", ERROR, a, f"segment at {fmt(a)} is not {HEAP_ALIGN}-byte aligned", vals))
+    if f > 1:
+        here.append(Finding("HEAP-FLAG", ERROR, a,
+                            f"segment at {fmt(a)} has is_allocated = {f} (0x{f:x}), neither 0 nor 1", vals))
+    size_ok = hdr <= s and end <= he
+    if s < hdr:
+        here.append(Finding("HEAP-SIZE", ERROR, a,
+                            f"segment at {fmt(a)} has segment_size {s}, smaller than a header ({hdr})", vals))
+    elif end > he:
+        here.append(Finding("HEAP-SIZE", ERROR, a,
+                            f"segment at {fmt(a)} has segment_size {s}, running {end - he} bytes past the heap end",
+                            vals))
+    elif s % HEAP_ALIGN:
+        here.append(Finding("HEAP-ALIGN", ERROR, a,
+                            f"segment at {fmt(a)} has segment_size {s}, not a multiple of {HEAP_ALIGN}", vals))
+    if nx != 0 and nx != end and size_ok and not link_explained:
+        if nx > end:
+            here.append(Finding("HEAP-GAP", ERROR, a,
+                                f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} ({nx - end} bytes lost)",
+                                dict(vals, end=end, gap=nx - end)))
+        else:
+            here.append(Finding("HEAP-OVERLAP", ERROR, a,
+                                f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} ({end - nx} bytes overlap)",
+                                dict(vals, end=end, overlap=end - nx)))
+    if pv != expected_prev:
+        what = ("the first segment's prev is not NULL" if i == 0 else
+                f"prev is {fmt(pv)}, expected {fmt(expected_prev)}")
+        here.append(Finding("HEAP-BACKLINK", ERROR, a, f"segment at {fmt(a)}: {what}",
+                            dict(vals, expected_prev=expected_prev)))
+    if not here:
+        return
+    # A header with wrong fields was probably overwritten: name the likely culprit once.
+    culprit = _culprit_for_header(prog, walk, i)
+    out.extend(Finding(x.code, x.severity, x.address, x.message, x.values, culprit) for x in here)
+
+
+# -- poison -------------------------------------------------------------------------------------
+
+def validate_poison(prog: Program, walk: HeapWalk) -> List[Finding]:
+    """HEAP-POISON: a free payload (``heap_segment_t`` with is_allocated 0) that is not all poison.
+
+    Only when ``heap_poison`` (ELF .rodata or target memory) says poison is on.
+    """
+    poison = prog.poison_byte()
+    if poison is None:
+        return []
+    out: List[Finding] = []
+    buf = prog.heap_bytes()
+    hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
+    pb = bytes([poison])
+    fmt = prog.fmt
+    for a, nx, pv, f, s in walk.records:
+        if f != 0 or s <= hdr or a + s > he or a < hs:
+            continue
+        lo, hi = a + hdr - hs, a + s - hs
+        if hi > len(buf):
+            continue
+        if buf.count(pb, lo, hi) == hi - lo:
+            continue
+        payload = buf[lo:hi]
+        first = len(payload) - len(payload.lstrip(pb))
+        last = len(payload.rstrip(pb))
+        changed = (hi - lo) - payload.count(pb)
+        kind, detail = classify_bytes(prog, payload[first:min(last, first + 64)])
+        out.append(Finding("HEAP-POISON", ERROR, a + hdr + first,
+                           f"free segment at {fmt(a)}: {changed} byte{'s' if changed != 1 else ''} of poison "
+                           f"0x{poison:02x} overwritten from payload offset {first}",
+                           {"segment": a, "payload": a + hdr, "offset": first, "last_offset": last - 1,
+                            "changed_bytes": changed, "poison": poison},
+                           Culprit(a, "written after it was freed (use after free)", kind, detail)))
+    return out
+
+
+# -- the kernel's own counters ------------------------------------------------------------------
+
+def validate_stats(prog: Program, walk: HeapWalk, structure_ok: bool = True) -> List[Finding]:
+    """HEAP-STATS: ``heap_stats`` (heap_stats_t) against the walk and against itself.
+
+    The comparison with the walk is only made on a complete, structurally sound walk
+    (``structure_ok``): on a broken list the walk's totals mean nothing.
+    """
+    ks = prog.read_kernel_stats()
+    if ks is None:
+        return []
+    out: List[Finding] = []
+    fmt = prog.fmt
+    addr = prog.elf.address_of("heap_stats")
+    mask = (1 << (8 * prog.pointer_size)) - 1
+    alloc, frees = ks.get("allocations"), ks.get("frees")
+    cur = ks.get("current_usage")
+    if {"bytes_allocated", "bytes_freed"} <= ks.keys() and cur is not None:
+        if (ks["bytes_allocated"] - ks["bytes_freed"]) & mask != cur:
+            out.append(Finding("HEAP-STATS", ERROR, addr,
+                               f"heap_stats: bytes_allocated - bytes_freed = {(ks['bytes_allocated'] - ks['bytes_freed']) & mask}"
+                               f" but current_usage = {cur}", dict(ks)))
+    if cur is not None and ks.get("peak_usage") is not None and ks["peak_usage"] < cur:
+        out.append(Finding("HEAP-STATS", ERROR, addr,
+                           f"heap_stats: peak_usage {ks['peak_usage']} is below current_usage {cur}", dict(ks)))
+    if structure_ok and walk.complete and alloc is not None and frees is not None:
+        used = [r for r in walk.records if r[3] == 1]
+        used_bytes = sum(r[4] for r in used)
+        live = (alloc - frees) & 0xFFFFFFFF
+        if live != len(used):
+            out.append(Finding("HEAP-STATS", ERROR, addr,
+                               f"heap_stats: allocations - frees = {live} but the walk found {len(used)} used segments",
+                               {"kernel_live": live, "walk_used": len(used), **ks}))
+        if cur is not None and cur != used_bytes:
+            out.append(Finding("HEAP-STATS", ERROR, addr,
+                               f"heap_stats: current_usage = {cur} but used segments total {used_bytes} bytes",
+                               {"current_usage": cur, "walk_used_bytes": used_bytes, **ks}))
+    return out
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+_KIND_FLAGS = {KIND_KERNEL: "allocated|kernel_page", KIND_HEAP: "allocated|kernel_heap_page",
+               KIND_FREE: "0", KIND_ALLOCATED: "allocated"}
+
+
+def _flag_text(prog: Program, word: int) -> str:
+    names = prog.layouts.page.flag_names(word)
+    return "|".join(names) if names else "0"
+
+
+def validate_pages(prog: Program, full: bool = False) -> List[Finding]:
+    """PAGE-FLAGS and PAGE-FREELIST over ``all_pages_array`` (page_t) and ``free_pages``.
+
+    Default: the entries of the kernel image and page array, and of the heap (a few hundred
+    to a few thousand entries), plus a sanity check of ``free_pages``' head, tail and size.
+    ``full``: every entry, and a walk of the whole free list.
+    """
+    out: List[Finding] = []
+    b = prog.bounds
+    if b.page_array is None or not b.num_pages:
+        return out
+    fmt = prog.fmt
+    layout = prog.layouts.page
+    fv = layout.flag_value
+    kernel_end = b.start // PAGE_SIZE
+    heap_end = -(-b.end // PAGE_SIZE)
+    count = b.num_pages if full else min(b.num_pages, heap_end)
+    rng = read_pages(prog, 0, count)
+    if rng.fault is not None:
+        out.append(Finding("PAGE-FLAGS", ERROR, rng.fault,
+                           f"page array unreadable at {fmt(rng.fault)} (entry {len(rng.entries)})",
+                           {"fault_address": rng.fault, "entries_read": len(rng.entries)}))
+    flag_findings: List[Finding] = []
+    link_findings: List[Finding] = []
+    more_flags = more_links = 0
+    size = layout.size
+    base = b.page_array
+    free_indexes = []
+    for i, (vaddr, word, nxt, prv) in enumerate(rng.entries):
+        kind = page_kind(fv(word))
+        want = KIND_KERNEL if i < kernel_end else KIND_HEAP if i < heap_end else None
+        entry = base + i * size
+        bad_kind = kind != want if want is not None else kind not in (KIND_FREE, KIND_ALLOCATED)
+        if bad_kind or vaddr != i * PAGE_SIZE:
+            if len(flag_findings) >= MAX_PAGE_FINDINGS:
+                more_flags += 1
+            else:
+                expect = _KIND_FLAGS[want] if want else "0 or allocated"
+                msg = (f"page {i} ({fmt(i * PAGE_SIZE)}) has flags {_flag_text(prog, word)}, expected {expect}"
+                       if bad_kind else
+                       f"page {i} has vaddr_mapped {fmt(vaddr)}, expected {fmt(i * PAGE_SIZE)}")
+                flag_findings.append(Finding("PAGE-FLAGS", ERROR, entry, msg,
+                                             {"index": i, "entry": entry, "vaddr_mapped": vaddr,
+                                              "flags": fv(word), "expected": want or "free|allocated"}))
+        if kind == KIND_FREE and want is None:
+            free_indexes.append(i)
+        elif (nxt or prv) and (want is not None or kind == KIND_ALLOCATED):
+            # (a page with impossible flags beyond the heap is PAGE-FLAGS' business alone)
+            if len(link_findings) >= MAX_PAGE_FINDINGS:
+                more_links += 1
+            else:
+                link_findings.append(Finding("PAGE-FREELIST", ERROR, entry,
+                                             f"page {i} is in use ({kind}) but has free-list links "
+                                             f"next={fmt(nxt)} prev={fmt(prv)}",
+                                             {"index": i, "entry": entry, "nextpage": nxt, "prevpage": prv}))
+    out += flag_findings
+    if more_flags:
+        out.append(Finding("PAGE-FLAGS", ERROR, None, f"... and {more_flags} more pages with wrong flags",
+                           {"more": more_flags}))
+    out += link_findings
+    if more_links:
+        out.append(Finding("PAGE-FREELIST", ERROR, None, f"... and {more_links} more in-use pages with links",
+                           {"more": more_links}))
+
+    hts = read_free_list_head(prog)
+    if hts is None:
+        return out
+    head, tail, lsize = hts
+    fl_addr = prog.elf.address_of("free_pages")
+    vals = {"head": head, "tail": tail, "size": lsize}
+    for name, value in (("head", head), ("tail", tail)):
+        if not value:
+            continue
+        idx = page_index(prog, value)
+        if idx is None:
+            out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                               f"free_pages.{name} = {fmt(value)} is not an entry of the page array", vals))
+        elif idx < heap_end:
+            out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                               f"free_pages.{name} is page {idx}, a {'kernel' if idx < kernel_end else 'heap'} page",
+                               dict(vals, index=idx)))
+    if (head == 0) != (tail == 0) or (head == 0 and lsize != 0):
+        out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                           f"free_pages is inconsistent: head={fmt(head)} tail={fmt(tail)} size={lsize}", vals))
+    if lsize > b.num_pages - min(heap_end, b.num_pages):
+        out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                           f"free_pages.size = {lsize} but only {b.num_pages - min(heap_end, b.num_pages)} pages "
+                           "can be free", vals))
+    if full:
+        out += _validate_free_list(prog, set(free_indexes), vals, fl_addr, kernel_end, heap_end, rng)
+    return out
+
+
+def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl_addr: Optional[int],
+                        kernel_end: int, heap_end: int, rng: Any) -> List[Finding]:
+    out: List[Finding] = []
+    fmt = prog.fmt
+    walk = walk_free_list(prog)
+    fv = prog.layouts.page.flag_value
+    if walk.stop_reason == "cycle":
+        out.append(Finding("PAGE-FREELIST", ERROR, walk.stop_address,
+                           f"free_pages has a cycle: it returns to {fmt(walk.stop_address)} after "
+                           f"{len(walk.indexes)} pages", dict(vals, walked=len(walk.indexes))))
+    elif walk.stop_reason in ("not-a-page", "fault", "bound"):
+        out.append(Finding("PAGE-FREELIST", ERROR, walk.stop_address,
+                           f"free_pages walk stopped ({walk.stop_reason}) at {fmt(walk.stop_address)}",
+                           dict(vals, walked=len(walk.indexes))))
+    bad = 0
+    for idx in walk.indexes:
+        if idx < len(rng.entries):
+            word = rng.entries[idx][1]
+            kind = page_kind(fv(word))
+            if kind not in (KIND_FREE, KIND_BAD):     # impossible flags: PAGE-FLAGS says it
+                bad += 1
+                if bad <= MAX_PAGE_FINDINGS:
+                    entry = prog.bounds.page_array + idx * prog.layouts.page.size
+                    out.append(Finding("PAGE-FREELIST", ERROR, entry,
+                                       f"free_pages holds page {idx}, which is not free ({_flag_text(prog, word)})",
+                                       {"index": idx, "flags": fv(word)}))
+    if walk.stop_reason == "end":
+        if len(walk.indexes) != walk.size:
+            out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                               f"free_pages.size = {walk.size} but the list holds {len(walk.indexes)} pages",
+                               dict(vals, walked=len(walk.indexes))))
+        last = walk.indexes[-1] if walk.indexes else None
+        if last is not None and page_index(prog, walk.tail) != last:
+            out.append(Finding("PAGE-FREELIST", ERROR, fl_addr,
+                               f"free_pages.tail = {fmt(walk.tail)} is not the last page of the list", vals))
+        missing = free_pages - set(walk.indexes)
+        if missing:
+            first = min(missing)
+            out.append(Finding("PAGE-FREELIST", ERROR, prog.bounds.page_array + first * prog.layouts.page.size,
+                               f"{len(missing)} free pages are not on free_pages (first: page {first})",
+                               {"missing": len(missing), "first": first}))
+    if walk.bad_prev:
+        idx = walk.bad_prev[0]
+        out.append(Finding("PAGE-FREELIST", ERROR, prog.bounds.page_array + idx * prog.layouts.page.size,
+                           f"{len(walk.bad_prev)} free-list pages have a wrong prevpage (first: page {idx})",
+                           {"count": len(walk.bad_prev), "first": idx}))
+    return out
+
+
+# -- everything ---------------------------------------------------------------------------------
+
+STRUCTURAL = frozenset({"HEAP-HEAD", "HEAP-BOUNDS", "HEAP-ALIGN", "HEAP-SIZE", "HEAP-GAP", "HEAP-OVERLAP",
+                        "HEAP-BACKLINK", "HEAP-CYCLE", "HEAP-FLAG", "HEAP-COVERAGE", "HEAP-UNREADABLE"})
+
+
+@dataclass
+class CheckReport:
+    """A heap walk, every finding, and the verdict ('ok', 'warnings' or 'corrupt')."""
+
+    walk: HeapWalk
+    findings: List[Finding]
+    full: bool
+    notes: List[str]
+
+    @property
+    def errors(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    @property
+    def verdict(self) -> str:
+        if self.errors:
+            return "corrupt"
+        return "warnings" if self.findings else "ok"
+
+    @property
+    def codes(self) -> List[str]:
+        return sorted({f.code for f in self.findings})
+
+
+def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
+    """Walk the heap and run every validator; ``full`` adds the whole page array and free list.
+
+    ``prog``: the :class:`Program`. Raises only :class:`ProgramError` (heap not locatable).
+    """
+    walk = walk_heap(prog)
+    findings = validate_heap(prog, walk)
+    notes = list(prog.notes)
+    structure_ok = not any(f.code in STRUCTURAL for f in findings)
+    if walk.stop_reason != STOP_BAD_HEAD:
+        findings += validate_poison(prog, walk)
+    if prog.poison_byte() is None:
+        notes.append("poison check off (heap_poison is -1 or unknown)")
+    findings += validate_stats(prog, walk, structure_ok)
+    if prog.read_kernel_stats() is None:
+        notes.append("heap_stats not available: kernel counters not compared")
+    if pages:
+        if prog.bounds.page_array is None or not prog.bounds.num_pages:
+            notes.append("page array unknown (no __end/num_pages): page checks skipped")
+        else:
+            findings += validate_pages(prog, full)
+    return CheckReport(walk, findings, full, notes)

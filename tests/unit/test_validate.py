@@ -1,0 +1,302 @@
+"""One test per finding code: inject exactly that corruption, get exactly that code back."""
+
+import pytest
+
+from gdbext.core.heap import walk_heap
+from gdbext.core.program import Overrides
+from gdbext.core.validate import CODES, check
+
+from heapbuilder import SyntheticKernel, busy_kernel
+
+LAYOUTS = [(4, "<"), (4, ">"), (8, "<"), (8, ">")]
+IDS = ["arm32-le", "arm32-be", "a64-le", "a64-be"]
+
+
+@pytest.fixture(params=LAYOUTS, ids=IDS)
+def kern(request):
+    k, live = busy_kernel(*request.param)
+    return k
+
+
+def segs(k):
+    return k.segments()
+
+
+def codes(report):
+    return {f.code for f in report.findings}
+
+
+def run(k, full=False, **kw):
+    return check(k.program(**kw), full=full)
+
+
+def test_healthy_heaps_have_no_findings(kern):
+    for full in (False, True):
+        r = run(kern, full=full)
+        assert r.findings == [] and r.verdict == "ok", [f.message for f in r.findings]
+    fresh = SyntheticKernel(kern.p, kern.endian)
+    assert run(fresh, full=True).findings == []
+
+
+def test_heap_head_outside_the_heap(kern):
+    kern.set_global("heap_segment_list_head", 0x10)
+    r = run(kern)
+    assert codes(r) == {"HEAP-HEAD"} and r.findings[0].address == 0x10
+
+
+def test_heap_head_null(kern):
+    kern.set_global("heap_segment_list_head", 0)
+    assert codes(run(kern)) == {"HEAP-HEAD"}
+
+
+def test_heap_head_unreadable(kern):
+    globals_page = kern.symbols["heap_segment_list_head"] & ~0xFFF
+    r = run(kern, overrides=Overrides(heap_start=kern.heap_start, heap_size=kern.heap_size),
+            holes=((globals_page, globals_page + 0x1000),))
+    assert codes(r) == {"HEAP-HEAD"}
+    assert "unreadable" in r.findings[0].message
+
+
+def test_heap_bounds_next_outside_the_heap(kern):
+    a = segs(kern)[2][0]
+    kern.set_seg(a, next=kern.heap_end + 0x1000)
+    r = run(kern)
+    assert codes(r) == {"HEAP-BOUNDS"}
+    f = r.findings[0]
+    assert f.address == kern.heap_end + 0x1000 and f.values["from"] == a
+
+
+def _lay_out(k, sizes):
+    """Rewrite the heap as consecutive segments of (size, allocated); the last takes the rest."""
+    hs = k.heap_start
+    addrs, addr = [], hs
+    for size, _ in sizes:
+        addrs.append(addr)
+        addr += size
+    last_size = k.heap_end - addr
+    entries = list(sizes) + [(last_size, 0)]
+    addrs.append(addr)
+    used = 0
+    for i, ((size, alloc), a) in enumerate(zip(entries, addrs)):
+        nxt = addrs[i + 1] if i + 1 < len(addrs) else 0
+        prv = addrs[i - 1] if i else 0
+        if not alloc:
+            k._poison_range(a + k.hdr, a + size)
+        k.header(a, nxt, prv, alloc, size)
+        used += size if alloc else 0
+    k.stats.update(allocations=sum(1 for _, al in entries if al), frees=0, current_usage=used,
+                   bytes_allocated=used, bytes_freed=0, peak_usage=used)
+    k._write_stats()
+    return addrs
+
+
+def test_heap_align_misaligned_segment(kern):
+    h = kern.hdr
+    addrs = _lay_out(kern, [(h + 24, 1), (h + 40, 0), (64, 1)])
+    r = run(kern)
+    assert codes(r) == {"HEAP-ALIGN"}
+    assert addrs[1] in {f.address for f in r.findings}
+
+
+def test_heap_size_zero(kern):
+    a = segs(kern)[3][0]
+    kern.set_seg(a, segment_size=0)
+    r = run(kern)
+    assert codes(r) == {"HEAP-SIZE"} and r.findings[0].address == a
+
+
+def test_heap_size_past_the_end(kern):
+    a, s, _ = segs(kern)[-1]
+    kern.set_seg(a, segment_size=s + 64)
+    assert codes(run(kern)) == {"HEAP-SIZE"}
+
+
+def test_heap_gap(kern):
+    a, s, alloc = segs(kern)[0]
+    assert alloc == 1
+    kern.set_seg(a, segment_size=s - 16)
+    r = run(kern)
+    assert codes(r) == {"HEAP-GAP"} and r.findings[0].values["gap"] == 16
+
+
+def test_heap_overlap(kern):
+    a, s, _ = segs(kern)[2]
+    kern.set_seg(a, segment_size=s + 16)
+    r = run(kern)
+    assert codes(r) == {"HEAP-OVERLAP"} and r.findings[0].values["overlap"] == 16
+
+
+def test_heap_backlink(kern):
+    a = segs(kern)[4][0]
+    kern.set_seg(a, prev=kern.heap_start + 0x40)
+    r = run(kern)
+    assert codes(r) == {"HEAP-BACKLINK"} and r.findings[0].address == a
+    assert r.findings[0].culprit is not None
+
+
+def test_heap_backlink_head_prev_not_null(kern):
+    kern.set_seg(kern.heap_start, prev=kern.heap_start + 0x100)
+    assert codes(run(kern)) == {"HEAP-BACKLINK"}
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_heap_cycle(kern, target):
+    s = segs(kern)
+    kern.set_seg(s[-1][0] if target == 0 else s[4][0], next=s[target][0])
+    r = run(kern)
+    assert codes(r) == {"HEAP-CYCLE"}
+    assert r.walk.stop_reason == "cycle"
+
+
+def test_heap_flag(kern):
+    a = segs(kern)[1][0]
+    kern.set_seg(a, is_allocated=7)
+    r = run(kern)
+    assert codes(r) == {"HEAP-FLAG"} and r.findings[0].values["is_allocated"] == 7
+    assert r.walk.segments[1].state == "bad"
+
+
+def test_heap_coverage(kern):
+    a, s, alloc = segs(kern)[-1]
+    assert alloc == 0
+    kern.set_seg(a, segment_size=s - 32)
+    r = run(kern)
+    assert codes(r) == {"HEAP-COVERAGE"} and r.findings[0].values["uncovered"] == 32
+
+
+def test_heap_unmerged_is_a_warning(kern):
+    a, s, _ = segs(kern)[-1]
+    mid = a + (s // 2) // 16 * 16
+    after = kern.seg_field(a, "next")
+    kern.header(mid, after, a, 0, a + s - mid)
+    kern.set_seg(a, next=mid, segment_size=mid - a)
+    r = run(kern)
+    assert codes(r) == {"HEAP-UNMERGED"}
+    assert r.findings[0].severity == "warning" and r.verdict == "warnings"
+
+
+def test_heap_poison_use_after_free(kern):
+    a = next(a for a, s, al in segs(kern) if al == 0 and s > 64)
+    kern.write(a + kern.hdr + 8, b"hello")
+    r = run(kern)
+    assert codes(r) == {"HEAP-POISON"}
+    f = r.findings[0]
+    assert f.address == a + kern.hdr + 8 and f.values["changed_bytes"] == 5
+    assert f.culprit.address == a and f.culprit.classification == "ascii" and f.culprit.detail == "hello"
+
+
+def test_heap_poison_off_when_heap_poison_is_minus_one():
+    k, _ = busy_kernel(4, "<", poison=-1)
+    a = next(a for a, s, al in segs(k) if al == 0)
+    k.write(a + k.hdr, b"junk")
+    r = run(k)
+    assert r.findings == [] and any("poison check off" in n for n in r.notes)
+
+
+def test_heap_poison_read_from_target_memory_when_not_in_the_elf(kern):
+    a = next(a for a, s, al in segs(kern) if al == 0 and s > 64)
+    kern.write(a + kern.hdr, b"\0\0\0\0")
+    r = check(kern.program(elf=kern.elf_info(with_poison_section=False)))
+    assert codes(r) == {"HEAP-POISON"} and r.findings[0].culprit.classification == "zeros"
+
+
+def test_heap_stats(kern):
+    kern.stats["current_usage"] += 16
+    kern._write_stats()
+    r = run(kern)
+    assert codes(r) == {"HEAP-STATS"}
+    kern.stats["current_usage"] -= 16
+    kern.stats["frees"] += 1
+    kern._write_stats()
+    assert codes(run(kern)) == {"HEAP-STATS"}
+
+
+def test_heap_unreadable(kern):
+    a = segs(kern)[3][0]
+    r = run(kern, holes=((a, a + kern.hdr),))
+    assert codes(r) == {"HEAP-UNREADABLE"}
+    assert r.findings[0].address == a and r.walk.stop_reason == "fault"
+
+
+def test_page_flags(kern):
+    heap_page = kern.heap_start // 4096 + 3
+    kern.set_page(heap_page, flags=1)
+    r = run(kern)
+    assert codes(r) == {"PAGE-FLAGS"} and r.findings[0].values["index"] == heap_page
+    kern.set_page(heap_page, flags=5)
+    kern.set_page(1, flags=0)
+    assert codes(run(kern)) == {"PAGE-FLAGS"}
+
+
+def test_page_flags_beyond_the_heap_only_in_full_mode(kern):
+    kern.set_page(kern.free_page_indexes[5], flags=4)
+    assert codes(run(kern)) == set()
+    assert codes(run(kern, full=True)) == {"PAGE-FLAGS"}
+
+
+def test_page_freelist_heap_page_with_links(kern):
+    kern.set_page(kern.heap_start // 4096, nextpage=kern.page_addr(kern.free_page_indexes[0]))
+    assert codes(run(kern)) == {"PAGE-FREELIST"}
+
+
+def test_page_freelist_head_is_a_heap_page(kern):
+    head_tail_size = (kern.page_addr(kern.heap_start // 4096 + 1), kern.page_addr(kern.free_page_indexes[-1]),
+                      len(kern.free_page_indexes))
+    kern.set_free_list(*head_tail_size)
+    assert codes(run(kern)) == {"PAGE-FREELIST"}
+
+
+def test_page_freelist_full_mode_count_cycle_and_non_free_page(kern):
+    free = kern.free_page_indexes
+    kern.set_free_list(kern.page_addr(free[0]), kern.page_addr(free[-1]), len(free) - 1)
+    assert codes(run(kern)) == set()                 # plausible count: only the full walk sees it
+    assert codes(run(kern, full=True)) == {"PAGE-FREELIST"}
+    kern.set_free_list(kern.page_addr(free[0]), kern.page_addr(free[-1]), len(free))
+    kern.set_page(free[-1], nextpage=kern.page_addr(free[2]))
+    r = run(kern, full=True)
+    assert codes(r) == {"PAGE-FREELIST"} and "cycle" in r.findings[0].message
+    kern.set_page(free[-1], nextpage=0)
+    kern.set_page(free[7], flags=1)                  # handed out by alloc_page but still listed
+    r = run(kern, full=True)
+    assert codes(r) == {"PAGE-FREELIST"} and any("not free" in f.message for f in r.findings)
+
+
+def test_overflow_culprit_ascii_text(kern):
+    s = segs(kern)
+    i = next(i for i in range(len(s) - 1) if s[i][2] == 1)
+    a, size, _ = s[i]
+    text = b"OVERFLOWING-TEXT-FROM-A-STRCPY-THAT-NEVER-STOPS!!"[:size - kern.hdr + kern.hdr]
+    kern.write(a + kern.hdr, b"x" * (size - kern.hdr) + b"\x1b[31mRED-ALERT-OVERFLOW-TEXT-HERE-0123456789"[:kern.hdr])
+    r = run(kern)
+    victims = [f for f in r.findings if f.address == s[i + 1][0]]
+    assert victims and {"HEAP-FLAG", "HEAP-SIZE"} & {f.code for f in victims}
+    for f in victims:
+        assert f.culprit.address == a and f.culprit.reason.startswith("overflow")
+        assert f.culprit.classification == "ascii"
+        assert f.culprit.detail.startswith("\\x1b[31mRED") and "\x1b" not in f.culprit.detail
+
+
+def test_culprit_pointer_into_the_kernel_image(kern):
+    s = segs(kern)
+    kern.set_seg(s[2][0], next=kern.symbols["uart_puts"] + 0x10)
+    r = run(kern)
+    assert codes(r) == {"HEAP-BOUNDS"}
+    c = r.findings[0].culprit
+    assert c.classification == "pointer" and c.detail == "uart_puts+0x10"
+    assert c.address == s[1][0]
+
+
+def test_culprit_zeroed_header(kern):
+    s = segs(kern)
+    kern.write(s[3][0], bytes(kern.hdr))
+    r = run(kern)
+    assert {f.culprit.classification for f in r.findings if f.culprit} == {"zeros"}
+    assert "HEAP-SIZE" in codes(r)
+
+
+def test_every_code_is_documented_and_tested():
+    import inspect
+    import sys
+    src = inspect.getsource(sys.modules[__name__])
+    for code in CODES:
+        assert f'"{code}"' in src, code
