@@ -16,7 +16,7 @@ from .layout import PAGE_SIZE, round_up
 from .memory import BlockCache, MemoryFault, Reader
 from .symbols import ElfInfo, load_elf_info
 
-__all__ = ["Overrides", "HeapBounds", "Program", "ProgramError", "DEFAULT_HEAP_SIZE"]
+__all__ = ["Overrides", "HeapBounds", "Program", "ProgramError", "DEFAULT_HEAP_SIZE", "load_elf_info"]
 
 DEFAULT_HEAP_SIZE = 1024 * 1024          # KERNEL_HEAP_SIZE in the contract
 MAX_TRUSTED_HEAP_SIZE = 256 * 1024 * 1024  # a kernel_heap_size above this is taken as corrupt
