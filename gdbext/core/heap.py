@@ -260,7 +260,8 @@ def find_segment(prog: Program, address: int) -> Optional[SegmentMatch]:
             return SegmentMatch(seg, off, "header" if off < hdr else "payload", "direct")
     walk = walk_heap(prog)
     for a, n, p, f, s in walk.records:
-        if a <= address < a + max(s, hdr):
+        extent = s if hdr <= s and a + s <= b.end else hdr   # a corrupt size covers nothing
+        if a <= address < a + extent:
             seg = next(x for x in walk.segments if x.address == a)
             off = address - a
             return SegmentMatch(seg, off, "header" if off < hdr else "payload", "walk")

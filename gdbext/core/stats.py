@@ -72,10 +72,11 @@ def heap_stats(prog: Program, walk: Optional[HeapWalk] = None) -> HeapStats:
     used_n = used_b = free_n = free_b = bad_n = bad_b = largest = 0
     buckets: Dict[int, List[int]] = {}
     for _, _, _, f, s in walk.records:
-        k = size_bucket(s)
-        b = buckets.get(k)
-        if b is None:
-            b = buckets[k] = [0, 0]
+        if f == 0 or f == 1:
+            k = size_bucket(s)
+            b = buckets.get(k)
+            if b is None:
+                b = buckets[k] = [0, 0]
         if f == 1:
             used_n += 1
             used_b += s

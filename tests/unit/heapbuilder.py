@@ -256,7 +256,11 @@ class SyntheticKernel:
 
     def reader(self, holes: Tuple[Tuple[int, int], ...] = ()) -> RangesReader:
         """All of memory, minus ``holes`` (start, end) that read as faults."""
-        ranges = [(self.image_base, bytes(self.mem))]
+        # RAM starts at 0 and has num_pages pages, like the real board's: zeros outside the
+        # part the builder manages.
+        ram_end = max(self.num_pages * PAGE, self.heap_end)
+        ranges = [(0, bytes(self.image_base)), (self.image_base, bytes(self.mem)),
+                  (self.heap_end, bytes(ram_end - self.heap_end))]
         for start, end in holes:
             out = []
             for base, data in ranges:
