@@ -174,3 +174,246 @@ def segment_header_for(session, address):
 
     match = find_segment(session.program(), address)
     return match.segment.address if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands. Each handler reads through session.program() and returns an Outcome whose data
+# is the core's JSON report; text is always rendered from that same dict.
+# ---------------------------------------------------------------------------------------------
+from gdbext.core import render  # noqa: E402
+from gdbext.core.heap import find_segment, walk_heap  # noqa: E402
+from gdbext.core.pages import page_summary, read_pages  # noqa: E402
+from gdbext.core.snapshot import diff_snapshots, take_snapshot  # noqa: E402
+from gdbext.core.stats import heap_stats  # noqa: E402
+from gdbext.core.validate import check, validate_pages  # noqa: E402
+from gdbext.frontends.cmdline import address, count  # noqa: E402
+
+
+def _outcome(report, failed=False):
+    return Outcome(report, lambda color: render.render_text(report, color), failed)
+
+
+def _address_arg(session, text):
+    """ADDR arguments accept numbers everywhere and expressions where a debugger is there."""
+    try:
+        return address(text)
+    except Exception:  # noqa: BLE001 - not a plain number: let the face evaluate it
+        return session.evaluate(text)
+
+
+def _info_options(parser):
+    pass
+
+
+@command("info", "What kheap found: ELF, arch, heap bounds, list head, where each layout came from.",
+         "kheap info")
+@options(_info_options)
+def _info(session, args):
+    return _outcome(render.info_report(session.program()))
+
+
+def _walk_options(parser):
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument("--free", action="store_true", help="only free segments")
+    state.add_argument("--used", action="store_true", help="only allocated segments")
+    parser.add_argument("--min-size", type=count, default=0, metavar="BYTES",
+                        help="only segments of at least BYTES (header included)")
+    parser.add_argument("--around", metavar="ADDR",
+                        help="only the segment holding ADDR and --context segments either side")
+    parser.add_argument("--context", type=count, default=3, metavar="N",
+                        help="segments shown either side of --around (default 3)")
+    parser.add_argument("--limit", type=count, default=None, metavar="N",
+                        help="show at most N segments; the rest is counted, never silently dropped")
+
+
+@command("walk", "The segment list in address order: address, size, state, links, payload.",
+         "kheap walk --free --min-size 4k --limit 20")
+@options(_walk_options)
+def _walk(session, args):
+    prog = session.program()
+    walk = walk_heap(prog)
+    report = render.walk_report(prog, walk)
+    segments = report["segments"]
+    if args.around is not None:
+        target = _address_arg(session, args.around)
+        index = next((i for i, s in enumerate(segments)
+                      if s["address"] <= target < s["address"] + max(s["size"], walk.header_size)),
+                     None)
+        if index is None:
+            raise CommandError(f"kheap walk: {prog.fmt(target)} is in no segment on the list")
+        segments = segments[max(0, index - args.context):index + args.context + 1]
+    if args.free or args.used:
+        wanted = "free" if args.free else "used"
+        segments = [s for s in segments if s["state"] == wanted]
+    if args.min_size:
+        segments = [s for s in segments if s["size"] >= args.min_size]
+    matched = len(segments)
+    if args.limit is not None:
+        segments = segments[:args.limit]
+    report["segments"] = segments
+    report["filter"] = {"state": "free" if args.free else "used" if args.used else None,
+                        "min_size": args.min_size or None, "around": None if args.around is None
+                        else _address_arg(session, args.around), "limit": args.limit}
+    report["matched"] = matched
+    report["not_shown"] = matched - len(segments)
+    report["truncated"] = report["not_shown"] > 0
+    return _outcome(report)
+
+
+def _check_options(parser):
+    parser.add_argument("--full", action="store_true",
+                        help="also read the whole page array and walk the free-page list (slower)")
+    parser.add_argument("--verdict", action="store_true",
+                        help="print only the one-line verdict (what auto-check prints)")
+
+
+@command("check", "Validate links, bounds, sizes, alignment, cycles, coverage, poison, counters, pages.",
+         "kheap check --full")
+@options(_check_options)
+def _check(session, args):
+    prog = session.program()
+    result = check(prog, full=args.full)
+    report = render.check_report(prog, result)
+    failed = bool(result.errors)
+    if args.verdict and not args.json:
+        return Outcome(report, lambda color: verdict_line(report), failed)
+    return _outcome(report, failed)
+
+
+def verdict_line(report):
+    """The one line auto-check prints: verdict, counts, and the first finding if any."""
+    counts = f"{report['errors']} errors, {report['warnings']} warnings, {report['segments']} segments"
+    line = f"kheap: heap {report['verdict'].upper()} ({counts})"
+    if report["findings"]:
+        first = report["findings"][0]
+        line += f"; first: {first['code']} at 0x{(first.get('address') or 0):x}: {first['message']}"
+        line += " - see 'kheap check'"
+    return line
+
+
+@command("stats", "Used/free bytes and counts, largest free, fragmentation, size histogram, "
+         "kernel heap_stats side by side.", "kheap stats")
+def _stats(session, args):
+    prog = session.program()
+    return _outcome(render.stats_report(prog, heap_stats(prog)))
+
+
+def _find_options(parser):
+    parser.add_argument("address", metavar="ADDR",
+                        help="an address or, in a debugger, an expression ($r0, ptr, &obj)")
+
+
+@command("find", "Which segment holds an address (header, payload or interior), offset, state, "
+         "neighbours.", "kheap find $r0")
+@options(_find_options)
+def _find(session, args):
+    prog = session.program()
+    target = _address_arg(session, args.address)
+    report = render.find_report(prog, target, find_segment(prog, target))
+    return _outcome(report)
+
+
+def _pages_options(parser):
+    parser.add_argument("--page", type=count, metavar="N", help="show page_t number N")
+    parser.add_argument("--address", metavar="ADDR", help="show the page_t of the page holding ADDR")
+    parser.add_argument("--no-free-list", action="store_true",
+                        help="count pages by kind without walking the free list")
+
+
+@command("pages", "The page_t array: pages by kind, the free-page list, one page with --page N.",
+         "kheap pages --page 980")
+@options(_pages_options)
+def _pages(session, args):
+    prog = session.program()
+    if args.page is not None or args.address is not None:
+        index = args.page
+        if args.address is not None:
+            index = _address_arg(session, args.address) // 4096
+        num = prog.bounds.num_pages
+        if num is not None and index >= num:
+            raise CommandError(f"kheap pages: page {index} is past the last page ({num - 1})")
+        pages = read_pages(prog, index, 1)
+        if not pages.pages:
+            raise CommandError(f"kheap pages: page {index} is unreadable")
+        page = pages.pages[0]
+        report = {"schema_version": render.SCHEMA_VERSION if hasattr(render, "SCHEMA_VERSION") else 1,
+                  "report": "page", "pointer_size": prog.pointer_size, "page": page.to_json(),
+                  "flags": prog.layouts.page.flag_names(page.flags)}
+        return Outcome(report, lambda color: _page_text(prog, report))
+    summary = page_summary(prog, walk_list=not args.no_free_list)
+    findings = validate_pages(prog, full=not args.no_free_list)
+    report = render.pages_report(prog, summary, findings)
+    return _outcome(report, any(f.severity == "error" for f in findings))
+
+
+def _page_text(prog, report):
+    p = report["page"]
+    return (f"page {p.get('index')} at {prog.fmt(p.get('address'))}: maps {prog.fmt(p.get('vaddr'))}, "
+            f"flags {'|'.join(report['flags']) or 'none (free)'} (kind {p.get('kind')}), "
+            f"nextpage {prog.fmt(p.get('next'))}, prevpage {prog.fmt(p.get('prev'))}\n")
+
+
+def _map_options(parser):
+    parser.add_argument("--cells", type=count, default=1024, metavar="N",
+                        help="cells in the block map of the whole heap (default 1024)")
+
+
+@command("map", "A block map of the whole heap (used, free, corrupt) and one row per region.",
+         "kheap map --cells 512")
+@options(_map_options)
+def _map(session, args):
+    prog = session.program()
+    result = check(prog, pages=False)
+    report = render.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
+    return _outcome(report)
+
+
+def _snapshot_options(parser):
+    parser.add_argument("name", metavar="NAME", help="a name to compare against later with kheap diff")
+
+
+@command("snapshot", "Remember the current segment list under NAME (for kheap diff).",
+         "kheap snapshot before", faces=("gdb", "lldb"))
+@options(_snapshot_options)
+def _snapshot(session, args):
+    prog = session.program()
+    snap = take_snapshot(prog, tag=args.name)
+    session.snapshots[args.name] = snap
+    return _outcome(render.snapshot_report(snap))
+
+
+def _diff_options(parser):
+    parser.add_argument("before", metavar="A", help="snapshot name (or, in the CLI, a snapshot file)")
+    parser.add_argument("after", metavar="B", nargs="?",
+                        help="snapshot name or file; default: the heap now")
+
+
+@command("diff", "What changed between two snapshots: new, freed, resized, live growth (leaks).",
+         "kheap diff before")
+@options(_diff_options)
+def _diff(session, args):
+    before = session.load_snapshot(args.before)
+    if args.after is None:
+        after = take_snapshot(session.program(), tag="now")
+    else:
+        after = session.load_snapshot(args.after)
+    report = render.diff_report(diff_snapshots(before, after), before.pointer_size)
+    return _outcome(report)
+
+
+def _triage_options(parser):
+    parser.add_argument("--full", action="store_true", help="also run the full page check")
+
+
+@command("triage", "Everything a crash report needs: where it stopped, the fault and the segment "
+         "it hits, backtrace, check, stats.", "kheap triage --json")
+@options(_triage_options)
+def _triage(session, args):
+    from dataclasses import asdict
+
+    from gdbext.core.triage import triage_report, triage_text
+
+    prog = session.program()
+    report = triage_report(prog, asdict(session.stop_place()), full=args.full)
+    failed = report["check"]["errors"] > 0 or report.get("fault_address") is not None
+    return Outcome(report, lambda color: triage_text(report, color), failed)

@@ -216,7 +216,13 @@ class SegmentFunction(gdb.Function):
             header = commands.segment_header_for(_SESSION, int(address))
         except Exception as error:  # noqa: BLE001
             raise gdb.GdbError(f"$kheap_segment: {error}") from None
-        return gdb.Value(header or 0).cast(gdb.lookup_type("unsigned long long"))
+        value = gdb.Value(header or 0)
+        for name in ("heap_segment_t", "struct heap_segment"):
+            try:
+                return value.cast(gdb.lookup_type(name).pointer())
+            except gdb.error:
+                continue
+        return value.cast(gdb.lookup_type("unsigned long"))
 
 
 # Events ---------------------------------------------------------------------------------------
@@ -228,12 +234,15 @@ def _on_stop(event):
     gdb.write(line.text if line.text.endswith("\n") else line.text + "\n")
 
 
+def _register_printers(objfile):
+    """Printers for heap_segment_t and page_t, attached to the kernel's objfile."""
+    if _lookup_printer not in objfile.pretty_printers:
+        objfile.pretty_printers.append(_lookup_printer)
+
+
 def _on_new_objfile(event):
     _SESSION.invalidate()
-    try:
-        gdb.printing.register_pretty_printer(event.new_objfile, _lookup_printer, replace=True)
-    except (RuntimeError, TypeError):
-        event.new_objfile.pretty_printers.append(_lookup_printer)
+    _register_printers(event.new_objfile)
 
 
 _SESSION = GdbSession()
@@ -255,7 +264,8 @@ def register():
     for name, kind, doc, default in commands.SETTINGS:
         _Parameter(name, getattr(gdb, kind), doc, default)
     SegmentFunction()
-    gdb.pretty_printers.append(_lookup_printer)
+    for objfile in gdb.objfiles():
+        _register_printers(objfile)
     for event, handler in ((gdb.events.stop, _on_stop), (gdb.events.cont, _SESSION.invalidate),
                            (gdb.events.memory_changed, _SESSION.invalidate),
                            (gdb.events.inferior_call, _SESSION.invalidate),

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from gdbext.core.memory import BlockCache
-from gdbext.core.program import Overrides, Program, load_elf_info
+from gdbext.core.program import Overrides, Program
+from gdbext.core.symbols import load_elf_info
 
 
 class CommandError(Exception):
@@ -126,6 +127,15 @@ class Session:
             cache = BlockCache(self.reader(), block_size=self._settings["block-size"] or 65536)
             self._program = Program(load_elf_info(self.elf_path()), cache, overrides=self.overrides())
         return self._program
+
+    def load_snapshot(self, name):
+        """A snapshot taken earlier in this session (the CLI also reads snapshot files)."""
+        try:
+            return self.snapshots[name]
+        except KeyError:
+            known = ", ".join(sorted(self.snapshots)) or "none yet"
+            raise CommandError(f"no snapshot named {name!r} (taken so far: {known}); "
+                               "use 'kheap snapshot NAME' first") from None
 
     def invalidate(self, *_event):
         """Forget everything read from the target (it ran, or memory was written)."""
