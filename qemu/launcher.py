@@ -300,6 +300,15 @@ class KernelVM:
             message["arguments"] = arguments
         return self._qmp_call(message)
 
+    def read_phys(self, address: int, size: int) -> bytes:
+        """Reads guest physical memory through QMP ``pmemsave`` (no debugger needed)."""
+        out = Path(self._tmpdir) / f"pmem-{address:x}-{size:x}.bin"
+        self.qmp("pmemsave", val=address, size=size, filename=str(out))
+        try:
+            return out.read_bytes()
+        finally:
+            out.unlink(missing_ok=True)
+
     def _qmp_connect(self) -> None:
         if not self.is_running():
             raise LauncherError("QEMU is not running")

@@ -41,16 +41,16 @@ void scenario_clean(void)
     kheap_checkpoint("clean");
 }
 
-/* Seeded random workload: grows to STRESS_LIVE live blocks with frees, reallocs and callocs
+/* Seeded random workload: grows to STRESS_LIVE live blocks (then frees a fifth of them) with frees, reallocs and callocs
  * mixed in, so the heap ends with thousands of used segments and scattered free holes. */
-#define STRESS_LIVE 4600
+#define STRESS_LIVE 5200
 #define STRESS_SEED 0x4B484541u
 static void *stress_blocks[STRESS_LIVE];
 
 void scenario_stress(void)
 {
     uint32_t state = STRESS_SEED;
-    unsigned live = 0;
+    unsigned live = 0, i;
 
     while (live < STRESS_LIVE) {
         uint32_t r = rand_next(&state);
@@ -70,6 +70,14 @@ void scenario_stress(void)
                 kfree(stress_blocks[victim]);
                 stress_blocks[victim] = stress_blocks[--live];
             }
+        }
+    }
+    /* Best fit refills every hole while growing, so finish by freeing a random fifth of the
+     * blocks: the heap ends with thousands of used segments and hundreds of free holes. */
+    for (i = 0; i < live; i++) {
+        if (rand_next(&state) % 5 == 0) {
+            kfree(stress_blocks[i]);
+            stress_blocks[i] = NULL;
         }
     }
     kheap_checkpoint("stress");
