@@ -502,7 +502,8 @@ class RemoteTarget:
                 continue
             if got == "E22" and want > 1:
                 # Too big for the stub: halve and remember, QEMU 7.2 caps ``m`` at 2048 bytes.
-                self.chunk_size = max(1, want // 2)
+                # Halving to a power of two lands on such a cap exactly, whatever ``want`` was.
+                self.chunk_size = 1 << ((want - 1).bit_length() - 1)
                 continue
             out += self._bisect(cur, want, got)   # raises at the first unreadable byte
         return bytes(out)
