@@ -88,7 +88,9 @@ class GdbSession(Session):
         try:
             frame = gdb.newest_frame()
             for descriptor in frame.architecture().registers("general"):
-                registers[descriptor.name] = int(frame.read_register(descriptor)) & ((1 << 64) - 1)
+                value = frame.read_register(descriptor)
+                # gdb hands 32-bit registers back as signed ints: mask to the register's width.
+                registers[descriptor.name] = int(value) & ((1 << (8 * value.type.sizeof)) - 1)
         except (gdb.error, AttributeError):
             pass
         thread = gdb.selected_thread()
