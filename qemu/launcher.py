@@ -103,6 +103,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, QEMU gets SIGTERM if this process dies even
+    by SIGKILL (atexit cannot run then), so no orphaned VM outlives a killed test run."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)                # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 _live_vms: "weakref.WeakSet[KernelVM]" = weakref.WeakSet()
 
 
@@ -185,7 +196,8 @@ class KernelVM:
                 self.proc = subprocess.Popen(
                     self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=self._stderr_file,
-                    start_new_session=True)          # Ctrl-C in a terminal reaches us, not QEMU
+                    start_new_session=True,          # Ctrl-C in a terminal reaches us, not QEMU
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
                 if self._wait_started():
                     return self
                 err = self.stderr_text()
@@ -361,7 +373,10 @@ def main(argv=None) -> int:
     vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
                   gdb_port=args.gdb_port, serial_path=args.serial)
     stopping = []
+    # A background job starts with SIGINT ignored; Ctrl-C must always stop us cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGHUP, lambda *_: stopping.append(1))
     try:
         vm.start()
         print(f"kheap: {args.arch}/{args.scenario} running, elf {vm.elf}", flush=True)
