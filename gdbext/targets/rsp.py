@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -33,7 +34,7 @@ __all__ = ["RemoteTarget", "StopReply", "WriteForbidden", "parse_hostport", "che
 MAX_RETRIES = 5            # retransmissions of one packet (a '-' from the stub or a bad reply)
 DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every reply
 HALT_PROBE = 0.5           # silence after our first packet that makes us send \x03
-PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read
+PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read (see bench/bench_rsp.py)
 
 
 class WriteForbidden(TargetError):
@@ -543,10 +544,15 @@ class RemoteTarget:
         cur = address
         try:
             while cur < end:
-                if self.pipeline > 1 and end - cur > self.chunk_size:
-                    got = self._read_window(cur, end)
-                else:
-                    got = self._read_chunk(cur, min(self.chunk_size, end - cur))
+                step = self.chunk_size
+                if self.pipeline > 1 and end - cur > step:
+                    got, failed = self._stream(cur, end)
+                    out += got
+                    cur += len(got)
+                    if not failed:
+                        continue
+                # One chunk on its own: E22 halving, short replies and fault bisection.
+                got = self._read_chunk(cur, min(step, end - cur))
                 out += got
                 cur += len(got)
         except MemoryFault as fault:
@@ -554,65 +560,94 @@ class RemoteTarget:
             raise MemoryFault(fault.address, end - fault.address, fault.reason) from None
         return bytes(out)
 
-    def _read_window(self, address: int, end: int) -> bytes:
-        """Up to ``pipeline`` chunks in flight at once; anything unusual is redone serially.
+    def _stream(self, address: int, end: int) -> Tuple[bytes, bool]:
+        """Read ``[address, end)`` with up to ``pipeline`` requests in flight (a sliding window).
 
-        Why this is safe: the stub answers in order, one ack and one reply per request, so the
-        k-th ack and reply belong to the k-th request. A nacked request gets no reply; a reply
-        with a bad checksum is acked (so the stub does not resend out of order) and re-read.
+        Returns the bytes read in order up to the first chunk that needs care (an error reply,
+        a nack, a bad checksum, a short reply) and whether there was one; the caller re-reads
+        that chunk serially, where every case is handled. Why this is safe: the stub answers
+        in order, one ack and one reply per request, so the k-th ack and reply belong to the
+        k-th request. A nacked request gets no reply; a reply with a bad checksum is acked (so
+        the stub does not resend it out of order) and re-read. Each reply's ack travels in the
+        same send as new requests, in batches when half the window has been answered: QEMU
+        does not wait for acks, and a send costs more than decoding a 2 KiB reply.
         """
         step = self.chunk_size
-        chunks = []
-        cur = address
-        while cur < end and len(chunks) < self.pipeline:
-            n = min(step, end - cur)
-            chunks.append((cur, n))
-            cur += n
-        payloads = [b"m%x,%x" % c for c in chunks]
-        for p in payloads:
-            check_read_only(p)
-        self.packets_sent += len(payloads)
-        self._send_raw(b"".join(frame(p) for p in payloads))
-        results: List[Optional[bytes]] = []
-        for (addr, n), payload in zip(chunks, payloads):
-            results.append(self._window_reply(addr, n, payload))
-        out = bytearray()
-        for (addr, n), got in zip(chunks, results):
-            if got is None or len(got) != n:
-                got = self._read_chunk(addr, n)
-            out += got
-        return bytes(out)
+        pending: deque = deque()
+        next_addr = address
 
-    def _window_reply(self, address: int, size: int, payload: bytes) -> Optional[bytes]:
+        def request() -> bytes:
+            nonlocal next_addr
+            n = min(step, end - next_addr)
+            payload = b"m%x,%x" % (next_addr, n)
+            check_read_only(payload)
+            self.packets_sent += 1
+            pending.append((next_addr, n, payload))
+            next_addr += n
+            return frame(payload)
+
+        first = []
+        while next_addr < end and len(first) < self.pipeline:
+            first.append(request())
+        self._send_raw(b"".join(first))
+        out = bytearray()
+        failed = False
+        tail: List[bytes] = []
+        unsent = 0                          # requests queued in ``tail``, not yet on the wire
+        refill = max(1, self.pipeline // 2)
+        while pending:
+            if len(pending) - unsent <= 0 or (tail and len(pending) - unsent < refill):
+                # Acks and new requests go out in batches: a send costs more than a decode.
+                self._send_raw(b"".join(tail))
+                tail.clear()
+                unsent = 0
+            addr, n, payload = pending.popleft()
+            got, owe_ack = self._stream_reply(addr, n, payload)
+            if owe_ack:
+                tail.append(b"+")
+            if got is None or len(got) != n:
+                failed = True               # stop asking; drain what is in flight
+            elif not failed and next_addr < end:
+                tail.append(request())
+                unsent += 1
+            if got is not None and not failed:
+                out += got
+        if tail:
+            self._send_raw(b"".join(tail))
+        return bytes(out), failed
+
+    def _stream_reply(self, address: int, size: int, payload: bytes) -> Tuple[Optional[bytes], bool]:
+        """The reply to one streamed ``m``: (bytes or None to redo, whether we owe a '+')."""
         deadline = time.monotonic() + self.timeout
         if self._ack_mode:
-            while True:
-                tok = self._next_token(deadline)
-                if tok is None:
-                    raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
-                if tok == b"+":
-                    break
-                if tok == b"-":
-                    self.retransmissions += 1
-                    return None              # dropped by the stub: re-read serially
-                # A packet before the ack: treat as an implicit ack and handle it below.
-                self._buf[:0] = b"$" + tok.payload + (b"#%02x" % checksum(tok.payload) if tok.ok else b"#zz")
-                break
+            tok = self._next_token(deadline)
+            if tok is None:
+                raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
+            if tok == b"-":
+                self.retransmissions += 1
+                return None, False          # dropped by the stub: re-read serially
+            if tok != b"+":
+                # A packet before the ack: an implicit ack; put it back and read it below.
+                self._unread(tok)
         while True:
             tok = self._next_token(deadline)
             if tok is None:
                 raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
             if not isinstance(tok, _Packet):
                 continue                     # a stray ack
-            if self._ack_mode:
-                self._send_raw(b"+")
             if not tok.ok:
                 if not self._ack_mode:
                     raise TargetError(f"reply with a bad checksum from {self._where()} in no-ack mode")
                 self.retransmissions += 1
-                return None
+                return None, True
             data = decode_payload(tok.payload)
             if _is_stop(data) or _is_console(data):
+                if self._ack_mode:
+                    self._send_raw(b"+")
                 continue
             got = self._parse_m(data, address, size)
-            return got if isinstance(got, bytes) else None
+            return (got if isinstance(got, bytes) else None), self._ack_mode
+
+    def _unread(self, tok: "_Packet") -> None:
+        cs = b"%02x" % checksum(tok.payload) if tok.ok else b"zz"
+        self._buf[:0] = b"$" + tok.payload + b"#" + cs

@@ -122,14 +122,23 @@ def test_read_split_at_packet_size():
         assert max(sizes) == 0x200 and len(sizes) == -(-10000 // 0x200)
 
 
-def test_e22_halves_and_remembers():
-    with stub(max_read=700) as s, connect(s, pipeline=1) as t:
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_e22_halves_and_remembers(pipeline):
+    with stub(max_read=700) as s, connect(s, pipeline=pipeline) as t:
         assert t.chunk_size == 2048
         assert t.read(BASE, 5000) == IMAGE[:5000]
         assert t.chunk_size == 512
         before = len(s.received)
         assert t.read(BASE, 1024) == IMAGE[:1024]
         assert len(s.received) - before == 2          # no E22 probing the second time
+        assert t.read(BASE, 60000) == IMAGE[:60000]
+
+
+def test_e22_from_an_odd_request_lands_on_the_cap():
+    with stub(max_read=2048) as s, connect(s, pipeline=1) as t:
+        t.chunk_size = 8669
+        assert t.read(BASE, 8669) == IMAGE[:8669]
+        assert t.chunk_size == 2048
 
 
 def test_no_packet_size_uses_default():
@@ -144,9 +153,18 @@ def test_pipelined_bulk_read():
     assert_never_wrote(s)
 
 
-def test_short_replies_are_continued():
-    with stub(short_reads=100) as s, connect(s) as t:
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_short_replies_are_continued(pipeline):
+    with stub(short_reads=100) as s, connect(s, pipeline=pipeline) as t:
         assert t.read(BASE, 1000) == IMAGE[:1000]
+        assert t.read(BASE + 1, 30000) == IMAGE[1:30001]
+
+
+def test_pipelined_reads_keep_a_window_in_flight():
+    with stub() as s, connect(s, pipeline=8) as t:
+        assert t.read(BASE, 64 * 1024) == IMAGE[:64 * 1024]
+        reads = [p for p in s.received if p.startswith(b"m")]
+        assert len(reads) == 32 and len(set(reads)) == 32     # each chunk asked for once
 
 
 def test_rle_replies():
