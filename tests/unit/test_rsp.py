@@ -413,3 +413,31 @@ def test_memory_read_speed_is_per_packet_not_per_byte():
         elapsed = time.perf_counter() - t0
         assert t.packets_sent < 600
     assert elapsed < 10          # generous: a sanity bound, the real figure is in bench/
+
+
+# -- the client against a model ------------------------------------------------------------
+@given(holes=st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 3000)), max_size=3),
+       reads=st.lists(st.tuples(st.integers(-100, 42000), st.integers(0, 12000)), min_size=1, max_size=4),
+       pipeline=st.sampled_from([1, 3, 16]), corrupt=st.sampled_from([0, 4]),
+       nack=st.sampled_from([0, 5]), max_read=st.sampled_from([2048, 600]))
+@settings(max_examples=60, deadline=None)
+def test_reads_match_a_model(holes, reads, pipeline, corrupt, nack, max_read):
+    """Whatever the stub's flaws, a read returns the image's bytes or faults at the first hole."""
+    image = IMAGE[:40000]
+    unmapped = [(BASE + a, BASE + a + n) for a, n in holes]
+
+    def readable(addr):
+        return BASE <= addr < BASE + len(image) and not any(a <= addr < b for a, b in unmapped)
+
+    with stub(image=image, unmapped=unmapped, corrupt_every=corrupt, nack_every=nack,
+              max_read=max_read) as s, connect(s, pipeline=pipeline) as t:
+        for off, size in reads:
+            addr = BASE + off
+            bad = next((a for a in range(addr, addr + size) if not readable(a)), None)
+            if bad is None:
+                assert t.read(addr, size) == image[off:off + size]
+            else:
+                with pytest.raises(MemoryFault) as e:
+                    t.read(addr, size)
+                assert e.value.address == bad and e.value.size == addr + size - bad
+    assert_never_wrote(s)
