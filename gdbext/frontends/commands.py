@@ -136,7 +136,10 @@ def execute_to_text(session, name, argv):
     except HelpShown as shown:
         return Text(shown.text)
     except (UsageError, CommandError) as error:
-        return Text(_one_line(error), is_error=True, status=2)
+        text = _one_line(error)
+        if not text.startswith("kheap"):
+            text = f"kheap {name}: {text}"
+        return Text(text, is_error=True, status=2)
     except MemoryFault as fault:
         return Text(f"kheap {name}: {_one_line(fault)}", is_error=True, status=2)
     except Exception as error:  # noqa: BLE001 - the last line of defence for the session

@@ -59,6 +59,17 @@ class GdbSession(Session):
     def reader(self):
         return GdbReader(self._live_inferior())
 
+    def check_alive(self, program):
+        # A cached Program would otherwise keep answering after QEMU died: one 1-byte read
+        # (one packet) tells gdb, and us, whether the connection is still there.
+        inferior = self._live_inferior()
+        try:
+            inferior.read_memory(program.elf.image_start or 0, 1)
+        except gdb.MemoryError:
+            pass
+        except gdb.error as error:
+            raise CommandError(f"the target is gone: {error}") from None
+
     def settings(self):
         return _settings()
 

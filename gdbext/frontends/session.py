@@ -95,6 +95,10 @@ class Session:
     def stop_place(self):
         return StopPlace()
 
+    def check_alive(self, program):
+        """Raise CommandError if the target behind a cached Program has gone (faces with a
+        live connection override this with one tiny uncached read)."""
+
     def color_wanted(self):
         """Colour when 'color' is on, or auto and the output is a terminal (the face knows)."""
         return self._settings["color"] == "on"
@@ -123,6 +127,12 @@ class Session:
 
     def program(self):
         """The Program for this stop: built once, reused until the target may have changed."""
+        if self._program is not None:
+            try:
+                self.check_alive(self._program)
+            except CommandError:
+                self._program = None
+                raise
         if self._program is None:
             cache = BlockCache(self.reader(), block_size=self._settings["block-size"] or 65536)
             self._program = Program(load_elf_info(self.elf_path()), cache, overrides=self.overrides())
