@@ -105,6 +105,10 @@ class BlockCache:
     The target's memory changes whenever it runs: front ends call :meth:`invalidate` then.
     """
 
+    # Longest run of blocks fetched in one backend read, and the most a single read_prefix
+    # looks ahead: a corrupt size must not make the cache walk gigabytes of unmapped blocks.
+    MAX_RUN_BYTES = 4 * 1024 * 1024
+
     def __init__(self, reader: Reader, block_size: int = 64 * 1024, probe_size: int = 4096) -> None:
         if block_size <= 0 or block_size & (block_size - 1):
             raise ValueError("block_size must be a power of two")
@@ -209,14 +213,19 @@ class BlockCache:
         for idx in range(first, last + 1):
             if idx in blocks or idx in partial:
                 if run_start is not None:
-                    self._fill_run(run_start, idx - run_start)
+                    self._fill_run_limited(run_start, idx - run_start)
                     run_start = None
                 continue
             self.misses += 1
             if run_start is None:
                 run_start = idx
         if run_start is not None:
-            self._fill_run(run_start, last + 1 - run_start)
+            self._fill_run_limited(run_start, last + 1 - run_start)
+
+    def _fill_run_limited(self, first: int, count: int) -> None:
+        step = max(1, self.MAX_RUN_BYTES // self.block_size)
+        for start in range(first, first + count, step):
+            self._fill_run(start, min(step, first + count - start))
 
     def prefetch(self, address: int, size: int) -> None:
         """Bring ``[address, address+size)`` into the cache; never raises on faults."""
@@ -267,16 +276,28 @@ class BlockCache:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_prefix(self, address: int, size: int) -> bytes:
-        """The readable start of ``[address, address+size)`` (possibly empty); never raises."""
-        try:
-            return self.read(address, size)
-        except MemoryFault as fault:
-            if fault.address <= address:
-                return b""
+        """The readable start of ``[address, address+size)`` (possibly empty); never raises.
+
+        Reads in chunks of at most ``MAX_RUN_BYTES`` and stops at the first fault, so asking
+        for a huge range (a corrupt count) costs no more than its readable start.
+        """
+        if size <= 0 or address < 0:
+            return b""
+        parts: List[bytes] = []
+        cur, end = address, address + size
+        while cur < end:
+            n = min(end - cur, self.MAX_RUN_BYTES)
             try:
-                return self.read(address, fault.address - address)
-            except MemoryFault:
-                return b""
+                parts.append(self.read(cur, n))
+            except MemoryFault as fault:
+                if fault.address > cur:
+                    try:
+                        parts.append(self.read(cur, min(fault.address, cur + n) - cur))
+                    except MemoryFault:
+                        pass
+                break
+            cur += n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_prefix(reader: Reader, address: int, size: int) -> bytes:

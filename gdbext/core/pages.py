@@ -80,7 +80,6 @@ def read_pages(prog: Program, first: int = 0, count: Optional[int] = None) -> Pa
     layout = prog.layouts.page
     size = layout.size
     start = base + first * size
-    prog.memory.prefetch(start, count * size)
     data = prog.memory.read_prefix(start, count * size)
     whole = len(data) // size * size
     entries = list(layout.iter_unpack(memoryview(data)[:whole]))

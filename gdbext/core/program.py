@@ -20,6 +20,7 @@ __all__ = ["Overrides", "HeapBounds", "Program", "ProgramError", "DEFAULT_HEAP_S
 
 DEFAULT_HEAP_SIZE = 1024 * 1024          # KERNEL_HEAP_SIZE in the contract
 MAX_TRUSTED_HEAP_SIZE = 256 * 1024 * 1024  # a kernel_heap_size above this is taken as corrupt
+MAX_TRUSTED_RAM = 16 * 1024 * 1024 * 1024  # num_pages above this much RAM is taken as corrupt
 
 
 class ProgramError(Exception):
@@ -174,10 +175,11 @@ class Program:
             notes.append(f"all_pages_array is {fmt(page_array)} but &__end is {fmt(end_addr)}")
         computed: Optional[int] = None
         if array_base is not None and num_pages:
-            if num_pages <= (1 << (8 * p)) // PAGE_SIZE:
+            if num_pages <= min((1 << (8 * p)), MAX_TRUSTED_RAM) // PAGE_SIZE:
                 computed = round_up(array_base + num_pages * self.layouts.page.size, PAGE_SIZE)
             else:
-                notes.append(f"num_pages ({num_pages}) is larger than the address space: ignored")
+                notes.append(f"num_pages ({num_pages}) is more RAM than a Raspberry Pi has: ignored")
+                num_pages = None
 
         # Size: override > the kernel's variable > the DWARF enumerator > the documented default.
         const = elf.constant("KERNEL_HEAP_SIZE")
@@ -240,7 +242,6 @@ class Program:
         """
         if self._heap_bytes is None:
             b = self.bounds
-            self.memory.prefetch(b.start, b.size)
             self._heap_bytes = self.memory.read_prefix(b.start, b.size)
         return self._heap_bytes
 

@@ -71,7 +71,7 @@ def heap_stats(prog: Program, walk: Optional[HeapWalk] = None) -> HeapStats:
         walk = walk_heap(prog)
     used_n = used_b = free_n = free_b = bad_n = bad_b = largest = 0
     buckets: Dict[int, List[int]] = {}
-    for _, _, _, f, s in walk.records:
+    for _, _, f, s in walk.fields:
         if f == 0 or f == 1:
             k = size_bucket(s)
             b = buckets.get(k)
@@ -102,5 +102,5 @@ def heap_stats(prog: Program, walk: Optional[HeapWalk] = None) -> HeapStats:
         if "current_usage" in kernel:
             comparison.append({"name": "bytes in use", "kernel": kernel["current_usage"], "walk": used_b,
                                "agree": kernel["current_usage"] == used_b})
-    return HeapStats(prog.heap_size, len(walk.records), used_n, used_b, free_n, free_b, bad_n, bad_b,
+    return HeapStats(prog.heap_size, len(walk.addresses), used_n, used_b, free_n, free_b, bad_n, bad_b,
                      largest, frag, hist, walk.complete, walk.stop_reason, kernel, comparison)

@@ -144,8 +144,7 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
     out: List[Finding] = []
     fmt = prog.fmt
     hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
-    recs = walk.records
-    n = len(recs)
+    n = len(walk.addresses)
 
     if walk.stop_reason == STOP_BAD_HEAD:
         head_sym = prog.elf.address_of("heap_segment_list_head")
@@ -160,16 +159,17 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
     expected_prev = 0
     prev_alloc = -1
     prev_end = -1
-    for i in range(n):
-        a, nx, pv, f, s = recs[i]
+    i = -1
+    for a, (nx, pv, f, s) in zip(walk.addresses, walk.fields):
+        i += 1
         end = a + s
         if (a & 15) or (s & 15) or f > 1 or s < hdr or end > he or (nx != end and nx != 0) or pv != expected_prev:
             _slow_segment_checks(prog, walk, i, expected_prev, last_link_explained and i == n - 1, out)
         elif f == 0 and prev_alloc == 0 and prev_end == a:
             out.append(Finding("HEAP-UNMERGED", WARNING, a,
-                               f"free segment at {fmt(a)} follows the free segment at {fmt(recs[i - 1][0])} unmerged",
-                               {"address": a, "previous": recs[i - 1][0], "size": s,
-                                "previous_size": recs[i - 1][4]}))
+                               f"free segment at {fmt(a)} follows the free segment at {fmt(expected_prev)} unmerged",
+                               {"address": a, "previous": expected_prev, "size": s,
+                                "previous_size": prev_end - expected_prev}))
         expected_prev, prev_alloc, prev_end = a, f, end
 
     # Why the walk stopped.
@@ -194,6 +194,7 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
                            {"from": frm, "fault_address": walk.stop_address, "segments_read": n}))
 
     # Coverage: the list must start at heap_start and, when it ended normally, end at heap_end.
+    recs = walk.records if n else []
     if n and recs[0][0] != hs:
         out.append(Finding("HEAP-COVERAGE", ERROR, recs[0][0],
                            f"the list starts at {fmt(recs[0][0])} but the heap starts at {fmt(hs)}",
@@ -269,13 +270,14 @@ def validate_poison(prog: Program, walk: HeapWalk) -> List[Finding]:
     hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
     pb = bytes([poison])
     fmt = prog.fmt
-    for a, nx, pv, f, s in walk.records:
-        if f != 0 or s <= hdr or a + s > he or a < hs:
+    nbuf = len(buf)
+    count = buf.count
+    for a, (nx, pv, f, s) in zip(walk.addresses, walk.fields):
+        if f or s <= hdr:
             continue
-        lo, hi = a + hdr - hs, a + s - hs
-        if hi > len(buf):
-            continue
-        if buf.count(pb, lo, hi) == hi - lo:
+        lo = a + hdr - hs
+        hi = lo + s - hdr
+        if lo < 0 or hi > nbuf or a + s > he or count(pb, lo, hi) == hi - lo:
             continue
         payload = buf[lo:hi]
         first = len(payload) - len(payload.lstrip(pb))
@@ -317,13 +319,16 @@ def validate_stats(prog: Program, walk: HeapWalk, structure_ok: bool = True) -> 
         out.append(Finding("HEAP-STATS", ERROR, addr,
                            f"heap_stats: peak_usage {ks['peak_usage']} is below current_usage {cur}", dict(ks)))
     if structure_ok and walk.complete and alloc is not None and frees is not None:
-        used = [r for r in walk.records if r[3] == 1]
-        used_bytes = sum(r[4] for r in used)
+        used_count = used_bytes = 0
+        for _, _, f, s in walk.fields:
+            if f == 1:
+                used_count += 1
+                used_bytes += s
         live = (alloc - frees) & 0xFFFFFFFF
-        if live != len(used):
+        if live != used_count:
             out.append(Finding("HEAP-STATS", ERROR, addr,
-                               f"heap_stats: allocations - frees = {live} but the walk found {len(used)} used segments",
-                               {"kernel_live": live, "walk_used": len(used), **ks}))
+                               f"heap_stats: allocations - frees = {live} but the walk found {used_count} used segments",
+                               {"kernel_live": live, "walk_used": used_count, **ks}))
         if cur is not None and cur != used_bytes:
             out.append(Finding("HEAP-STATS", ERROR, addr,
                                f"heap_stats: current_usage = {cur} but used segments total {used_bytes} bytes",

@@ -1,0 +1,108 @@
+"""Property tests: random and mutated heaps never raise undocumented errors, walks stay bounded,
+and heaps built by the reference allocator are always healthy."""
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from gdbext.core import render as R
+from gdbext.core.heap import find_segment, walk_heap
+from gdbext.core.pages import page_summary
+from gdbext.core.program import Overrides, ProgramError
+from gdbext.core.stats import heap_stats
+from gdbext.core.validate import check
+
+from heapbuilder import SyntheticKernel
+
+LAYOUT = st.sampled_from([(4, "<"), (4, ">"), (8, "<"), (8, ">")])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _exercise(prog):
+    """Everything a face may call; only ProgramError may escape (heap not locatable)."""
+    try:
+        walk = walk_heap(prog)
+    except ProgramError:
+        return None
+    assert len(walk.records) <= walk.bound
+    assert walk.stop_reason in ("end", "fault", "bound", "cycle", "left-heap", "bad-head")
+    report = check(prog, full=True)
+    for f in report.findings:
+        assert f.severity in ("error", "warning") and "\n" not in f.message
+    stats = heap_stats(prog, walk)
+    R.to_json_text(R.check_report(prog, report))
+    R.render_text(R.map_report(prog, walk, report.findings), color=True)
+    R.render_text(R.stats_report(prog, stats))
+    R.render_text(R.pages_report(prog, page_summary(prog)))
+    for rec in walk.records[:5]:
+        find_segment(prog, rec[0] + 3)
+    return report
+
+
+def _random_ops(k, ops):
+    live = []
+    for is_alloc, n in ops:
+        if is_alloc or not live:
+            p = k.kmalloc(n)
+            if p is not None:
+                live.append(p)
+        else:
+            k.kfree(live.pop(n % len(live)))
+    return live
+
+
+OPS = st.lists(st.tuples(st.booleans(), st.integers(1, 3000)), max_size=60)
+
+
+@SETTINGS
+@given(LAYOUT, OPS)
+def test_reference_allocator_heaps_are_healthy(layout, ops):
+    k = SyntheticKernel(*layout, heap_size=32 * 1024)
+    live = _random_ops(k, ops)
+    prog = k.program()
+    report = check(prog, full=True)
+    assert report.findings == [], [f.message for f in report.findings]
+    assert report.walk.complete
+    assert {s.payload for s in report.walk.segments if s.state == "used"} == set(live)
+
+
+@SETTINGS
+@given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 1 << 30), st.binary(min_size=1, max_size=16)), min_size=1,
+                            max_size=8), st.booleans())
+def test_mutated_heaps_never_raise(layout, ops, writes, target_globals):
+    k = SyntheticKernel(*layout, heap_size=16 * 1024)
+    _random_ops(k, ops)
+    # Overwrite bytes in the heap (or in the globals and page array)
+    lo, hi = (k.symbols["heap_segment_list_head"], k.heap_start) if target_globals else (k.heap_start, k.heap_end)
+    for where, data in writes:
+        addr = lo + where % max(hi - lo - len(data), 1)
+        k.write(addr, data)
+    _exercise(k.program())
+
+
+@SETTINGS
+@given(LAYOUT, st.binary(min_size=64, max_size=4096), st.integers(0, 4095))
+def test_random_heap_images_never_raise(layout, blob, head_offset):
+    k = SyntheticKernel(*layout, heap_size=4096)
+    k.write(k.heap_start, (blob * (4096 // len(blob) + 1))[:4096])
+    k.set_global("heap_segment_list_head", k.heap_start + head_offset)
+    report = _exercise(k.program())
+    assert report is not None
+
+
+@SETTINGS
+@given(LAYOUT, st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1))
+def test_garbage_globals_and_overrides_never_raise(layout, num_pages, heap_size, head):
+    k = SyntheticKernel(*layout, heap_size=8192)
+    k.set_global("num_pages", num_pages)
+    k.set_global("kernel_heap_size", heap_size)
+    k.set_global("heap_segment_list_head", head)
+    _exercise(k.program())
+    _exercise(k.program(overrides=Overrides(heap_size=heap_size % (1 << 16), list_head=head)))
+
+
+@SETTINGS
+@given(LAYOUT, OPS, st.integers(0, 64 * 1024), st.integers(1, 8192))
+def test_holes_in_memory_never_raise(layout, ops, hole_at, hole_len):
+    k = SyntheticKernel(*layout, heap_size=32 * 1024)
+    _random_ops(k, ops)
+    start = k.image_base + hole_at
+    _exercise(k.program(holes=((start, start + hole_len),), block_size=4096))
