@@ -250,8 +250,19 @@ def _slow_segment_checks(prog: Program, walk: HeapWalk, i: int, expected_prev: i
                             dict(vals, expected_prev=expected_prev)))
     if not here:
         return
-    # A header with wrong fields was probably overwritten: name the likely culprit once.
-    culprit = _culprit_for_header(prog, walk, i)
+    if all(x.code == "HEAP-BACKLINK" for x in here) and f <= 1 and size_ok and i > 0:
+        # Everything else in the header is sane: a list update that skipped the back link
+        # (or a write of exactly that word) rather than an overflow across the header.
+        if walk.heap_start <= pv < walk.heap_end:
+            culprit = Culprit(expected_prev, "stale back link: prev points at another heap address, "
+                              "a list update (split, merge, unlink) probably skipped it",
+                              "heap-pointer", f"prev = {fmt(pv)}")
+        else:
+            kind, detail = classify_bytes(prog, pv.to_bytes(prog.pointer_size, prog.byteorder))
+            culprit = Culprit(expected_prev, "only the prev word was overwritten", kind, detail)
+    else:
+        # A header with wrong fields was probably overwritten: name the likely culprit once.
+        culprit = _culprit_for_header(prog, walk, i)
     out.extend(Finding(x.code, x.severity, x.address, x.message, x.values, culprit) for x in here)
 
 
@@ -398,8 +409,9 @@ def validate_pages(prog: Program, full: bool = False) -> List[Finding]:
             if len(link_findings) >= MAX_PAGE_FINDINGS:
                 more_links += 1
             else:
+                what = f"a {want} page" if want else "in use (handed out by alloc_page)"
                 link_findings.append(Finding("PAGE-FREELIST", ERROR, entry,
-                                             f"page {i} is in use ({kind}) but has free-list links "
+                                             f"page {i} is {what} but has free-list links "
                                              f"next={fmt(nxt)} prev={fmt(prv)}",
                                              {"index": i, "entry": entry, "nextpage": nxt, "prevpage": prv}))
     out += flag_findings

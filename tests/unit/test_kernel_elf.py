@@ -38,3 +38,26 @@ def test_kernel_elf_layouts_and_symbols(arch, p):
     assert info.in_image(info.address_of("kmalloc"))
     assert info.symbolize(info.address_of("kmalloc") + 4) == "kmalloc+0x4"
     assert info.variables["heap_segment_list_head"][0] in ("heap_segment_t *", "struct heap_segment *")
+
+
+@pytest.mark.parametrize("arch,tool", [("arm", "arm-none-eabi-objcopy"), ("aarch64", "aarch64-linux-gnu-objcopy")])
+def test_stripped_kernel_elf_uses_default_layouts_that_match_dwarf(arch, tool, tmp_path):
+    import shutil
+    import subprocess
+    elf = ROOT / "kernel" / "build" / arch / "kernel.elf"
+    if not elf.exists() or shutil.which(tool) is None:
+        pytest.skip(f"{elf} not built or {tool} missing")
+    stripped = tmp_path / "kernel-stripped.elf"
+    subprocess.run([tool, "--strip-debug", str(elf), str(stripped)], check=True)
+    full, bare = load_elf_info(elf), load_elf_info(stripped)
+    assert not bare.has_dwarf and any("no DWARF" in n for n in bare.notes)
+    assert bare.layouts.segment.header_size == full.layouts.segment.header_size
+    assert ({k: f.offset for k, f in bare.layouts.segment.fields.items()}
+            == {k: f.offset for k, f in full.layouts.segment.fields.items()})
+    assert bare.layouts.page.size == full.layouts.page.size
+    assert bare.layouts.page.flag_bits == full.layouts.page.flag_bits
+    assert ([(f.name, f.offset, f.size) for f in bare.layouts.stats.fields]
+            == [(f.name, f.offset, f.size) for f in full.layouts.stats.fields])
+    assert bare.layouts.page_list.size == full.layouts.page_list.size
+    assert bare.address_of("heap_segment_list_head") == full.address_of("heap_segment_list_head")
+    assert bare.heap_poison() == full.heap_poison()
