@@ -202,6 +202,41 @@ class AutoCheckHook:
         return True
 
 
+class ConnectCommand:
+    """``kheap connect HOST:PORT``: ``gdb-remote`` that survives QEMU's greeting.
+
+    When lldb 14 connects to a running QEMU, QEMU pauses the VM and sends an unsolicited stop
+    reply (``T02thread:01;``) that lldb takes as the answer to its ``QStartNoAckMode``: it
+    calls the handshake failed and hangs up. lldb does connect cleanly to a paused VM, so this
+    command first pauses it with kheap's own read-only RSP client (which leaves the VM paused
+    when it closes without detaching), then runs ``gdb-remote``.
+    """
+
+    def __init__(self, debugger, internal_dict):
+        pass
+
+    def __call__(self, debugger, command, exe_ctx, result):
+        from gdbext.targets import RemoteTarget, TargetError, parse_hostport
+
+        where = command.strip()
+        try:
+            host, port = parse_hostport(where)
+            with RemoteTarget(host, port, detach=False):
+                pass
+        except TargetError as error:
+            result.SetError(f"kheap connect: {error}")
+            return
+        ret = lldb.SBCommandReturnObject()
+        debugger.GetCommandInterpreter().HandleCommand(f"gdb-remote {host}:{port}", ret)
+        if ret.Succeeded():
+            result.AppendMessage((ret.GetOutput() or "").rstrip("\n") or f"connected to {where}")
+        else:
+            result.SetError(f"kheap connect: {(ret.GetError() or 'failed').strip()}")
+
+    def get_short_help(self):
+        return "Connect to QEMU's gdbstub (gdb-remote that works with a running VM)."
+
+
 class SettingsCommand:
     """``kheap set NAME VALUE`` / ``kheap show [NAME]``: the same settings as gdb's parameters."""
 
@@ -272,12 +307,16 @@ def register(debugger):
 
     if run("help kheap").Succeeded():
         return False
+    # 'command script add -c' and 'type summary add -F' resolve dotted names in lldb's own
+    # script namespace, so this module must be imported there, not only in lldbinit's.
+    run(f"script import {module}")
     run(f"command container add -h '{commands.PREFIX_SUMMARY}' kheap")
     for command in commands.commands_for("lldb"):
         class_name = "Kheap_" + command.name.replace("-", "_")
         globals()[class_name] = type(class_name, (_KheapCommand,), {"name": command.name})
         run(f"command script add -c {module}.{class_name} kheap {command.name}")
     run(f"command script add -c {module}.AutoCheckCommand kheap auto-check")
+    run(f"command script add -c {module}.ConnectCommand kheap connect")
     run(f"command script add -c {module}.SettingsCommand kheap set")
     run(f"command script add -c {module}.ShowSettingsCommand kheap show")
     for type_name in ("heap_segment_t", "struct heap_segment", "heap_segment", "heapSegment"):
