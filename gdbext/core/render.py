@@ -9,6 +9,35 @@ dict, not from the live objects, keeps the two outputs from drifting apart.
 No ``print`` here, and every string that may come from target memory is escaped.
 Addresses in JSON are integers; text shows them as the kernel prints them (0x + hex padded to
 the pointer width).
+
+JSON shapes (every report also has ``schema_version``: 1 and ``report``: its name; all but
+snapshot and diff have ``pointer_size``, ``heap`` {start, size, end} and ``notes`` [str]):
+
+- info: ``elf`` {path, class, pointer_size, endian, machine, arch, has_dwarf, image_start,
+  image_end, symbols {name: address}, constants, layouts {segment, page, page_list, stats:
+  {name, size, source, fields [{name, offset, size, type, bit_size?, data_bit_offset?}]}},
+  notes}, ``heap`` {start, size, end, list_head, list_head_error, page_array, num_pages,
+  header_size, sources}, ``poison`` (byte or null)
+- walk: list_head, header_size, count, complete, stop {reason, address, from, detail},
+  used/free {count, bytes}, bad {count}, truncated, segments [{address, size, state,
+  is_allocated, next, prev, payload, extra?}]
+- check: verdict ('ok'|'warnings'|'corrupt'), full, errors, warnings, segments, stop,
+  findings [{code, severity, address, message, values {}, culprit {address, reason,
+  classification, detail} or null}]
+- stats: heap_size, segments, used/free/bad {count, bytes}, largest_free, fragmentation,
+  histogram [{low, high, used, free}], walk_complete, stop_reason, kernel {heap_stats fields}
+  or null, comparison [{name, kernel, walk, agree}]
+- find: address, found, match {segment {...walk segment...}, offset, where, payload_offset,
+  method} or null, reason (when not found)
+- pages: num_pages, scanned, counts {kernel, heap, free, allocated, bad}, free_list {head,
+  tail, size, walked, stop {reason, address}, bad_prev} or null, fault, page_array, findings
+- map: cell_size, cells (one char per cell, see legend), legend, regions [{start, end, bytes,
+  state, segments}], stop
+- snapshot: tag, heap_start, heap_size, pointer_size, stop_reason, kernel_stats, used {count,
+  bytes}, segments [[address, size, state]]  (read back with ``Snapshot.from_json``)
+- diff: pointer_size, tags {before, after}, live {count_before, count_after, count_growth,
+  bytes_before, bytes_after, bytes_growth}, new [[address, size]], freed [[address, size]],
+  resized [[address, old, new]], new_by_size [[size, count]]
 """
 
 from __future__ import annotations
