@@ -58,3 +58,31 @@ def test_gdb_stops_at_checkpoint_and_reads_the_heap(start_vm, arch):
     stats_line = re.search(r"^\$\d+ = (\{.*\})$", out, re.M)
     assert stats_line, out
     assert parse_struct(stats_line.group(1)) == checkpoint.stats
+
+
+# An instruction that is permanently undefined: UDF on ARMv7 (A32), UDF #0 on AArch64.
+UNDEFINED_INSTRUCTION = {"arm": 0xE7F000F0, "aarch64": 0x00000000}
+
+
+@pytest.mark.skipif(shutil.which(GDB) is None, reason=f"{GDB} not installed")
+@pytest.mark.parametrize("arch", ["arm", "aarch64"])
+def test_undefined_instruction_reaches_kernel_panic(start_vm, arch):
+    """The vectors route an undefined instruction (planted by gdb at kheap_checkpoint's
+    entry) to kernel_panic, like the crash scenario routes a data abort."""
+    vm = start_vm(arch, "clean", halt=True)
+    out = gdb_batch(vm.elf, vm.gdb_port, [
+        f"set var *(unsigned int *)kheap_checkpoint = {UNDEFINED_INSTRUCTION[arch]:#x}",
+        "break kernel_panic",
+        "continue",
+        'printf "KH-REASON %d\\n", (int)reason',
+        "detach",
+    ])
+    assert "Breakpoint 1, kernel_panic" in out, out
+    assert "KH-REASON 3" in out, out                   # PANIC_UNDEFINED
+    text = vm.wait_for(r"KHEAP-PANIC reason=undefined-instruction fault_address=0x[0-9a-f]+",
+                       timeout=30)
+    address = int(text.split("KHEAP-PANIC")[1].split("fault_address=")[1].split()[0], 16)
+    assert address == int(subprocess.run(
+        [GDB, "--batch", "-nx", "-ex", f"file {vm.elf}", "-ex",
+         'printf "%lu\\n", (unsigned long)kheap_checkpoint'],
+        capture_output=True, text=True).stdout.split()[-1])
