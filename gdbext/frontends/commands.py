@@ -373,16 +373,25 @@ def _map(session, args):
 
 def _snapshot_options(parser):
     parser.add_argument("name", metavar="NAME", help="a name to compare against later with kheap diff")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="also save it as a JSON file (kheap diff takes the file's path as a name)")
 
 
-@command("snapshot", "Remember the current segment list under NAME (for kheap diff).",
-         "kheap snapshot before", faces=("gdb", "lldb"))
+@command("snapshot", "Remember the current segment list under NAME (for kheap diff); -o saves it "
+         "to a file.", "kheap snapshot before -o before.json")
 @options(_snapshot_options)
 def _snapshot(session, args):
     prog = session.program()
     snap = take_snapshot(prog, tag=args.name)
     session.snapshots[args.name] = snap
-    return _outcome(render.snapshot_report(snap))
+    report = render.snapshot_report(snap)
+    if args.output:
+        try:
+            with open(args.output, "w") as f:
+                f.write(render.to_json_text(report) + "\n")
+        except OSError as error:
+            raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from None
+    return _outcome(report)
 
 
 def _diff_options(parser):

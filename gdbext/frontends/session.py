@@ -5,6 +5,8 @@ expression evaluator and where the target stopped. Everything else (settings, th
 Program with its block cache, snapshots) lives here once, so the three faces cannot drift.
 """
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -15,6 +17,20 @@ from gdbext.core.symbols import load_elf_info
 
 class CommandError(Exception):
     """A problem the user can act on (no target, bad expression, unreadable file): one line."""
+
+
+def load_snapshot_file(path):
+    """A Snapshot from a JSON file written by 'kheap snapshot -o' (or its --json output)."""
+    from gdbext.core.snapshot import Snapshot, SnapshotError
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return Snapshot.from_json(data)
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
+    except (ValueError, SnapshotError) as error:
+        raise CommandError(f"{path} is not a kheap snapshot: {' '.join(str(error).split())}") from None
 
 
 @dataclass
@@ -139,13 +155,14 @@ class Session:
         return self._program
 
     def load_snapshot(self, name):
-        """A snapshot taken earlier in this session (the CLI also reads snapshot files)."""
-        try:
+        """A snapshot taken earlier in this session, or a file saved by 'kheap snapshot -o'."""
+        if name in self.snapshots:
             return self.snapshots[name]
-        except KeyError:
-            known = ", ".join(sorted(self.snapshots)) or "none yet"
-            raise CommandError(f"no snapshot named {name!r} (taken so far: {known}); "
-                               "use 'kheap snapshot NAME' first") from None
+        if os.path.isfile(name):
+            return load_snapshot_file(name)
+        known = ", ".join(sorted(self.snapshots)) or "none yet"
+        raise CommandError(f"no snapshot named {name!r} (taken so far: {known}) and no such file; "
+                           "use 'kheap snapshot NAME [-o FILE]' first")
 
     def invalidate(self, *_event):
         """Forget everything read from the target (it ran, or memory was written)."""
