@@ -26,7 +26,7 @@ STOP_END = "end"              # a NULL next: the list ended normally
 STOP_FAULT = "fault"          # a header could not be read
 STOP_BOUND = "bound"          # more steps than the heap can hold segments
 STOP_CYCLE = "cycle"          # next led back to a header already visited
-STOP_LEFT_HEAP = "left-heap"  # next points outside the heap (or a header would cross its end)
+STOP_LEFT_HEAP = "outside-heap"  # next points outside the heap (the kernel dump's word for it)
 STOP_BAD_HEAD = "bad-head"    # the list head is unknown, NULL or outside the heap
 
 # (address, next, prev, is_allocated, segment_size): how the walk keeps what it read.

@@ -23,7 +23,7 @@ def _exercise(prog):
     except ProgramError:
         return None
     assert len(walk.records) <= walk.bound
-    assert walk.stop_reason in ("end", "fault", "bound", "cycle", "left-heap", "bad-head")
+    assert walk.stop_reason in ("end", "fault", "bound", "cycle", "outside-heap", "bad-head")
     report = check(prog, full=True)
     for f in report.findings:
         assert f.severity in ("error", "warning") and "\n" not in f.message
