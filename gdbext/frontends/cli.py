@@ -180,6 +180,10 @@ class CliSession(Session):
         self.apply_setting("color", color)
         if opts.debug:
             self.apply_setting("debug", True)
+        if getattr(opts, "remote", None) and getattr(opts, "block_size", None) is None:
+            # Over the wire a block costs packets: page-sized blocks keep the heap's one bulk
+            # read exact instead of rounding it out to 64 KiB on both sides (bench_cli.py).
+            self.apply_setting("block-size", 4096)
         for name in ("heap-start", "heap-size", "list-head", "block-size"):
             value = getattr(opts, name.replace("-", "_"), None)
             if value is not None:
@@ -278,13 +282,18 @@ class CliSession(Session):
         elf = self.elf_info()
         name = self.target_name()
         kind = self.target_kind()
-        target_arch = None
-        if kind != "raw":
-            target_arch = getattr(target, "arch", None)
-        if target_arch and elf.arch in ("arm", "aarch64") and target_arch != elf.arch:
-            what = {"remote": "target", "core": "core"}.get(kind, "target")
-            raise CommandError(f"{name} is {_article(target_arch)} {what} but {path} is "
-                               f"{_article(elf.arch)} kernel ELF: use the kernel it runs")
+
+        def same_arch():
+            # A core's header says its arch for free; a stub's target description costs a
+            # dozen packets, so a live target is asked only when its memory disagrees.
+            target_arch = getattr(target, "arch", None) if kind != "raw" else None
+            if target_arch and elf.arch in ("arm", "aarch64") and target_arch != elf.arch:
+                what = {"remote": "target", "core": "core"}.get(kind, "target")
+                raise CommandError(f"{name} is {_article(target_arch)} {what} but {path} is "
+                                   f"{_article(elf.arch)} kernel ELF: use the kernel it runs")
+
+        if kind == "core":
+            same_arch()
         meta = self.dump_meta() if kind == "core" else {}
         if self.opts.elf and meta.get("elf_sha256") and file_sha256(path) != meta["elf_sha256"]:
             raise CommandError(f"{name} was dumped with another kernel ELF than {path} (sha256 differs)")
@@ -294,6 +303,8 @@ class CliSession(Session):
             except MemoryFault:
                 continue                     # not saved in this dump: nothing to compare
             if got != expected:
+                if kind == "remote":
+                    same_arch()
                 hint = " (wrong --base?)" if kind == "raw" else ""
                 raise CommandError(f"{path} does not match {name}{hint}: the kernel's code and "
                                    f"constants at {addr:#x} differ from the target's memory")

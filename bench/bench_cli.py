@@ -1,0 +1,121 @@
+"""Benchmark: ``kheap check --remote`` on the ``stress`` heap, in-process and as a process.
+
+Boots the kernel (``stress``: ~5000 segments) with qemu/launcher.py and measures:
+
+1. ``kheap check --remote`` run in this process through the CLI's own code (``cli.run_cli``,
+   connection, ELF checks, the walk and every validator included; the ELF parse is cached after
+   the first run, as it is in a debugger) against one raw bulk read of the heap
+   (``RemoteTarget.read(heap_start, heap_size)`` through the same client on a fresh connection).
+   Target ratio: at most 1.3.
+2. The whole process: ``.venv/bin/kheap check --remote ... --elf ...`` as a subprocess, wall
+   time (target under 0.5 s), and ``python -X importtime`` of the CLI module.
+
+Nothing is asserted: machines are noisy, these numbers are for people to read.
+
+    .venv/bin/python bench/bench_cli.py [--arch arm|aarch64] [--repeat 5]
+"""
+
+import argparse
+import io
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gdbext.frontends import cli  # noqa: E402
+from gdbext.core.symbols import load_elf_info  # noqa: E402
+from gdbext.targets.rsp import RemoteTarget  # noqa: E402
+from qemu.launcher import KernelVM  # noqa: E402
+
+KHEAP = REPO / ".venv" / "bin" / "kheap"
+
+
+def best(samples):
+    return min(samples), statistics.median(samples)
+
+
+def in_process_check(remote, elf):
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    status = cli.run_cli(["check", "--remote", remote, "--elf", str(elf)], out, err)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"kheap check failed ({status}): {err.getvalue()}{out.getvalue()[:400]}")
+    return elapsed
+
+
+def raw_heap_read(host, port, start, size):
+    t0 = time.perf_counter()
+    with RemoteTarget(host, port) as target:
+        data = target.read(start, size)
+    elapsed = time.perf_counter() - t0
+    assert len(data) == size
+    return elapsed
+
+
+def import_time():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import gdbext.frontends.cli"],
+                          capture_output=True, text=True, cwd=REPO)
+    total = 0
+    heaviest = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m and not m.group(3).strip(" ") and len(m.group(3)) == 1:
+            total += int(m.group(2))                # top-level imports only
+        if m:
+            heaviest.append((int(m.group(2)), m.group(4)))
+    heaviest.sort(reverse=True)
+    return total / 1e6, heaviest[:5]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("arm", "aarch64"), default="arm")
+    parser.add_argument("--scenario", default="stress")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    with KernelVM(arch=args.arch, scenario=args.scenario) as vm:
+        vm.wait_until_settled(60)
+        remote = f"127.0.0.1:{vm.gdb_port}"
+        elf = load_elf_info(vm.elf)
+        with RemoteTarget("127.0.0.1", vm.gdb_port) as target:
+            start = int.from_bytes(target.read(elf.address_of("kernel_heap_start"), elf.pointer_size), "little")
+            size = int.from_bytes(target.read(elf.address_of("kernel_heap_size"), elf.pointer_size), "little")
+        in_process_check(remote, vm.elf)                           # warm: ELF parse, imports
+        checks = [in_process_check(remote, vm.elf) for _ in range(args.repeat)]
+        reads = [raw_heap_read("127.0.0.1", vm.gdb_port, start, size) for _ in range(args.repeat)]
+        walls = []
+        exe = [str(KHEAP)] if KHEAP.exists() else [sys.executable, "-m", "gdbext"]
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            proc = subprocess.run(exe + ["check", "--remote", remote, "--elf", str(vm.elf)],
+                                  capture_output=True, text=True)
+            walls.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                raise SystemExit(f"kheap check exited {proc.returncode}: {proc.stderr}")
+        found = re.search(r"(\d+) segments walked", proc.stdout)
+        segments = found.group(1) if found else "?"
+
+    imports, heaviest = import_time()
+    c_best, c_med = best(checks)
+    r_best, r_med = best(reads)
+    w_best, w_med = best(walls)
+    print(f"kheap CLI on {args.arch}/{args.scenario}: heap {size} bytes at {start:#x}, {segments} segments")
+    print(f"  kheap check --remote, in process : best {c_best * 1000:7.1f} ms  median {c_med * 1000:7.1f} ms")
+    print(f"  raw bulk read of the heap        : best {r_best * 1000:7.1f} ms  median {r_med * 1000:7.1f} ms")
+    print(f"  ratio check / raw read           : best {c_best / r_best:5.2f}   median {c_med / r_med:5.2f}"
+          f"   (target <= 1.3)")
+    print(f"  whole process (.venv/bin/kheap)  : best {w_best * 1000:7.1f} ms  median {w_med * 1000:7.1f} ms"
+          f"   (target < 500 ms)")
+    print(f"  import gdbext.frontends.cli      : {imports * 1000:7.1f} ms; heaviest: "
+          + ", ".join(f"{name} {us / 1000:.1f} ms" for us, name in heaviest))
+
+
+if __name__ == "__main__":
+    main()
