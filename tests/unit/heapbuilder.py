@@ -179,6 +179,9 @@ class SyntheticKernel:
 
     # -- the reference allocator ----------------------------------------------------------------
     def _init_heap(self) -> None:
+        # Addresses of free segments, kept in step with the headers so kmalloc's first fit
+        # looks only at free candidates (the list walk made building big heaps quadratic).
+        self._free = {self.heap_start}
         self.header(self.heap_start, 0, 0, 0, self.heap_size)
         self._poison_range(self.heap_start + self.hdr, self.heap_end)
         self.set_global("heap_segment_list_head", self.heap_start)
@@ -192,8 +195,7 @@ class SyntheticKernel:
 
     def kmalloc(self, size: int) -> Optional[int]:
         need = round_up(max(size, 1) + self.hdr, 16)
-        addr = self.read_int(self.symbols["heap_segment_list_head"], self.p)
-        while addr:
+        for addr in sorted(self._free):     # first fit, in address (= list) order
             seg_size = self.seg_field(addr, "segment_size")
             if self.seg_field(addr, "is_allocated") == 0 and seg_size >= need:
                 if seg_size - need >= self.split_min:
@@ -203,8 +205,10 @@ class SyntheticKernel:
                     if nxt:
                         self.set_seg(nxt, prev=new)
                     self.set_seg(addr, next=new, segment_size=need)
+                    self._free.add(new)
                     seg_size = need
                 self.set_seg(addr, is_allocated=1)
+                self._free.discard(addr)
                 s = self.stats
                 s["allocations"] += 1
                 s["bytes_requested"] += size
@@ -213,7 +217,6 @@ class SyntheticKernel:
                 s["peak_usage"] = max(s["peak_usage"], s["current_usage"])
                 self._write_stats()
                 return addr + self.hdr
-            addr = self.seg_field(addr, "next")
         self.stats["failed"] += 1
         self._write_stats()
         return None
@@ -227,6 +230,7 @@ class SyntheticKernel:
         s["current_usage"] -= size
         self._write_stats()
         self.set_seg(addr, is_allocated=0)
+        self._free.add(addr)
         self._poison_range(addr + self.hdr, addr + size)
         nxt = self.seg_field(addr, "next")
         if nxt and self.seg_field(nxt, "is_allocated") == 0:
@@ -242,6 +246,7 @@ class SyntheticKernel:
                      segment_size=self.seg_field(left, "segment_size") + self.seg_field(right, "segment_size"))
         if after:
             self.set_seg(after, prev=left)
+        self._free.discard(right)
         self._poison_range(right, right + self.hdr)
 
     # -- views ----------------------------------------------------------------------------------
