@@ -292,6 +292,9 @@ class PageLayout:
                 | (word & self.KERNEL_HEAP_PAGE and 4 or 0))
 
 
+EXTRA_STRUCT_NAMES = ("panic_info",)
+
+
 @dataclass
 class Layouts:
     """Every layout kheap uses, plus where they came from."""
@@ -303,6 +306,9 @@ class Layouts:
     pointer_size: int
     endian: str
     notes: List[str] = dc_field(default_factory=list)
+    # Other structs kheap reads when the kernel has them (e.g. ``panic_info`` for triage),
+    # by struct name; absent from the dict when DWARF does not describe them.
+    extra: Dict[str, StructLayout] = dc_field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -620,4 +626,12 @@ def layouts_from_dwarf(types: Optional[DwarfTypes], pointer_size: int, endian: s
     page = pick(PAGE_NAMES, "page", PageLayout, defaults.page)
     page_list = pick(PAGE_LIST_NAMES, "page list", lambda s: s, defaults.page_list)
     stats = pick(STATS_NAMES, "heap statistics", lambda s: s, defaults.stats)
-    return Layouts(segment, page, page_list, stats, pointer_size, endian, notes)
+    extra: Dict[str, StructLayout] = {}
+    for name in EXTRA_STRUCT_NAMES:
+        found = types.find_struct((name,))
+        if found is not None:
+            try:
+                extra[name] = types.struct_layout(found[0], found[1])
+            except (ValueError, KeyError):
+                pass     # unusable: the reader of that struct falls back to its own default
+    return Layouts(segment, page, page_list, stats, pointer_size, endian, notes, extra)

@@ -360,8 +360,11 @@ def _render_walk(r: Dict[str, Any], out: _Text) -> None:
         rows.append([(out.addr(s["address"]), PLAIN), (str(s["size"]), PLAIN), (state, tok),
                      (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)])
     out.table(["address", "size", "state", "next", "prev", "payload"], rows)
-    if r.get("truncated"):
-        out.line(f"  ... {r['count'] - len(r['segments'])} more segments (no limit to see all)")
+    not_shown = r.get("not_shown", r["count"] - len(r["segments"]) if r.get("truncated") else 0)
+    if not_shown:
+        out.line(f"  ... {not_shown} more not shown (raise or drop --limit to see them)")
+    if r.get("matched") is not None and r["matched"] != r["count"]:
+        out.line(f"  {r['matched']} of {r['count']} segments match the filter")
     out.add("used ", PLAIN).add(f"{r['used']['count']} ({r['used']['bytes']} bytes)", USED)
     out.add("  free ", PLAIN).add(f"{r['free']['count']} ({r['free']['bytes']} bytes)", FREE)
     if r["bad"]["count"]:

@@ -21,8 +21,15 @@ from .stats import heap_stats
 from .text import escape_text
 from .validate import CheckReport, check
 
-PANIC_REASONS = {0: "none", 1: "data abort", 2: "undefined instruction", 3: "prefetch abort",
-                 4: "synchronous exception", 5: "unexpected exception"}
+
+
+def reason_name(prog: Program, reason: int) -> str:
+    """The kernel's own name for a panic reason, from its DWARF enumerators (PANIC_DATA_ABORT
+    -> "data abort"); the numbering is the kernel's business, not ours."""
+    for name, value in prog.elf.constants.items():
+        if name.startswith("PANIC_") and value == reason:
+            return name[len("PANIC_"):].lower().replace("_", " ")
+    return f"reason {reason}"
 
 
 _CORE_REGISTER = re.compile(r"^(r\d+|x\d+|sp|lr|pc|fp|cpsr|xpsr)$")
@@ -37,7 +44,7 @@ def core_registers(registers: Dict[str, int]) -> Dict[str, int]:
 def panic_layout(prog: Program) -> StructLayout:
     """``struct panic_info`` from DWARF when the ELF has it, else the documented default
     ``{uint32_t reason; uintptr_t fault_address, fault_status, elr}``."""
-    found = getattr(prog.layouts, "extra", {}).get("panic_info")
+    found = prog.layouts.extra.get("panic_info")
     if found is not None:
         return found
     p = prog.pointer_size
@@ -57,7 +64,7 @@ def read_panic_info(prog: Program) -> Optional[Dict[str, Any]]:
     except MemoryFault:
         return None
     reason = values.get("reason", 0)
-    values["reason_text"] = PANIC_REASONS.get(reason, f"reason {reason}")
+    values["reason_text"] = reason_name(prog, reason)
     values["layout_source"] = layout.source
     if values.get("elr") is not None:
         values["elr_symbol"] = prog.elf.symbolize(values["elr"])
