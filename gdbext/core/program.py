@@ -245,10 +245,13 @@ class Program:
             self._heap_bytes = self.memory.read_prefix(b.start, b.size)
         return self._heap_bytes
 
-    def invalidate(self) -> None:
-        """Drop cached memory (the target ran); bounds are recomputed on next use."""
+    def invalidate(self, keep_bounds: bool = False) -> None:
+        """Drop cached memory (the target ran); bounds are recomputed on next use unless
+        ``keep_bounds`` (the heap cannot move once kheap_init ran: ``kheap watch`` per stop)."""
         self.memory.invalidate()
         self._heap_bytes = None
+        if keep_bounds:
+            return
         self._bounds = None
         self._bound_notes = []
         self._poison = ()

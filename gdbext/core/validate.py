@@ -26,7 +26,7 @@ from .program import Program
 from .text import escape_bytes, printable_ratio
 
 __all__ = ["Finding", "Culprit", "CheckReport", "CODES", "classify_bytes", "validate_heap",
-           "validate_poison", "validate_stats", "validate_pages", "check"]
+           "validate_poison", "validate_stats", "validate_pages", "validate_segments", "check"]
 
 ERROR, WARNING = "error", "warning"
 
@@ -264,6 +264,118 @@ def _slow_segment_checks(prog: Program, walk: HeapWalk, i: int, expected_prev: i
         # A header with wrong fields was probably overwritten: name the likely culprit once.
         culprit = _culprit_for_header(prog, walk, i)
     out.extend(Finding(x.code, x.severity, x.address, x.message, x.values, culprit) for x in here)
+
+
+# -- a few segments (incremental checks) -----------------------------------------------------
+
+def validate_segments(prog: Program, start: int, count: int = 4) -> List[Finding]:
+    """The structure checks of :func:`validate_heap` on at most ``count`` segments from ``start``.
+
+    For incremental checks (``kheap watch``): reads only the headers of the segments walked,
+    their successors' and the first one's predecessor (a few small reads instead of the whole
+    heap). ``start``: a ``heap_segment_t`` header address. Checks HEAP-ALIGN, HEAP-FLAG,
+    HEAP-SIZE, HEAP-BOUNDS, HEAP-GAP/HEAP-OVERLAP, HEAP-BACKLINK (both directions of every link
+    it crosses), HEAP-COVERAGE for a last segment that does not end at the heap end,
+    HEAP-UNMERGED (warning), HEAP-UNREADABLE. Poison and counters are :func:`check`'s.
+    """
+    out: List[Finding] = []
+    b = prog.bounds
+    layout = prog.layouts.segment
+    hdr, hs, he = layout.header_size, b.start, b.end
+    fmt = prog.fmt
+
+    def header(address: int) -> Optional[tuple]:
+        try:
+            return layout.unpack_from(prog.read(address, layout.decode_size), 0)
+        except MemoryFault:
+            return None
+
+    def culprit(address: int, before: Optional[int], before_flag: Optional[int]) -> Culprit:
+        try:
+            kind, detail = classify_bytes(prog, prog.read(address, hdr))
+        except MemoryFault:
+            kind, detail = "", ""
+        if before is None:
+            return Culprit(None, "first segment of the heap: nothing before it to overflow", kind, detail)
+        if before_flag == 1:
+            return Culprit(before, "overflow from the allocated segment before it", kind, detail)
+        if before_flag == 0:
+            return Culprit(before, "write past the free segment before it (use after free?)", kind, detail)
+        return Culprit(before, "the segment before it is corrupt too", kind, detail)
+
+    a = start
+    first = header(a) if hs <= a and a + hdr <= he else None
+    if first is None:
+        return [Finding("HEAP-UNREADABLE", ERROR, a, f"no readable segment header at {fmt(a)}",
+                        {"address": a})]
+    before: Optional[int] = None
+    before_flag: Optional[int] = None
+    pv0 = first[1]
+    if pv0 == 0:
+        if a != b.list_head:
+            out.append(Finding("HEAP-BACKLINK", ERROR, a, f"segment at {fmt(a)} has prev NULL but is not "
+                               f"the list head ({fmt(b.list_head)})", {"address": a, "prev": 0},
+                               culprit(a, None, None)))
+    else:
+        ph = header(pv0) if hs <= pv0 and pv0 + hdr <= he else None
+        if ph is None or ph[0] != a:
+            out.append(Finding("HEAP-BACKLINK", ERROR, a,
+                               f"segment at {fmt(a)}: prev {fmt(pv0)} does not link back to it",
+                               {"address": a, "prev": pv0, "prev_next": ph[0] if ph else None}))
+        else:
+            before, before_flag = pv0, ph[2]
+    fields = first
+    expected_prev: Optional[int] = None        # the first segment's prev was checked above
+    nh = None
+    for _ in range(max(1, count)):
+        nx, pv, f, s = fields[:4]
+        here: List[Finding] = []
+        values = {"address": a, "next": nx, "prev": pv, "is_allocated": f, "segment_size": s}
+        if a % HEAP_ALIGN or s % HEAP_ALIGN:
+            here.append(Finding("HEAP-ALIGN", ERROR, a, f"segment at {fmt(a)}: address or size {s} "
+                                "not a multiple of 16", values))
+        if f not in (0, 1):
+            here.append(Finding("HEAP-FLAG", ERROR, a, f"segment at {fmt(a)}: is_allocated = {f}", values))
+        bad_size = s < hdr or a + s > he
+        if bad_size:
+            here.append(Finding("HEAP-SIZE", ERROR, a, f"segment at {fmt(a)}: segment_size {s} "
+                                + ("is smaller than a header" if s < hdr else "runs past the heap end"),
+                                values))
+        if expected_prev is not None and pv != expected_prev:
+            here.append(Finding("HEAP-BACKLINK", ERROR, a, f"segment at {fmt(a)}: prev is {fmt(pv)}, "
+                                f"expected {fmt(expected_prev)}", values))
+        if nx:
+            if not (hs <= nx and nx + hdr <= he):
+                here.append(Finding("HEAP-BOUNDS", ERROR, a, f"segment at {fmt(a)}: next {fmt(nx)} "
+                                    "is outside the heap", values))
+            elif nx != a + s and not bad_size:
+                code = "HEAP-GAP" if nx > a + s else "HEAP-OVERLAP"
+                here.append(Finding(code, ERROR, a, f"segment at {fmt(a)}: next is {fmt(nx)} but "
+                                    f"address + size is {fmt(a + s)}", values))
+        elif a + s != he and not bad_size:
+            here.append(Finding("HEAP-COVERAGE", ERROR, a, f"the last segment at {fmt(a)} ends at "
+                                f"{fmt(a + s)}, not at the heap end {fmt(he)}", values))
+        if here:
+            c = culprit(a, before, before_flag)
+            out.extend(Finding(x.code, x.severity, x.address, x.message, x.values, c) for x in here)
+            return out
+        if not nx:
+            return out
+        nh = header(nx)
+        if nh is None:
+            out.append(Finding("HEAP-UNREADABLE", ERROR, nx, f"header at {fmt(nx)} is unreadable", values))
+            return out
+        if f == 0 and nh[2] == 0:
+            out.append(Finding("HEAP-UNMERGED", WARNING, nx, f"free segment at {fmt(nx)} follows the "
+                               f"free segment at {fmt(a)} unmerged", {"address": nx, "previous": a}))
+        before, before_flag, expected_prev, a, fields = a, f, a, nx, nh
+    # The last segment walked was reached but not checked: its back link at least.
+    if fields[1] != expected_prev:
+        out.append(Finding("HEAP-BACKLINK", ERROR, a, f"segment at {fmt(a)}: prev is {fmt(fields[1])}, "
+                           f"expected {fmt(expected_prev)}", {"address": a, "prev": fields[1],
+                                                              "expected": expected_prev},
+                           culprit(a, before, before_flag)))
+    return out
 
 
 # -- poison -------------------------------------------------------------------------------------

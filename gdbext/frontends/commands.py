@@ -429,3 +429,139 @@ def _triage(session, args):
     report = triage_report(prog, asdict(session.stop_place()), full=args.full)
     failed = report["check"]["errors"] > 0 or report.get("fault_address") is not None
     return Outcome(report, lambda color: triage_text(report, color), failed)
+
+
+# kheap watch / history / leaks (gdb: breakpoints on the allocator; see gdbext/core/watch.py) ---
+def _watch_options(parser):
+    from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
+
+    parser.add_argument("action", nargs="?", choices=("on", "off", "status"), default="status",
+                        help="on: set the breakpoints and record; off: remove them; status (default)")
+    parser.add_argument("--full-every", type=count, default=DEFAULT_FULL_EVERY, metavar="N",
+                        help="also run a full heap check every N operations (default 0: only at "
+                             "kheap_checkpoint)")
+    parser.add_argument("--history", type=count, default=DEFAULT_HISTORY, metavar="N",
+                        help=f"operations kept in the history (default {DEFAULT_HISTORY}; counts "
+                             "are kept for all)")
+    parser.add_argument("--no-checkpoint", action="store_true",
+                        help="no full check at kheap_checkpoint")
+
+
+@command("watch", "Record every kmalloc/kcalloc/krealloc/kfree while the kernel runs and stop at "
+         "the first bad one.", "kheap watch on --full-every 1000", faces=("gdb",))
+@options(_watch_options)
+def _watch(session, args):
+    controller = session.watch_controller()
+    if args.action == "on":
+        controller.enable(args.history, args.full_every, checkpoint=not args.no_checkpoint)
+    elif args.action == "off":
+        controller.disable()
+    report = {"schema_version": 1, "report": "watch", "action": args.action, **controller.status()}
+    return Outcome(report, lambda color: _watch_text(report))
+
+
+def _watch_text(report):
+    if report["action"] == "on":
+        sites = report.get("return_sites", {})
+        where = ", ".join(f"{k} (1 entry, {len(v)} returns)" for k, v in sites.items())
+        return (f"kheap watch: on: {report['breakpoints']} breakpoints: {where}; continue to run "
+                "the kernel")
+    if report["action"] == "off":
+        return "kheap watch: off: breakpoints removed" + (
+            f" ({report['counters']['operations']} operations recorded)" if "counters" in report else "")
+    if "counters" not in report:
+        return "kheap watch: off (never turned on)"
+    c = report["counters"]
+    lines = [f"kheap watch: {'on' if report['active'] else 'off'}; {c['operations']} operations "
+             f"({c['calls']} calls), history {report['history_size']}/{report['history_limit']}, "
+             f"{report['live']} live blocks, full check every {report['full_every'] or 'checkpoint'}",
+             f"  allocations={c['allocations']} frees={c['frees']} failed={c['failed']} "
+             f"bytes_requested={c['bytes_requested']} bytes_allocated={c['bytes_allocated']} "
+             f"bytes_freed={c['bytes_freed']} current_usage={c['current_usage']} "
+             f"peak_usage={c['peak_usage']}"]
+    if report.get("last_stop"):
+        stop = report["last_stop"]
+        codes = ", ".join(f["code"] for f in stop["findings"])
+        lines.append(f"  last stop: {stop['reason']}: {codes}")
+    return "\n".join(lines)
+
+
+def _history_options(parser):
+    parser.add_argument("address", metavar="ADDR", nargs="?",
+                        help="only operations whose block holds ADDR (payload, header or interior)")
+    parser.add_argument("--limit", type=count, default=50, metavar="N",
+                        help="the last N operations (default 50; 0 for all)")
+
+
+@command("history", "The allocator calls kheap watch recorded, all or those that touched an address.",
+         "kheap history $r0 --limit 20", faces=("gdb",))
+@options(_history_options)
+def _history(session, args):
+    controller = session.watch_controller()
+    watch = controller.watch
+    if watch is None:
+        raise CommandError("kheap history: nothing recorded: use 'kheap watch on' first")
+    prog = controller.prog
+    if args.address is not None:
+        target = _address_arg(session, args.address)
+        ops = watch.history_of(prog.header_size, target)
+    else:
+        target = None
+        ops = list(watch.history)
+    matched = len(ops)
+    if args.limit:
+        ops = ops[-args.limit:]
+    report = {"schema_version": 1, "report": "history", "address": target, "matched": matched,
+              "not_shown": matched - len(ops), "operations": [o.to_json() for o in ops],
+              "counters": watch.counters.to_json()}
+    if target is not None:
+        first = watch.freed_by.get(target)
+        alloc = watch.live.get(target)
+        report["first_free"] = first.to_json() if first else None
+        report["allocated_by"] = alloc.to_json() if alloc else None
+
+    def text(color):
+        head = (f"{matched} operations touched {prog.fmt(target)}" if target is not None
+                else f"{matched} operations recorded")
+        lines = [head + (f" ({matched - len(ops)} earlier not shown)" if matched > len(ops) else "")]
+        lines += [o.describe(prog.fmt) for o in ops]
+        return "\n".join(lines)
+
+    return Outcome(report, text)
+
+
+def _leaks_options(parser):
+    parser.add_argument("--mark", action="store_true",
+                        help="set the mark: later 'kheap leaks' lists only blocks allocated after it")
+    parser.add_argument("--blocks", type=count, default=8, metavar="N",
+                        help="block addresses listed per caller in text (default 8)")
+
+
+@command("leaks", "Live allocations never freed since the mark (or since watch on), grouped by "
+         "caller, biggest first.", "kheap leaks --mark", faces=("gdb",))
+@options(_leaks_options)
+def _leaks(session, args):
+    controller = session.watch_controller()
+    watch = controller.watch
+    if watch is None:
+        raise CommandError("kheap leaks: nothing recorded: use 'kheap watch on' first")
+    prog = controller.prog
+    if args.mark:
+        mark = watch.set_mark()
+        report = {"schema_version": 1, "report": "leaks", "mark": mark, "groups": [], "count": 0,
+                  "bytes": 0}
+        return Outcome(report, lambda color: f"kheap leaks: mark set at operation #{mark}")
+    groups = watch.leaks()
+    report = {"schema_version": 1, "report": "leaks", "mark": watch.mark, "groups": groups,
+              "count": sum(g["count"] for g in groups), "bytes": sum(g["bytes"] for g in groups)}
+
+    def text(color):
+        lines = [f"{report['count']} live blocks ({report['bytes']} bytes) allocated since operation "
+                 f"#{watch.mark} and not freed, by caller:"]
+        for g in groups:
+            shown = ", ".join(prog.fmt(b) for b in g["blocks"][:args.blocks])
+            more = f" (+{len(g['blocks']) - args.blocks} more)" if len(g["blocks"]) > args.blocks else ""
+            lines.append(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")
+        return "\n".join(lines)
+
+    return Outcome(report, text)

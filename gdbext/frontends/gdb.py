@@ -39,6 +39,7 @@ class GdbSession(Session):
     def __init__(self):
         super().__init__()
         self._generation = 0
+        self._watch = None
 
     # The target ---------------------------------------------------------------------------
     def _live_inferior(self):
@@ -115,6 +116,13 @@ class GdbSession(Session):
 
     def invalidate(self, *_event):
         super().invalidate()
+
+    def watch_controller(self):
+        if self._watch is None:
+            from gdbext.frontends.gdb_watch import WatchController
+
+            self._watch = WatchController(self)
+        return self._watch
 
 
 # Settings as gdb parameters -------------------------------------------------------------------

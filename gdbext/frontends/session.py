@@ -111,6 +111,10 @@ class Session:
     def stop_place(self):
         return StopPlace()
 
+    def watch_controller(self):
+        """The face's ``kheap watch`` machinery (breakpoints need a debugger: gdb has one)."""
+        raise CommandError(f"kheap watch needs breakpoints in a running kernel: not available in {self.face}")
+
     def check_alive(self, program):
         """Raise CommandError if the target behind a cached Program has gone (faces with a
         live connection override this with one tiny uncached read)."""
