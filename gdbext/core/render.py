@@ -163,7 +163,7 @@ def check_report(prog: Program, report: CheckReport) -> Dict[str, Any]:
     d.update({
         "verdict": report.verdict, "full": report.full,
         "errors": len(report.errors), "warnings": len(report.warnings),
-        "segments": len(report.walk.records), "stop": report.walk.stop_json(),
+        "segments": len(report.walk), "stop": report.walk.stop_json(),
         "findings": [f.to_json() for f in report.findings],
     })
     return _clean(d)
