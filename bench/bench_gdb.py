@@ -50,16 +50,23 @@ def kheap_check():
     return json.loads(out.text)["verdict"]
 
 def naive_walk():
+    # What a typical gdb heap checker does: follow next through typed values and read every
+    # field it validates (flag, size, both links, and the successor's back link).
     seg = gdb.parse_and_eval("heap_segment_list_head")
-    count = used = 0
+    count = used = problems = 0
     limit = size // 16 + 1
     while int(seg) != 0 and count < limit:
         count += 1
-        if int(seg["is_allocated"]):
-            used += int(seg["segment_size"])
-        nxt = seg["next"]
-        if int(nxt) and int(nxt["prev"]) != int(seg):
-            break
+        header = seg.dereference()
+        allocated = int(header["is_allocated"])
+        seg_size = int(header["segment_size"])
+        nxt, prev = header["next"], header["prev"]
+        if allocated:
+            used += seg_size
+        if allocated not in (0, 1) or seg_size < 16 or int(seg) + seg_size > start + size:
+            problems += 1
+        if int(nxt) and int(nxt.dereference()["prev"]) != int(seg):
+            problems += 1
         seg = nxt
     return count
 

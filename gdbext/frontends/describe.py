@@ -9,6 +9,11 @@ with ``kheap walk`` to the bit (flags included), and a corrupt header is called 
 from gdbext.core.heap import segment_state
 
 SEGMENT_TAGS = ("heap_segment", "heap_segment_t", "heapSegment")
+
+
+def _link(prog, value):
+    """A link as the tables print it: NULL for 0, else the kernel's address format."""
+    return "NULL" if value == 0 else prog.fmt(value)
 PAGE_TAGS = ("page", "page_t")
 PAGE_SIZE = 4096
 
@@ -31,7 +36,7 @@ def describe_segment(session, address, raw):
             inside = True
         if not inside:
             parts.append("outside the heap")
-    parts += [f"next={prog.fmt(nxt)}", f"prev={prog.fmt(prev)}"]
+    parts += [f"next={_link(prog, nxt)}", f"prev={_link(prog, prev)}"]
     return "heap_segment_t {" + ", ".join(parts) + "}"
 
 
@@ -48,7 +53,7 @@ def describe_page(session, address, raw):
     if array is not None and address >= array and (address - array) % layout.size == 0:
         parts.append(f"#{(address - array) // layout.size}")
     parts += [f"vaddr={prog.fmt(vaddr)}", "flags=" + "|".join(names),
-              f"next={prog.fmt(nextpage)}", f"prev={prog.fmt(prevpage)}"]
+              f"next={_link(prog, nextpage)}", f"prev={_link(prog, prevpage)}"]
     return "page_t {" + ", ".join(parts) + "}"
 
 
