@@ -237,8 +237,9 @@ def _walk(session, args):
     walk = walk_heap(prog)
     report = render.walk_report(prog, walk)
     segments = report["segments"]
-    if args.around is not None:
-        target = _address_arg(session, args.around)
+    around = None if args.around is None else _address_arg(session, args.around)
+    if around is not None:
+        target = around
         index = next((i for i, s in enumerate(segments)
                       if s["address"] <= target < s["address"] + max(s["size"], walk.header_size)),
                      None)
@@ -255,8 +256,7 @@ def _walk(session, args):
         segments = segments[:args.limit]
     report["segments"] = segments
     report["filter"] = {"state": "free" if args.free else "used" if args.used else None,
-                        "min_size": args.min_size or None, "around": None if args.around is None
-                        else _address_arg(session, args.around), "limit": args.limit}
+                        "min_size": args.min_size or None, "around": around, "limit": args.limit}
     report["matched"] = matched
     report["not_shown"] = matched - len(segments)
     report["truncated"] = report["not_shown"] > 0

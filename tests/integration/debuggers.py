@@ -60,32 +60,41 @@ json.dump(results, open({results!r}, "w"))
 """
 
 
-def run_gdb(elf, port, commands, *, connect=True, load=True, timeout=120, pre=(), post=("detach",)):
-    """Run ``commands`` in one gdb session attached to QEMU's gdbstub on ``port``."""
-    with tempfile.TemporaryDirectory(prefix="kheap-gdb-") as tmp:
+def _drive(script_template, build_argv, commands, timeout):
+    """Write the commands and a driver script, run the debugger, collect each step."""
+    with tempfile.TemporaryDirectory(prefix="kheap-debugger-") as tmp:
         commands_file = os.path.join(tmp, "commands.json")
         results_file = os.path.join(tmp, "results.json")
         script = os.path.join(tmp, "drive.py")
         Path(commands_file).write_text(json.dumps(list(commands)))
-        Path(script).write_text(_GDB_SCRIPT.format(commands=commands_file, results=results_file))
-        argv = [GDB, "--batch", "-nx", "-iex", "set pagination off", "-iex", "set confirm off"]
-        if load:
-            argv += ["-ex", f"source {REPO / 'gdbext' / 'gdbinit.py'}"]
-        argv += ["-ex", f"file {elf}"]
-        for line in pre:
-            argv += ["-ex", line]
-        if connect:
-            argv += ["-ex", f"target remote 127.0.0.1:{port}"]
-        argv += ["-ex", f"source {script}"]
-        for line in post:
-            argv += ["-ex", line]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+        Path(script).write_text(script_template.format(commands=commands_file, results=results_file))
+        proc = subprocess.run(build_argv(script), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         steps = []
         if os.path.exists(results_file):
             steps = [Step(r["command"], r["output"], r["error"])
                      for r in json.loads(Path(results_file).read_text())]
         return Run(steps, proc.stdout, proc.stderr, proc.returncode)
+
+
+def run_gdb(elf, port, commands, *, connect=True, load=True, timeout=120, pre=(), post=("detach",)):
+    """Run ``commands`` in one gdb session attached to QEMU's gdbstub on ``port``."""
+
+    def argv(script):
+        line = [GDB, "--batch", "-nx", "-iex", "set pagination off", "-iex", "set confirm off"]
+        if load:
+            line += ["-ex", f"source {REPO / 'gdbext' / 'gdbinit.py'}"]
+        line += ["-ex", f"file {elf}"]
+        for command in pre:
+            line += ["-ex", command]
+        if connect:
+            line += ["-ex", f"target remote 127.0.0.1:{port}"]
+        line += ["-ex", f"source {script}"]
+        for command in post:
+            line += ["-ex", command]
+        return line
+
+    return _drive(_GDB_SCRIPT, argv, commands, timeout)
 
 
 _LLDB_SCRIPT = textwrap.dedent("""
@@ -104,27 +113,18 @@ json.dump(results, open({results!r}, "w"))
 def run_lldb(elf, port, commands, *, connect=True, load=True, timeout=120, pre=(),
              post=("process detach",)):
     """Run ``commands`` in one lldb session attached to QEMU's gdbstub on ``port``."""
-    with tempfile.TemporaryDirectory(prefix="kheap-lldb-") as tmp:
-        commands_file = os.path.join(tmp, "commands.json")
-        results_file = os.path.join(tmp, "results.json")
-        script = os.path.join(tmp, "drive.py")
-        Path(commands_file).write_text(json.dumps(list(commands)))
-        Path(script).write_text(_LLDB_SCRIPT.format(commands=commands_file, results=results_file))
-        argv = [LLDB, "--batch", "--no-lldbinit"]
-        argv += ["-o", f"target create {Path(elf).resolve()}"]
+
+    def argv(script):
+        line = [LLDB, "--batch", "--no-lldbinit", "-o", f"target create {Path(elf).resolve()}"]
         if load:
-            argv += ["-o", f"command script import {REPO / 'gdbext' / 'lldbinit.py'}"]
-        for line in pre:
-            argv += ["-o", line]
+            line += ["-o", f"command script import {REPO / 'gdbext' / 'lldbinit.py'}"]
+        for command in pre:
+            line += ["-o", command]
         if connect:
-            argv += ["-o", f"gdb-remote 127.0.0.1:{port}"]
-        argv += ["-o", f"command script import {script}"]
-        for line in post:
-            argv += ["-o", line]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        steps = []
-        if os.path.exists(results_file):
-            steps = [Step(r["command"], r["output"], r["error"])
-                     for r in json.loads(Path(results_file).read_text())]
-        return Run(steps, proc.stdout, proc.stderr, proc.returncode)
+            line += ["-o", f"gdb-remote 127.0.0.1:{port}"]
+        line += ["-o", f"command script import {script}"]
+        for command in post:
+            line += ["-o", command]
+        return line
+
+    return _drive(_LLDB_SCRIPT, argv, commands, timeout)
