@@ -113,6 +113,6 @@ fi
 
 case "$then_run" in
     demo) say "done; running: $venv/bin/kheap demo"; exec "$venv/bin/kheap" demo ;;
-    test) say "done; running the test suite"; cd "$repo"; exec "$venv/bin/python" -m pytest ;;
+    test) say "done; running the test suite"; cd "$repo"; exec "$venv/bin/python" -m pytest -n auto ;;
     *) say "done. Try: $venv/bin/kheap demo    (tests: ./install.sh --test)" ;;
 esac
