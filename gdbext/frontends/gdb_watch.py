@@ -30,6 +30,12 @@ _REGS = {
 MAX_ERRORS_SHOWN = 3
 
 
+def _register(name):
+    """A register of the stopped thread. ``$name`` costs ~20 us; building a gdb.Frame first
+    (selected_frame().read_register) costs ~0.8 ms on the remote target (frame id, unwinders)."""
+    return gdb.parse_and_eval("$" + name)
+
+
 class _WatchBreakpoint(gdb.Breakpoint):
     def __init__(self, controller, address):
         super().__init__(f"*0x{address:x}", gdb.BP_BREAKPOINT, internal=True)
@@ -57,9 +63,8 @@ class _EntryBreakpoint(_WatchBreakpoint):
 
     def _hit(self):
         c = self._controller
-        frame = gdb.selected_frame()
         r = c.regs
-        read = frame.read_register
+        read = _register
         mask = c.mask
         args = [int(read(name)) & mask for name in r["args"]]
         sp = int(read(r["sp"])) & mask
@@ -79,8 +84,7 @@ class _ReturnBreakpoint(_WatchBreakpoint):
 
     def _hit(self):
         c = self._controller
-        frame = gdb.selected_frame()
-        read = frame.read_register
+        read = _register
         r = c.regs
         if self.cond != "al" and not arm_condition_passed(self.cond, int(read(r["flags"])) & 0xFFFFFFFF):
             return False                     # a conditional return that does not return now
