@@ -547,8 +547,6 @@ def return_sp_adjust(asm: str, arch: str) -> Optional[Tuple[int, str]]:
     else:
         for base in ("ldmia", "ldmfd", "ldm"):
             c = _split_cond(mnemonic, base)
-            if c is None:
-                c = _split_cond(mnemonic.replace("ldm", "ldm", 1), base)
             if c is not None and operands.replace(" ", "").startswith("sp!,"):
                 cond, regs = c, operands.split(",", 1)[1]
                 break
