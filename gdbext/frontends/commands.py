@@ -101,10 +101,10 @@ def long_help(cmd):
     return build_parser(cmd).format_help()
 
 
-def prefix_help():
-    """``help kheap``: the subcommands, one line each, with an example."""
+def prefix_help(face):
+    """``help kheap``: the face's subcommands, one line each, with an example."""
     lines = [PREFIX_SUMMARY, "", "Subcommands (each takes --help and --json):"]
-    for cmd in _COMMANDS.values():
+    for cmd in commands_for(face):
         lines.append(f"  {cmd.name:<10} {cmd.summary}")
         lines.append(f"  {'':<10}   e.g. {cmd.example}")
     lines += ["", "Settings: 'show kheap' / 'set kheap NAME VALUE' (gdb), "
@@ -115,8 +115,10 @@ def prefix_help():
 def run(session, name, argv):
     """Parse and run one command; exceptions propagate (``execute_to_text`` catches them)."""
     cmd = _COMMANDS.get(name)
-    if cmd is None:
-        known = ", ".join(_COMMANDS)
+    face = getattr(session, "face", None)
+    if cmd is None or (face in ("gdb", "lldb", "cli") and face not in cmd.faces):
+        known = ", ".join(c.name for c in _COMMANDS.values()
+                          if face not in ("gdb", "lldb", "cli") or face in c.faces)
         raise UsageError(f"kheap: unknown command {name!r} (one of: {known})")
     args = build_parser(cmd).parse_args(argv)
     return cmd, args, cmd.handler(session, args)

@@ -162,14 +162,14 @@ def _settings():
 # Commands -------------------------------------------------------------------------------------
 class KheapPrefix(gdb.Command):
     def __init__(self):
-        self.__doc__ = commands.prefix_help()
+        self.__doc__ = commands.prefix_help("gdb")
         super().__init__("kheap", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, prefix=True)
 
     def invoke(self, argument, from_tty):
         if argument.strip():
             _run(argument.split()[0], gdb.string_to_argv(argument)[1:])
         else:
-            gdb.write(commands.prefix_help() + "\n")
+            gdb.write(commands.prefix_help("gdb") + "\n")
 
 
 class KheapSubcommand(gdb.Command):

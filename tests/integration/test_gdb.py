@@ -213,6 +213,12 @@ def test_bad_arguments_are_one_line_errors(vm_pool, arch):
         assert text and "\n" not in text and "Traceback" not in text, step
     assert "usage:" in run.output(6)
     assert "$1 = 2" in run.output(8)
+    # CLI-only commands are neither listed nor runnable in gdb.
+    run = run_gdb(vm.elf, vm.gdb_port, ["help kheap", "kheap dump -o /tmp/x", "kheap demo"])
+    assert "watch" in run.output(0) and "triage" in run.output(0)
+    assert " dump " not in run.output(0) and " demo " not in run.output(0)
+    for step in run.steps[1:]:
+        assert "unknown command" in step.output + step.error, step
 
 
 @pytest.mark.parametrize("arch", ARCHES)
