@@ -68,7 +68,7 @@ def _add_global_options(parser, json_option=True, with_help=True):
     over.add_argument("--heap-size", metavar="BYTES", help="heap size in bytes")
     over.add_argument("--list-head", metavar="ADDR", help="address of the first heap_segment_t")
     over.add_argument("--block-size", metavar="BYTES",
-                      help="bytes per read of target memory (a power of two, default 65536)")
+                      help="cache block in bytes (a power of two, default 4096); adjacent missing blocks are read together")
     if with_help:
         parser.add_argument("-h", "--help", action="store_true", help="show this help")
         parser.add_argument("--version", action="store_true", help="print kheap's version")
@@ -180,10 +180,6 @@ class CliSession(Session):
         self.apply_setting("color", color)
         if opts.debug:
             self.apply_setting("debug", True)
-        if getattr(opts, "remote", None) and getattr(opts, "block_size", None) is None:
-            # Over the wire a block costs packets: page-sized blocks keep the heap's one bulk
-            # read exact instead of rounding it out to 64 KiB on both sides (bench_cli.py).
-            self.apply_setting("block-size", 4096)
         for name in ("heap-start", "heap-size", "list-head", "block-size"):
             value = getattr(opts, name.replace("-", "_"), None)
             if value is not None:

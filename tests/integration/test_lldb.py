@@ -84,7 +84,7 @@ def test_summaries_help_settings_and_errors(vm_pool, arch):
     assert "example: kheap walk" in run.output(2)
     for index in (3, 5):
         assert run.steps[index].error.count("\n") <= 1 and "kheap" in run.steps[index].error
-    assert "65536" in run.output(4)
+    assert "4096" in run.output(4)
     assert "not in any heap segment" in run.output(7)
     around = run.output(8)
     assert around.count("used") + around.count("free") >= 2
