@@ -164,7 +164,8 @@ def check_report(prog: Program, report: CheckReport) -> Dict[str, Any]:
         "verdict": report.verdict, "full": report.full,
         "errors": len(report.errors), "warnings": len(report.warnings),
         "segments": len(report.walk), "stop": report.walk.stop_json(),
-        "findings": [f.to_json() for f in report.findings],
+        # Errors first, then warnings (stable: each group keeps the order of the walk).
+        "findings": [f.to_json() for f in sorted(report.findings, key=lambda f: f.severity != "error")],
     })
     return _clean(d)
 

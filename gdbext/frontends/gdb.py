@@ -114,6 +114,15 @@ class GdbSession(Session):
             thread=thread.num if thread else None,
         )
 
+    def color_wanted(self):
+        setting = self.current_settings()["color"]
+        if setting != "auto":
+            return setting == "on"
+        try:    # gdb turns styling off itself when its output is not a terminal
+            return bool(gdb.parameter("style enabled"))
+        except (gdb.error, RuntimeError):
+            return False
+
     def invalidate(self, *_event):
         super().invalidate()
 

@@ -52,6 +52,13 @@ class LldbSession(Session):
             self._stop_key = key
             self.invalidate()
 
+    def color_wanted(self):
+        setting = self.current_settings()["color"]
+        if setting != "auto":
+            return setting == "on"
+        debugger = self._context.GetTarget().GetDebugger() if self._context is not None else None
+        return bool(debugger is not None and debugger.IsValid() and debugger.GetUseColor())
+
     def _target(self):
         target = self._context.GetTarget() if self._context is not None else None
         if target is None or not target.IsValid():
