@@ -152,7 +152,11 @@ class Program:
     @property
     def notes(self) -> List[str]:
         """Everything a report must show: layout fallbacks, disagreeing symbols, guesses."""
-        _ = self.bounds if self._bounds is None else None
+        if self._bounds is None:
+            try:
+                self.bounds
+            except ProgramError:
+                pass     # reported where the bounds are needed (describe(), the commands)
         out = list(self.elf.notes)
         out.extend(n for n in self._bound_notes if n not in out)
         return out

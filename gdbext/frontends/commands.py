@@ -214,7 +214,22 @@ def _info_options(parser):
          "kheap info")
 @options(_info_options)
 def _info(session, args):
-    return _outcome(render.info_report(session.program()))
+    try:
+        prog = session.program()
+    except CommandError as error:
+        # No target (yet): the ELF alone still tells the arch, symbols and every layout, which
+        # is what one wants to see before connecting, or to check a stripped build.
+        from gdbext.core.memory import RangesReader
+        from gdbext.core.program import Program
+        from gdbext.core.symbols import load_elf_info
+
+        prog = Program(load_elf_info(session.elf_path()), RangesReader([]),
+                       overrides=session.overrides())
+        report = render.info_report(prog)
+        report["heap"] = {"error": f"needs target memory: {error}"}
+        report["target"] = None
+        return _outcome(report)
+    return _outcome(render.info_report(prog))
 
 
 def _walk_options(parser):

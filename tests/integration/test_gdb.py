@@ -235,9 +235,11 @@ def test_no_target_and_dead_target_are_one_line_errors(start_vm, arch):
         assert text.startswith("kheap") and "\n" not in text and "Traceback" not in text, step
     assert "$1 = 42" in run.output(4)
     # Not connected at all:
-    run = run_gdb(vm.elf, 0, ["kheap check", "kheap walk --json"], connect=False, post=())
-    for step in run.steps:
+    run = run_gdb(vm.elf, 0, ["kheap check", "kheap walk --json", "kheap info"], connect=False,
+                  post=())
+    for step in run.steps[:2]:
         assert "no live target" in step.output + step.error
+    assert "DWARF yes" in run.output(2) and "needs target memory" in run.output(2)
 
 
 def test_loading_is_one_short_line_and_fast(tmp_path):

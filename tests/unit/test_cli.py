@@ -374,3 +374,16 @@ def test_python_dash_m_gdbext_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "gdbext", "walk"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["arm", "aarch64"])
+def test_info_without_a_target_shows_what_the_elf_says(capsys, arch):
+    status, out, err = run(capsys, "info", "--elf", str(REAL_ELF[arch]), "--json")
+    assert status == 0 and err == ""
+    report = json.loads(out)
+    assert report["elf"]["pointer_size"] == (4 if arch == "arm" else 8)
+    assert report["elf"]["layouts"]["segment"]["source"] == "dwarf"
+    assert report["heap"]["error"].startswith("needs target memory: no target")
+    status, out, err = run(capsys, "info", "--elf", str(REAL_ELF[arch]))
+    assert status == 0 and "DWARF yes" in out and "needs target memory" in out
