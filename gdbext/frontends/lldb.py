@@ -40,6 +40,7 @@ class LldbSession(Session):
         super().__init__()
         self._context = None
         self._stop_key = None
+        self._watch = None
 
     def bind(self, exe_ctx):
         """Use this command's execution context, dropping the cache if the target moved on."""
@@ -84,7 +85,28 @@ class LldbSession(Session):
         return spec.fullpath
 
     def reader(self):
-        return LldbReader(self._process())
+        process = self._process()
+        self._probe(process)
+        return LldbReader(process)
+
+    def check_alive(self, program):
+        self._probe(self._process())
+
+    def _probe(self, process):
+        # After QEMU dies a stopped lldb still says "stopped" (it does not read its socket) and
+        # serves ReadMemory from its own caches (code from the ELF file, data per stop), so ask
+        # the stub itself: '?' is read-only and costs one round trip.
+        interpreter = process.GetTarget().GetDebugger().GetCommandInterpreter()
+        ret = lldb.SBCommandReturnObject()
+        interpreter.HandleCommand("process plugin packet send ?", ret)
+        # A live stub always answers '?' with a stop reply (T05...); a dead link gives nothing.
+        response = ""
+        for line in (ret.GetOutput() or "").splitlines():
+            if line.strip().startswith("response:"):
+                response = line.split(":", 1)[1].strip()
+        if not ret.Succeeded() or not response:
+            raise CommandError("the target is gone: the gdbstub no longer answers "
+                               "(reconnect with kheap connect HOST:PORT)")
 
     def evaluate(self, expression):
         try:
@@ -103,6 +125,13 @@ class LldbSession(Session):
         if value.GetType().IsArrayType():
             return value.AddressOf().GetValueAsUnsigned() & _MASK64
         return value.GetValueAsUnsigned() & _MASK64
+
+    def watch_controller(self):
+        if self._watch is None:
+            from gdbext.frontends.lldb_watch import WatchController
+
+            self._watch = WatchController(self)
+        return self._watch
 
     def stop_place(self, frame_limit=16):
         process = self._process()

@@ -117,3 +117,19 @@ def test_heap_unchanged_and_connect_retries(vm_pool, arch):
     for step in run.steps[1:]:
         assert step.output and "Traceback" not in step.output + step.error, step
     assert vm.read_phys(start, 1024 * 1024) == before
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_dead_target_is_a_one_line_error_and_lldb_still_answers(start_vm, arch):
+    vm = start_vm(arch, "clean")
+    vm.qmp("stop")
+    pid = vm.proc.pid
+    run = run_lldb(vm.elf, vm.gdb_port,
+                   ["kheap check --json",
+                    f"script import os, signal, time; os.kill({pid}, signal.SIGKILL); time.sleep(0.5)",
+                    "kheap check", "kheap walk", "expr 6 * 7"], post=())
+    assert run.json(0)["verdict"] == "ok"
+    for step in run.steps[2:4]:
+        text = step.error.strip()
+        assert text.count("\n") == 0 and "the target is gone" in text and "Traceback" not in text, step
+    assert "42" in run.output(4)
