@@ -123,9 +123,6 @@ class GdbSession(Session):
         except (gdb.error, RuntimeError):
             return False
 
-    def invalidate(self, *_event):
-        super().invalidate()
-
     def watch_controller(self):
         if self._watch is None:
             from gdbext.frontends.gdb_watch import WatchController
@@ -151,13 +148,17 @@ class _Parameter(gdb.Parameter):
         super().__init__(f"kheap {name}", gdb.COMMAND_DATA, kind, *extra)
         self.value = default
         self._name = name
+        self._accepted = default
 
     def get_set_string(self):
         try:
             _SESSION.apply_setting(self._name, self.value)
         except CommandError as error:
-            _SESSION.apply_setting(self._name, None)
+            # Refuse the value: gdb has already stored it, so put the last good one back, and
+            # 'show' keeps telling the truth about what kheap uses.
+            self.value = self._accepted
             raise gdb.GdbError(str(error)) from None
+        self._accepted = self.value
         return ""
 
     def get_show_string(self, svalue):

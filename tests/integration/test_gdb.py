@@ -213,6 +213,11 @@ def test_bad_arguments_are_one_line_errors(vm_pool, arch):
         assert text and "\n" not in text and "Traceback" not in text, step
     assert "usage:" in run.output(6)
     assert "$1 = 2" in run.output(8)
+    # A refused setting keeps the value kheap really uses.
+    run = run_gdb(vm.elf, vm.gdb_port, ["set kheap block-size 8192", "set kheap block-size 1000",
+                                        "show kheap block-size", "kheap check --verdict"])
+    assert "power of two" in run.steps[1].error
+    assert "is 8192" in run.output(2) and "heap OK" in run.output(3)
     # CLI-only commands are neither listed nor runnable in gdb.
     run = run_gdb(vm.elf, vm.gdb_port, ["help kheap", "kheap dump -o /tmp/x", "kheap demo"])
     assert "watch" in run.output(0) and "triage" in run.output(0)
