@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .heap import find_segment
 from .memory import MemoryFault
@@ -43,7 +43,9 @@ from .program import Program
 from .validate import ERROR, Culprit, Finding, check, validate_segments
 
 __all__ = ["Operation", "Counters", "Watch", "WatchStop", "WATCH_CODES", "KINDS", "return_sp_adjust",
-           "arm_condition_passed", "DEFAULT_HISTORY", "DEFAULT_FULL_EVERY"]
+           "arm_condition_passed", "DEFAULT_HISTORY", "DEFAULT_FULL_EVERY", "ReturnSite", "CallSites",
+           "WatchSetupError", "allocator_sites", "refresh_program", "watch_status",
+           "internal_error_line"]
 
 KINDS = ("kmalloc", "kcalloc", "krealloc", "kfree")
 DEFAULT_HISTORY = 100_000
@@ -578,3 +580,85 @@ def arm_condition_passed(cond: str, cpsr: int) -> bool:
         "ls": c == 0 or z == 1, "ge": n == v, "lt": n != v, "gt": z == 0 and n == v,
         "le": z == 1 or n != v, "al": True,
     }[cond]
+
+
+
+# -- what every debugger adapter needs around the Watch ---------------------------------------
+
+class WatchSetupError(Exception):
+    """The allocator cannot be watched (no sized symbol, no return instruction found)."""
+
+
+@dataclass
+class ReturnSite:
+    """A return instruction of an allocator function: where, how much it raises SP, when."""
+
+    address: int
+    sp_adjust: int
+    condition: str                     # ARM condition code, 'al' if unconditional
+    asm: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"address": self.address, "sp_adjust": self.sp_adjust, "condition": self.condition,
+                "asm": self.asm}
+
+
+@dataclass
+class CallSites:
+    """Where to break for one allocator function: its first instruction and every return."""
+
+    entry: int
+    returns: List[ReturnSite]
+
+
+def allocator_sites(elf: Any, disassemble: Callable[[str, Any], Iterable[Tuple[int, str]]]
+                    ) -> Dict[str, CallSites]:
+    """The entry and return instructions of kmalloc, kcalloc, krealloc and kfree.
+
+    ``elf`` is the kernel's ElfInfo (sized symbols); ``disassemble(kind, symbol)`` is the
+    debugger's disassembler over that symbol's range, yielding (address, "mnemonic operands").
+    Raises WatchSetupError when a function has no sized symbol or no return instruction."""
+    sites: Dict[str, CallSites] = {}
+    for kind in KINDS:
+        sym = elf.symbol(kind)
+        if sym is None or not sym.size:
+            raise WatchSetupError(f"no sized symbol {kind} in {elf.path}")
+        returns = []
+        for address, asm in disassemble(kind, sym):
+            found = return_sp_adjust(asm, elf.arch)
+            if found is not None:
+                returns.append(ReturnSite(address, found[0], found[1], asm))
+        if not returns:
+            raise WatchSetupError(f"no return instruction found in {kind}")
+        sites[kind] = CallSites(sym.address, returns)
+    return sites
+
+
+def refresh_program(prog: Program, bounds_known: bool) -> bool:
+    """Forget what ``prog`` read at the previous stop (keeping the heap bounds once the heap
+    exists); returns whether the bounds are known now (before kheap_init they are not)."""
+    prog.invalidate(keep_bounds=bounds_known)
+    if bounds_known:
+        return True
+    try:
+        return bool(prog.bounds.list_head)
+    except Exception:  # noqa: BLE001 - before kheap_init: try again next time
+        return False
+
+
+def watch_status(watch: Optional[Watch], *, active: bool, breakpoints: int,
+                 return_sites: Dict[str, Any], internal_errors: int, hits: int,
+                 python_seconds: float) -> Dict[str, Any]:
+    """``kheap watch status`` as data, the same in every debugger."""
+    out = {"active": active, "breakpoints": breakpoints, "return_sites": return_sites,
+           "internal_errors": internal_errors, "breakpoint_hits": hits,
+           "python_seconds": round(python_seconds, 3)}
+    if watch is not None:
+        out.update(watch.status())
+    return out
+
+
+def internal_error_line(address: int, error: BaseException) -> str:
+    """One line for a bug of kheap's own hit at a watch breakpoint (the kernel keeps running)."""
+    return (f"kheap watch: internal error at 0x{address:x}: "
+            f"{type(error).__name__}: {' '.join(str(error).split())}")

@@ -448,7 +448,7 @@ def _triage(session, args):
     return Outcome(report, lambda color: triage_text(report, color), failed)
 
 
-# kheap watch / history / leaks (gdb: breakpoints on the allocator; see gdbext/core/watch.py) ---
+# kheap watch / history / leaks (gdb, lldb: breakpoints on the allocator; see core/watch.py) --
 def _watch_options(parser):
     from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
 
@@ -465,7 +465,7 @@ def _watch_options(parser):
 
 
 @command("watch", "Record every kmalloc/kcalloc/krealloc/kfree while the kernel runs and stop at "
-         "the first bad one.", "kheap watch on --full-every 1000", faces=("gdb",))
+         "the first bad one.", "kheap watch on --full-every 1000", faces=("gdb", "lldb"))
 @options(_watch_options)
 def _watch(session, args):
     controller = session.watch_controller()
@@ -511,7 +511,7 @@ def _history_options(parser):
 
 
 @command("history", "The allocator calls kheap watch recorded, all or those that touched an address.",
-         "kheap history $r0 --limit 20", faces=("gdb",))
+         "kheap history $r0 --limit 20", faces=("gdb", "lldb"))
 @options(_history_options)
 def _history(session, args):
     controller = session.watch_controller()
@@ -555,7 +555,7 @@ def _leaks_options(parser):
 
 
 @command("leaks", "Live allocations never freed since the mark (or since watch on), grouped by "
-         "caller, biggest first.", "kheap leaks --mark", faces=("gdb",))
+         "caller, biggest first.", "kheap leaks --mark", faces=("gdb", "lldb"))
 @options(_leaks_options)
 def _leaks(session, args):
     controller = session.watch_controller()

@@ -20,7 +20,8 @@ import gdb  # noqa: I001 - this face exists to talk to gdb
 from gdbext.core.memory import BlockCache
 from gdbext.core.program import Program
 from gdbext.core.symbols import load_elf_info
-from gdbext.core.watch import KINDS, Watch, arm_condition_passed, return_sp_adjust
+from gdbext.core.watch import (Watch, WatchSetupError, allocator_sites, arm_condition_passed,
+                               internal_error_line, refresh_program, watch_status)
 from gdbext.frontends.session import CommandError
 
 _REGS = {
@@ -147,32 +148,28 @@ class WatchController:
             gdbarch = gdb.selected_frame().architecture()
         except gdb.error:
             gdbarch = inferior.architecture()
-        sites = {}
-        for kind in KINDS:
-            sym = elf.symbol(kind)
-            if sym is None or not sym.size:
-                raise CommandError(f"kheap watch: no sized symbol {kind} in {elf.path}")
-            returns = []
+
+        def disassemble(kind, sym):
             for insn in gdbarch.disassemble(sym.address, sym.address + sym.size - 1):
-                found = return_sp_adjust(insn["asm"], arch)
-                if found is not None:
-                    returns.append((insn["addr"], found[0], found[1], insn["asm"]))
-            if not returns:
-                raise CommandError(f"kheap watch: no return instruction found in {kind}")
-            sites[kind] = {"entry": sym.address, "returns": returns}
+                yield insn["addr"], insn["asm"]
+
+        try:
+            sites = allocator_sites(elf, disassemble)
+        except WatchSetupError as error:
+            raise CommandError(f"kheap watch: {error}") from None
         try:
             for kind, site in sites.items():
-                self.breakpoints.append(_EntryBreakpoint(self, kind, site["entry"]))
-                for address, adjust, cond, _ in site["returns"]:
-                    self.breakpoints.append(_ReturnBreakpoint(self, kind, address, adjust, cond))
+                self.breakpoints.append(_EntryBreakpoint(self, kind, site.entry))
+                for ret in site.returns:
+                    self.breakpoints.append(_ReturnBreakpoint(self, kind, ret.address,
+                                                              ret.sp_adjust, ret.condition))
             point = elf.address_of("kheap_checkpoint")
             if checkpoint and point is not None:
                 self.breakpoints.append(_CheckpointBreakpoint(self, point))
         except gdb.error as error:
             self.disable()
             raise CommandError(f"kheap watch: cannot set breakpoints: {error}") from None
-        self.return_sites = {k: [{"address": a, "sp_adjust": adj, "condition": c, "asm": asm}
-                                 for a, adj, c, asm in s["returns"]] for k, s in sites.items()}
+        self.return_sites = {k: [r.to_json() for r in s.returns] for k, s in sites.items()}
 
     def disable(self):
         for bp in self.breakpoints:
@@ -185,14 +182,8 @@ class WatchController:
 
     def refresh(self):
         """The watch's Program with this stop's memory (bounds kept once the heap exists)."""
-        prog = self.prog
-        prog.invalidate(keep_bounds=self._bounds_known)
-        if not self._bounds_known:
-            try:
-                self._bounds_known = bool(prog.bounds.list_head)
-            except Exception:  # noqa: BLE001 - before kheap_init: try again next time
-                self._bounds_known = False
-        return prog
+        self._bounds_known = refresh_program(self.prog, self._bounds_known)
+        return self.prog
 
     def report(self, stop):
         if stop is None:
@@ -203,8 +194,7 @@ class WatchController:
         return True
 
     def internal_error(self, breakpoint, error):
-        line = f"kheap watch: internal error at 0x{int(breakpoint.location.lstrip('*'), 0):x}: " \
-               f"{type(error).__name__}: {' '.join(str(error).split())}"
+        line = internal_error_line(int(breakpoint.location.lstrip("*"), 0), error)
         self.errors.append(line)
         if len(self.errors) <= MAX_ERRORS_SHOWN:
             gdb.write(line + "\n", gdb.STDERR)
@@ -216,12 +206,9 @@ class WatchController:
         return False
 
     def status(self):
-        out = {"active": self.active, "breakpoints": len(self.breakpoints),
-               "return_sites": self.return_sites, "internal_errors": len(self.errors),
-               "breakpoint_hits": self.hits, "python_seconds": round(self.python_seconds, 3)}
-        if self.watch is not None:
-            out.update(self.watch.status())
-        return out
+        return watch_status(self.watch, active=self.active, breakpoints=len(self.breakpoints),
+                            return_sites=self.return_sites, internal_errors=len(self.errors),
+                            hits=self.hits, python_seconds=self.python_seconds)
 
 
 def _backtrace(prog, limit=8):
