@@ -206,9 +206,15 @@ class PageSummary:
                 "free_list": self.free_list.to_json() if self.free_list else None, "fault": self.fault}
 
 
-def page_summary(prog: Program, walk_list: bool = True) -> PageSummary:
-    """Read the whole page array and count pages by kind (and walk the free list)."""
-    rng = read_pages(prog)
+def page_summary(prog: Program, walk_list: bool = True, pages: Optional[PageRange] = None,
+                 free_list: Optional[FreeListWalk] = None) -> PageSummary:
+    """Read the whole page array and count pages by kind (and walk the free list).
+
+    ``pages`` (the whole array from :func:`read_pages`) and ``free_list`` (from
+    :func:`walk_free_list`) reuse what a caller already read: on the real kernel each costs
+    tens to hundreds of milliseconds, and ``kheap pages`` validates the same data.
+    """
+    rng = pages if pages is not None else read_pages(prog)
     counts = {KIND_KERNEL: 0, KIND_HEAP: 0, KIND_FREE: 0, KIND_ALLOCATED: 0, KIND_BAD: 0}
     fv = prog.layouts.page.flag_value
     by_word: Dict[int, int] = {}
@@ -217,4 +223,5 @@ def page_summary(prog: Program, walk_list: bool = True) -> PageSummary:
     for word, n in by_word.items():
         counts[page_kind(fv(word))] += n
     return PageSummary(prog.bounds.num_pages or 0, counts, len(rng.entries),
-                       walk_free_list(prog) if walk_list else None, rng.fault)
+                       (free_list if free_list is not None else walk_free_list(prog))
+                       if walk_list else None, rng.fault)

@@ -468,12 +468,14 @@ def _flag_text(prog: Program, word: int) -> str:
     return "|".join(names) if names else "0"
 
 
-def validate_pages(prog: Program, full: bool = False) -> List[Finding]:
+def validate_pages(prog: Program, full: bool = False, pages: Any = None,
+                   free_list: Any = None) -> List[Finding]:
     """PAGE-FLAGS and PAGE-FREELIST over ``all_pages_array`` (page_t) and ``free_pages``.
 
     Default: the entries of the kernel image and page array, and of the heap (a few hundred
     to a few thousand entries), plus a sanity check of ``free_pages``' head, tail and size.
-    ``full``: every entry, and a walk of the whole free list.
+    ``full``: every entry, and a walk of the whole free list; ``pages`` (the whole array from
+    :func:`read_pages`) and ``free_list`` (from :func:`walk_free_list`) reuse a caller's reads.
     """
     out: List[Finding] = []
     b = prog.bounds
@@ -485,7 +487,7 @@ def validate_pages(prog: Program, full: bool = False) -> List[Finding]:
     kernel_end = b.start // PAGE_SIZE
     heap_end = -(-b.end // PAGE_SIZE)
     count = b.num_pages if full else min(b.num_pages, heap_end)
-    rng = read_pages(prog, 0, count)
+    rng = pages if full and pages is not None else read_pages(prog, 0, count)
     if rng.fault is not None:
         out.append(Finding("PAGE-FLAGS", ERROR, rng.fault,
                            f"page array unreadable at {fmt(rng.fault)} (entry {len(rng.entries)})",
@@ -558,15 +560,17 @@ def validate_pages(prog: Program, full: bool = False) -> List[Finding]:
                            f"free_pages.size = {lsize} but only {b.num_pages - min(heap_end, b.num_pages)} pages "
                            "can be free", vals))
     if full:
-        out += _validate_free_list(prog, set(free_indexes), vals, fl_addr, kernel_end, heap_end, rng)
+        out += _validate_free_list(prog, set(free_indexes), vals, fl_addr, kernel_end, heap_end, rng,
+                                   free_list)
     return out
 
 
 def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl_addr: Optional[int],
-                        kernel_end: int, heap_end: int, rng: Any) -> List[Finding]:
+                        kernel_end: int, heap_end: int, rng: Any, walk: Any = None) -> List[Finding]:
     out: List[Finding] = []
     fmt = prog.fmt
-    walk = walk_free_list(prog)
+    if walk is None:
+        walk = walk_free_list(prog)
     fv = prog.layouts.page.flag_value
     if walk.stop_reason == "cycle":
         out.append(Finding("PAGE-FREELIST", ERROR, walk.stop_address,

@@ -187,7 +187,7 @@ def segment_header_for(session, address):
 # ---------------------------------------------------------------------------------------------
 from gdbext.core import render  # noqa: E402
 from gdbext.core.heap import find_segment, walk_heap  # noqa: E402
-from gdbext.core.pages import page_summary, read_pages  # noqa: E402
+from gdbext.core.pages import page_summary, read_pages, walk_free_list  # noqa: E402
 from gdbext.core.snapshot import diff_snapshots, take_snapshot  # noqa: E402
 from gdbext.core.stats import heap_stats  # noqa: E402
 from gdbext.core.validate import check, validate_pages  # noqa: E402
@@ -360,8 +360,14 @@ def _pages(session, args):
                   "report": "page", "pointer_size": prog.pointer_size, "page": page.to_json(),
                   "flags": prog.layouts.page.flag_names(page.flags)}
         return Outcome(report, lambda color: _page_text(prog, report))
-    summary = page_summary(prog, walk_list=not args.no_free_list)
-    findings = validate_pages(prog, full=not args.no_free_list)
+    if args.no_free_list:
+        summary = page_summary(prog, walk_list=False)
+        findings = validate_pages(prog)
+    else:
+        # One decode of the array and one walk of the list, shared by the summary and the check.
+        pages, free_list = read_pages(prog), walk_free_list(prog)
+        summary = page_summary(prog, pages=pages, free_list=free_list)
+        findings = validate_pages(prog, full=True, pages=pages, free_list=free_list)
     report = render.pages_report(prog, summary, findings)
     return _outcome(report, any(f.severity == "error" for f in findings))
 
