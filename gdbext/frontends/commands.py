@@ -187,6 +187,7 @@ def segment_header_for(session, address):
 # ---------------------------------------------------------------------------------------------
 from gdbext.core import render  # noqa: E402
 from gdbext.core.heap import find_segment, walk_heap  # noqa: E402
+from gdbext.core.layout import PAGE_SIZE  # noqa: E402
 from gdbext.core.pages import page_summary, read_pages, walk_free_list  # noqa: E402
 from gdbext.core.snapshot import diff_snapshots, take_snapshot  # noqa: E402
 from gdbext.core.stats import heap_stats  # noqa: E402
@@ -348,7 +349,7 @@ def _pages(session, args):
     if args.page is not None or args.address is not None:
         index = args.page
         if args.address is not None:
-            index = _address_arg(session, args.address) // 4096
+            index = _address_arg(session, args.address) // PAGE_SIZE
         num = prog.bounds.num_pages
         if num is not None and index >= num:
             raise CommandError(f"kheap pages: page {index} is past the last page ({num - 1})")
@@ -356,7 +357,7 @@ def _pages(session, args):
         if not pages.pages:
             raise CommandError(f"kheap pages: page {index} is unreadable")
         page = pages.pages[0]
-        report = {"schema_version": render.SCHEMA_VERSION if hasattr(render, "SCHEMA_VERSION") else 1,
+        report = {"schema_version": render.SCHEMA_VERSION,
                   "report": "page", "pointer_size": prog.pointer_size, "page": page.to_json(),
                   "flags": prog.layouts.page.flag_names(page.flags)}
         return Outcome(report, lambda color: _page_text(prog, report))

@@ -15,7 +15,6 @@ def _link(prog, value):
     """A link as the tables print it: NULL for 0, else the kernel's address format."""
     return "NULL" if value == 0 else prog.fmt(value)
 PAGE_TAGS = ("page", "page_t")
-PAGE_SIZE = 4096
 
 
 def describe_segment(session, address, raw):
