@@ -24,6 +24,7 @@ import os
 import re
 import sys
 
+from gdbext.core.snapshot import SCHEMA_VERSION
 from gdbext.frontends import commands
 from gdbext.frontends.cmdline import SafeArgumentParser, UsageError, address, count
 from gdbext.frontends.commands import Outcome, command, options
@@ -454,7 +455,7 @@ def _dump(session, args):
             "heap": {"start": bounds.start, "size": bounds.size, "page_array": bounds.page_array,
                      "num_pages": bounds.num_pages}, "ranges": saved}
     write_kheap_dump(args.output, ranges, cpus, meta)
-    report = {"schema_version": 1, "report": "dump", "path": os.path.abspath(args.output),
+    report = {"schema_version": SCHEMA_VERSION, "report": "dump", "path": os.path.abspath(args.output),
               "bytes": os.path.getsize(args.output), "ranges": saved, "cpus": len(cpus),
               "stop_cpu": stop_cpu, "arch": elf.arch, "elf_sha256": meta["elf_sha256"]}
 
@@ -534,7 +535,7 @@ def _demo(session, args):
     except launcher.LauncherError as error:
         raise CommandError(str(error).splitlines()[0]) from None
     rel = os.path.relpath(elf) if not os.path.relpath(elf).startswith("..") else str(elf)
-    report = {"schema_version": 1, "report": "demo", "arch": args.arch, "scenario": args.scenario,
+    report = {"schema_version": SCHEMA_VERSION, "report": "demo", "arch": args.arch, "scenario": args.scenario,
               "elf": str(elf), "reports": {name: outcome.data for name, _, outcome in results}}
 
     def text(color):
@@ -644,7 +645,7 @@ def check_many(opts, paths, argv, out, err):
                           "warnings": report["warnings"] if report else None,
                           "error": error, "report": report})
         summary = {k: sum(1 for d in dumps if d["status"] == k) for k in ("ok", "corrupt", "error")}
-        out.write(json.dumps({"schema_version": 1, "report": "check-many", "dumps": dumps,
+        out.write(json.dumps({"schema_version": SCHEMA_VERSION, "report": "check-many", "dumps": dumps,
                               "summary": summary, "exit_status": status}, indent=2) + "\n")
     elif opts.quiet < 2:
         for result in results:

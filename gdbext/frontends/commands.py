@@ -480,7 +480,7 @@ def _watch(session, args):
         controller.enable(args.history, args.full_every, checkpoint=not args.no_checkpoint)
     elif args.action == "off":
         controller.disable()
-    report = {"schema_version": 1, "report": "watch", "action": args.action, **controller.status()}
+    report = {"schema_version": render.SCHEMA_VERSION, "report": "watch", "action": args.action, **controller.status()}
     return Outcome(report, lambda color: _watch_text(report))
 
 
@@ -535,7 +535,7 @@ def _history(session, args):
     matched = len(ops)
     if args.limit:
         ops = ops[-args.limit:]
-    report = {"schema_version": 1, "report": "history", "address": target, "matched": matched,
+    report = {"schema_version": render.SCHEMA_VERSION, "report": "history", "address": target, "matched": matched,
               "not_shown": matched - len(ops), "operations": [o.to_json() for o in ops],
               "counters": watch.counters.to_json()}
     if target is not None:
@@ -572,11 +572,11 @@ def _leaks(session, args):
     prog = controller.prog
     if args.mark:
         mark = watch.set_mark()
-        report = {"schema_version": 1, "report": "leaks", "mark": mark, "groups": [], "count": 0,
+        report = {"schema_version": render.SCHEMA_VERSION, "report": "leaks", "mark": mark, "groups": [], "count": 0,
                   "bytes": 0}
         return Outcome(report, lambda color: f"kheap leaks: mark set at operation #{mark}")
     groups = watch.leaks()
-    report = {"schema_version": 1, "report": "leaks", "mark": watch.mark, "groups": groups,
+    report = {"schema_version": render.SCHEMA_VERSION, "report": "leaks", "mark": watch.mark, "groups": groups,
               "count": sum(g["count"] for g in groups), "bytes": sum(g["bytes"] for g in groups)}
 
     def text(color):
