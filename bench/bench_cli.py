@@ -12,7 +12,7 @@ Boots the kernel (``stress``: ~5000 segments) with qemu/launcher.py and measures
 
 Nothing is asserted: machines are noisy, these numbers are for people to read.
 
-    .venv/bin/python bench/bench_cli.py [--arch arm|aarch64] [--repeat 5]
+    .venv/bin/python bench/bench_cli.py [--arch arm|aarch64] [--repeat 15]
 """
 
 import argparse
@@ -77,7 +77,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("arm", "aarch64"), default="arm")
     parser.add_argument("--scenario", default="stress")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
 
     with KernelVM(arch=args.arch, scenario=args.scenario) as vm:
@@ -88,8 +88,12 @@ def main():
             start = int.from_bytes(target.read(elf.address_of("kernel_heap_start"), elf.pointer_size), "little")
             size = int.from_bytes(target.read(elf.address_of("kernel_heap_size"), elf.pointer_size), "little")
         in_process_check(remote, vm.elf)                           # warm: ELF parse, imports
-        checks = [in_process_check(remote, vm.elf) for _ in range(args.repeat)]
-        reads = [raw_heap_read("127.0.0.1", vm.gdb_port, start, size) for _ in range(args.repeat)]
+        # Interleaved, one check then one read: on a shared machine the speed drifts by tens
+        # of percent within a minute, and a drift must land on both sides of the ratio.
+        checks, reads = [], []
+        for _ in range(args.repeat):
+            checks.append(in_process_check(remote, vm.elf))
+            reads.append(raw_heap_read("127.0.0.1", vm.gdb_port, start, size))
         walls = []
         exe = [str(KHEAP)] if KHEAP.exists() else [sys.executable, "-m", "gdbext"]
         for _ in range(args.repeat):

@@ -115,7 +115,10 @@ class BlockCache:
         self.reader = reader
         self.block_size = block_size
         self.probe_size = max(1, min(probe_size, block_size))
-        self._blocks: Dict[int, bytes] = {}
+        # Block index -> (the run it was read in, that run's address). A run is kept whole,
+        # never split into per-block copies: a read inside one run is one slice of it, and the
+        # heap's 1 MiB comes back as the very object the backend returned.
+        self._blocks: Dict[int, Tuple[bytes, int]] = {}
         self._partial: Dict[int, _Pieces] = {}
         self.backend_reads = 0
         self.backend_bytes = 0
@@ -173,12 +176,13 @@ class BlockCache:
                 self._fill_run(rest_first, half)
                 self._fill_run(rest_first + half, rest - half)
             return
-        if count == 1:
-            self._blocks[first] = data
-        else:
-            view = memoryview(data)
-            for k in range(count):
-                self._blocks[first + k] = bytes(view[k * bs:(k + 1) * bs])
+        self._store_run(first, count, data)
+
+    def _store_run(self, first: int, count: int, data: bytes) -> None:
+        entry = (data, first * self.block_size)
+        blocks = self._blocks
+        for k in range(first, first + count):
+            blocks[k] = entry
 
     def _probe_block(self, index: int) -> None:
         """Find the readable pieces of a block whose whole read faulted."""
@@ -207,32 +211,58 @@ class BlockCache:
                 merged.append((off, data))
         self._partial[index] = merged
 
-    def _ensure(self, first: int, last: int) -> None:
+    def _missing_runs(self, first: int, last: int) -> List[Tuple[int, int]]:
+        """``(first block, count)`` of every run of missing blocks in ``first..last``, each at
+        most ``MAX_RUN_BYTES`` long."""
         blocks, partial = self._blocks, self._partial
-        run_start: Optional[int] = None
-        for idx in range(first, last + 1):
-            if idx in blocks or idx in partial:
-                if run_start is not None:
-                    self._fill_run_limited(run_start, idx - run_start)
-                    run_start = None
-                continue
-            self.misses += 1
-            if run_start is None:
-                run_start = idx
-        if run_start is not None:
-            self._fill_run_limited(run_start, last + 1 - run_start)
-
-    def _fill_run_limited(self, first: int, count: int) -> None:
         step = max(1, self.MAX_RUN_BYTES // self.block_size)
-        for start in range(first, first + count, step):
-            self._fill_run(start, min(step, first + count - start))
+        runs: List[Tuple[int, int]] = []
+        run_start: Optional[int] = None
+        for idx in range(first, last + 2):
+            if idx <= last and idx not in blocks and idx not in partial:
+                self.misses += 1
+                if run_start is None:
+                    run_start = idx
+                continue
+            if run_start is not None:
+                for start in range(run_start, idx, step):
+                    runs.append((start, min(step, idx - start)))
+                run_start = None
+        return runs
+
+    def _ensure(self, first: int, last: int) -> None:
+        for start, count in self._missing_runs(first, last):
+            self._fill_run(start, count)
 
     def prefetch(self, address: int, size: int) -> None:
         """Bring ``[address, address+size)`` into the cache; never raises on faults."""
-        if size <= 0 or address < 0:
-            return
+        self.prefetch_ranges([(address, size)])
+
+    def prefetch_ranges(self, ranges: Iterable[Tuple[int, int]]) -> None:
+        """Bring every ``(address, size)`` into the cache; never raises on faults.
+
+        Why several at once: a backend with ``read_many`` (the remote-protocol client) sends
+        all their missing runs in one pipelined stream, so a check pays the link's latency
+        once for the heap and the page entries together, not once per range.
+        """
         bs = self.block_size
-        self._ensure(address // bs, (address + size - 1) // bs)
+        runs: List[Tuple[int, int]] = []
+        spans = merge_ranges([(a // bs, (a + n - 1) // bs + 1) for a, n in ranges if n > 0 and a >= 0])
+        for first, end in spans:
+            runs += self._missing_runs(first, end - 1)
+        read_many = getattr(self.reader, "read_many", None)
+        if read_many is None or len(runs) < 2:
+            for start, count in runs:
+                self._fill_run(start, count)
+            return
+        self.backend_reads += 1
+        results = read_many([(start * bs, count * bs) for start, count in runs])
+        for (start, count), data in zip(runs, results):
+            if isinstance(data, (bytes, bytearray)) and len(data) == count * bs:
+                self.backend_bytes += len(data)
+                self._store_run(start, count, bytes(data))
+            else:
+                self._fill_run(start, count)      # it faulted: find the readable part the slow way
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, address: int, size: int) -> bytes:
@@ -245,21 +275,24 @@ class BlockCache:
         bs = self.block_size
         first, last = address // bs, (address + size - 1) // bs
         blocks = self._blocks
-        if first == last:
-            block = blocks.get(first)
-            if block is not None:
+        entry = blocks.get(first)
+        if entry is not None:
+            data, base = entry
+            off = address - base
+            if off + size <= len(data):           # all in one run: one slice (or the run itself)
                 self.hits += 1
-                off = address - first * bs
-                return block[off:off + size]
+                return data[off:off + size]
         self._ensure(first, last)
         parts: List[bytes] = []
         cur, end = address, address + size
         for idx in range(first, last + 1):
             lo = max(cur, idx * bs) - idx * bs
             hi = min(end, (idx + 1) * bs) - idx * bs
-            block = blocks.get(idx)
-            if block is not None:
-                parts.append(block[lo:hi])
+            entry = blocks.get(idx)
+            if entry is not None:
+                data, base = entry
+                o = idx * bs - base
+                parts.append(data[o + lo:o + hi])
                 cur = idx * bs + hi
                 continue
             for off, data in self._partial.get(idx, ()):

@@ -26,7 +26,7 @@ from .program import Program
 from .text import escape_bytes, printable_ratio
 
 __all__ = ["Finding", "Culprit", "CheckReport", "CODES", "classify_bytes", "validate_heap",
-           "validate_poison", "validate_stats", "validate_pages", "validate_segments", "check"]
+           "validate_poison", "validate_stats", "validate_pages", "validate_segments", "pages_checked", "check"]
 
 ERROR, WARNING = "error", "warning"
 
@@ -468,6 +468,15 @@ def _flag_text(prog: Program, word: int) -> str:
     return "|".join(names) if names else "0"
 
 
+def pages_checked(prog: Program, full: bool = False) -> int:
+    """How many ``page_t`` entries from index 0 :func:`validate_pages` reads: every one with
+    ``full``, else the kernel's and the heap's."""
+    b = prog.bounds
+    if not b.num_pages:
+        return 0
+    return b.num_pages if full else min(b.num_pages, -(-b.end // PAGE_SIZE))
+
+
 def validate_pages(prog: Program, full: bool = False, pages: Any = None,
                    free_list: Any = None) -> List[Finding]:
     """PAGE-FLAGS and PAGE-FREELIST over ``all_pages_array`` (page_t) and ``free_pages``.
@@ -486,8 +495,7 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None,
     fv = layout.flag_value
     kernel_end = b.start // PAGE_SIZE
     heap_end = -(-b.end // PAGE_SIZE)
-    count = b.num_pages if full else min(b.num_pages, heap_end)
-    rng = pages if full and pages is not None else read_pages(prog, 0, count)
+    rng = pages if full and pages is not None else read_pages(prog, 0, pages_checked(prog, full))
     if rng.fault is not None:
         out.append(Finding("PAGE-FLAGS", ERROR, rng.fault,
                            f"page array unreadable at {fmt(rng.fault)} (entry {len(rng.entries)})",
@@ -654,6 +662,13 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
 
     ``prog``: the :class:`Program`. Raises only :class:`ProgramError` (heap not locatable).
     """
+    # Everything the validators read from the heap and the page array, asked for at once:
+    # over the remote protocol that is one pipelined stream instead of one per range.
+    b = prog.bounds
+    wanted = [(b.start, b.size)]
+    if pages and b.page_array is not None:
+        wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
+    prog.memory.prefetch_ranges(wanted)
     walk = walk_heap(prog)
     findings = validate_heap(prog, walk)
     notes = list(prog.notes)

@@ -44,6 +44,18 @@ def test_frame_and_checksum():
     assert checksum(b"") == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=5000),
+                 st.text(alphabet="0123456789abcdef", max_size=9000).map(str.encode),
+                 st.integers(0, 9000).map(lambda n: b"\xff" * n),
+                 st.integers(0, 9000).map(lambda n: b"\x7f" * n)))
+def test_checksum_is_the_byte_sum_modulo_256(payload):
+    # The Adler-32 shortcut must equal the protocol's definition on every length, at the
+    # largest byte values (all 0xff, all 0x7f: the worst case of each slice width) and on hex.
+    assert checksum(payload) == sum(payload) % 256
+    assert checksum(bytearray(payload)) == sum(payload) % 256
+
+
 def test_decode_rle_and_escapes():
     assert decode_payload(b"0* ") == b"0000"          # ' ' = 32 -> 3 more
     assert decode_payload(b"}\x03") == b"#"
