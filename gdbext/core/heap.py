@@ -13,6 +13,7 @@ objects only when asked, so a walk of a million segments stays around a second.
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
+from operator import itemgetter
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from .memory import MemoryFault
@@ -96,6 +97,19 @@ class HeapWalk:
     _records: Optional[List[Record]] = dc_field(default=None, repr=False)
     _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
     _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
+    _columns: Optional[Tuple[List[int], ...]] = dc_field(default=None, repr=False)
+
+    @property
+    def columns(self) -> Tuple[List[int], List[int], List[int], List[int]]:
+        """``(nexts, prevs, flags, sizes)``: each field of every header, in list order.
+
+        Why columns: the validators screen a healthy heap with whole-list operations that run
+        in C (``==`` on lists, ``max``, ``count``, ``compress``) instead of a Python step per
+        segment; built once, on first use, by ``map(itemgetter)``.
+        """
+        if self._columns is None:
+            self._columns = tuple(list(map(itemgetter(k), self.fields)) for k in range(4))
+        return self._columns  # type: ignore[return-value]
 
     @property
     def complete(self) -> bool:

@@ -276,13 +276,15 @@ class BlockCache:
         first, last = address // bs, (address + size - 1) // bs
         blocks = self._blocks
         entry = blocks.get(first)
+        if entry is None or entry[1] + len(entry[0]) <= address + size - 1:
+            self._ensure(first, last)
+            entry = blocks.get(first)
         if entry is not None:
             data, base = entry
             off = address - base
             if off + size <= len(data):           # all in one run: one slice (or the run itself)
                 self.hits += 1
                 return data[off:off + size]
-        self._ensure(first, last)
         parts: List[bytes] = []
         cur, end = address, address + size
         for idx in range(first, last + 1):

@@ -14,6 +14,8 @@ list, which on a live target costs about one packet per 2 KiB (a few thousand pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
+from itertools import compress, repeat
+from operator import add, and_, itemgetter
 from typing import Any, Dict, List, Optional, Sequence
 
 from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP,
@@ -160,7 +162,7 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
     prev_alloc = -1
     prev_end = -1
     i = -1
-    for a, (nx, pv, f, s) in zip(walk.addresses, walk.fields):
+    for a, (nx, pv, f, s) in ([] if _records_all_sound(walk) else zip(walk.addresses, walk.fields)):
         i += 1
         end = a + s
         if (a & 15) or (s & 15) or f > 1 or s < hdr or end > he or (nx != end and nx != 0) or pv != expected_prev:
@@ -208,6 +210,30 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
                                f"({he - a - s} bytes not covered)",
                                {"last": a, "last_end": a + s, "heap_end": he, "uncovered": he - a - s}))
     return out
+
+
+def _records_all_sound(walk: HeapWalk) -> bool:
+    """True when no record can give :func:`validate_heap`'s per-record loop a finding.
+
+    The same tests as the loop's, as whole-list operations (a few C passes instead of a Python
+    step per segment): aligned addresses and sizes, flags 0 or 1, sizes at least a header and
+    inside the heap, every next the end of its segment (the last may be NULL), every prev the
+    segment before, and no two free segments in a row (with the links sound, the second always
+    starts where the first ends, the loop's HEAP-UNMERGED). Any doubt and the loop decides.
+    (``min(flags) >= 0`` keeps ``bytes(flags)`` from raising on a signed layout.)
+    """
+    addresses = walk.addresses
+    if not addresses:
+        return True
+    nexts, prevs, flags, sizes = walk.columns
+    ends = list(map(add, addresses, sizes))
+    return (min(flags) >= 0 and max(flags) <= 1 and min(sizes) >= walk.header_size
+            and max(ends) <= walk.heap_end
+            and not any(map(and_, addresses, repeat(HEAP_ALIGN - 1)))
+            and not any(map(and_, sizes, repeat(HEAP_ALIGN - 1)))
+            and prevs[0] == 0 and prevs[1:] == addresses[:-1]
+            and nexts[:-1] == ends[:-1] and nexts[-1] in (0, ends[-1])
+            and b"\0\0" not in bytes(flags))
 
 
 def _slow_segment_checks(prog: Program, walk: HeapWalk, i: int, expected_prev: int,
@@ -397,7 +423,8 @@ def validate_poison(prog: Program, walk: HeapWalk) -> List[Finding]:
     nbuf = len(buf)
     count = buf.count
     # Free segments first (a comprehension is several times cheaper than testing in the loop).
-    free = [(a, s) for a, (_, _, f, s) in zip(walk.addresses, walk.fields) if f == 0 and s > hdr]
+    _, _, flags, sizes = walk.columns
+    free = [(a, s) for a, s in compress(zip(walk.addresses, sizes), map((0).__eq__, flags)) if s > hdr]
     for a, s in free:
         lo = a + hdr - hs
         hi = lo + s - hdr
@@ -443,8 +470,8 @@ def validate_stats(prog: Program, walk: HeapWalk, structure_ok: bool = True) -> 
         out.append(Finding("HEAP-STATS", ERROR, addr,
                            f"heap_stats: peak_usage {ks['peak_usage']} is below current_usage {cur}", dict(ks)))
     if structure_ok and walk.complete and alloc is not None and frees is not None:
-        used = [s for _, _, f, s in walk.fields if f == 1]
-        used_count, used_bytes = len(used), sum(used)
+        _, _, flags, sizes = walk.columns
+        used_count, used_bytes = flags.count(1), sum(compress(sizes, map((1).__eq__, flags)))
         live = (alloc - frees) & 0xFFFFFFFF
         if live != used_count:
             out.append(Finding("HEAP-STATS", ERROR, addr,
@@ -466,6 +493,21 @@ _KIND_FLAGS = {KIND_KERNEL: "allocated|kernel_page", KIND_HEAP: "allocated|kerne
 def _flag_text(prog: Program, word: int) -> str:
     names = prog.layouts.page.flag_names(word)
     return "|".join(names) if names else "0"
+
+
+def _kernel_and_heap_pages_sound(entries: List[Any], kernel_end: int, heap_end: int, fv: Any) -> bool:
+    """True when none of ``entries`` (all kernel or heap pages) can give :func:`validate_pages`'
+    per-entry loop a finding: the loop's tests as whole-list operations. Each distinct flags
+    word is decoded once, vaddr_mapped must be the identity map, and no kernel or heap page may
+    carry free-list links. Entries beyond the heap (``full``) are left to the loop.
+    """
+    if len(entries) > heap_end:
+        return False
+    vaddrs, words, nexts, prevs = (list(map(itemgetter(k), entries)) for k in range(4))
+    return (vaddrs == list(range(0, len(entries) * PAGE_SIZE, PAGE_SIZE))
+            and not any(nexts) and not any(prevs)
+            and all(page_kind(fv(w)) == KIND_KERNEL for w in set(words[:kernel_end]))
+            and all(page_kind(fv(w)) == KIND_HEAP for w in set(words[kernel_end:])))
 
 
 def pages_checked(prog: Program, full: bool = False) -> int:
@@ -506,7 +548,8 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None,
     size = layout.size
     base = b.page_array
     free_indexes = []
-    for i, (vaddr, word, nxt, prv) in enumerate(rng.entries):
+    sound = _kernel_and_heap_pages_sound(rng.entries, kernel_end, heap_end, fv)
+    for i, (vaddr, word, nxt, prv) in enumerate([] if sound else rng.entries):
         kind = page_kind(fv(word))
         want = KIND_KERNEL if i < kernel_end else KIND_HEAP if i < heap_end else None
         entry = base + i * size

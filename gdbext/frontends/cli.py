@@ -20,6 +20,7 @@ so a ``kheap check --remote`` process starts fast (bench/bench_cli.py).
 """
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -75,6 +76,7 @@ def _add_global_options(parser, json_option=True, with_help=True):
         parser.add_argument("--version", action="store_true", help="print kheap's version")
 
 
+@functools.lru_cache(maxsize=1)
 def _global_parser():
     parser = SafeArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
     _add_global_options(parser)

@@ -106,3 +106,42 @@ def test_holes_in_memory_never_raise(layout, ops, hole_at, hole_len):
     _random_ops(k, ops)
     start = k.image_base + hole_at
     _exercise(k.program(holes=((start, start + hole_len),), block_size=4096))
+
+
+FIELD = st.sampled_from(["next", "prev", "is_allocated", "segment_size"])
+PAGE_FIELD = st.sampled_from(["vaddr", "flags", "nextpage", "prevpage"])
+
+
+@SETTINGS
+@given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=3),
+       st.lists(st.tuples(st.integers(0, 10 ** 6), PAGE_FIELD, st.integers(0, 7)), max_size=2))
+def test_whole_list_screens_agree_with_the_per_record_loops(layout, ops, seg_edits, page_edits):
+    """validate_heap and validate_pages skip their per-record loops when whole-list tests say
+    no record can fail; with the screens forced off, every finding must be the same."""
+    from unittest import mock
+
+    import gdbext.core.validate as V
+
+    k = SyntheticKernel(*layout, heap_size=16 * 1024)
+    _random_ops(k, ops)
+    segs = k.segments()
+    for pick, name, delta in seg_edits:              # small nudges: the cases a screen could miss
+        addr = segs[pick % len(segs)][0]
+        value = abs(delta) % 3 if name == "is_allocated" else k.seg_field(addr, name) + delta
+        k.set_seg(addr, **{name: value})
+    heap_end_page = k.heap_end // 4096
+    for pick, name, value in page_edits:
+        k.set_page(pick % heap_end_page, **{name: value * (4096 if name == "vaddr" else 1)})
+
+    def findings():
+        prog = k.program()
+        walk = walk_heap(prog)
+        return V.validate_heap(prog, walk), V.validate_pages(prog)
+
+    screened = findings()
+    with mock.patch.object(V, "_records_all_sound", lambda walk: False), \
+            mock.patch.object(V, "_kernel_and_heap_pages_sound", lambda *a: False):
+        looped = findings()
+    assert screened == looped
+    if not seg_edits and not page_edits:
+        assert screened == ([], [])

@@ -300,3 +300,93 @@ def test_every_code_is_documented_and_tested():
     src = inspect.getsource(sys.modules[__name__])
     for code in CODES:
         assert f'"{code}"' in src, code
+
+
+# -- the whole-list screens in front of the per-record loops -------------------------------------
+
+def _screen_heap():
+    k = SyntheticKernel(4, "<", heap_size=16 * 1024)
+    a, b, c = k.kmalloc(100), k.kmalloc(200), k.kmalloc(50)
+    k.kfree(b)
+    return k, [s[0] for s in k.segments()]          # used, free, used, the free rest
+
+
+def _last_size(k, segs, size):
+    k.set_seg(segs[-1], segment_size=size)
+
+
+def _unaligned_head(k, segs):
+    k.header(k.heap_start + 8, 0, 0, 0, k.heap_size - 16)
+    k.set_global("heap_segment_list_head", k.heap_start + 8)
+
+
+SCREEN_CASES = {
+    "last size unaligned": lambda k, s: _last_size(k, s, k.seg_field(s[-1], "segment_size") - 8),
+    "last size past the heap": lambda k, s: _last_size(k, s, k.seg_field(s[-1], "segment_size") + 16),
+    "last size below a header": lambda k, s: _last_size(k, s, 0),
+    "two free in a row": lambda k, s: k.set_seg(s[2], is_allocated=0),
+    "flag 2": lambda k, s: k.set_seg(s[0], is_allocated=2),
+    "back link": lambda k, s: k.set_seg(s[2], prev=0),
+    "first prev not NULL": lambda k, s: k.set_seg(s[0], prev=s[1]),
+    "gap, links consistent": lambda k, s: k.set_seg(s[0], next=s[2]) or k.set_seg(s[2], prev=s[0]),
+    "last next into unreadable memory": lambda k, s: (k.set_seg(s[-1], next=s[-1] + 0x100),
+                                                      {"holes": ((s[-1] + 0x100, s[-1] + 0x200),)})[1],
+    "unaligned address, aligned sizes": _unaligned_head,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCREEN_CASES))
+def test_heap_screen_sends_every_doubtful_heap_to_the_loop(case):
+    """Each clause of _records_all_sound matters: with the screen trusted blindly a finding of
+    the loop goes missing, and with the real screen the findings equal the loop's."""
+    from unittest import mock
+
+    import gdbext.core.validate as V
+
+    k, segs = _screen_heap()
+    program_options = SCREEN_CASES[case](k, segs) or {}
+
+    def findings():
+        prog = k.program(**program_options)
+        return V.validate_heap(prog, walk_heap(prog))
+
+    screened = findings()
+    with mock.patch.object(V, "_records_all_sound", lambda walk: False):
+        looped = findings()
+    with mock.patch.object(V, "_records_all_sound", lambda walk: True):
+        blind = findings()
+    assert screened == looped
+    assert blind != looped, "the loop found nothing the screen had to catch"
+
+
+PAGE_SCREEN_CASES = {
+    "vaddr": dict(vaddr=7 * 4096),
+    "kernel page as heap": dict(flags=5),
+    "kernel page free": dict(flags=0),
+    "next link": dict(nextpage=0x1234),
+    "prev link": dict(prevpage=0x1234),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAGE_SCREEN_CASES))
+@pytest.mark.parametrize("heap_page", [False, True])
+def test_page_screen_sends_every_doubtful_entry_to_the_loop(case, heap_page):
+    from unittest import mock
+
+    import gdbext.core.validate as V
+
+    k, _ = _screen_heap()
+    edit = dict(PAGE_SCREEN_CASES[case])
+    if heap_page and "flags" in edit:
+        edit["flags"] = 3 if edit["flags"] == 5 else edit["flags"]      # a heap page as kernel
+    index = k.heap_start // 4096 + 1 if heap_page else 3
+    if "vaddr" in edit:
+        edit["vaddr"] = index * 4096 + 4096
+    k.set_page(index, **edit)
+    screened = V.validate_pages(k.program())
+    with mock.patch.object(V, "_kernel_and_heap_pages_sound", lambda *a: False):
+        looped = V.validate_pages(k.program())
+    with mock.patch.object(V, "_kernel_and_heap_pages_sound", lambda *a: True):
+        blind = V.validate_pages(k.program())
+    assert screened == looped
+    assert blind != looped
