@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from .memory import MemoryFault
 from .program import Program
 
-__all__ = ["Segment", "HeapWalk", "SegmentMatch", "walk_heap", "for_each_segment", "find_segment",
+__all__ = ["Segment", "HeapWalk", "HeapWalker", "SegmentMatch", "walk_heap", "for_each_segment", "find_segment",
            "segment_state", "STOP_END", "STOP_FAULT", "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP",
            "STOP_BAD_HEAD"]
 
@@ -146,65 +146,108 @@ def walk_heap(prog: Program, start: Optional[int] = None, max_steps: Optional[in
     ``prog``: the :class:`Program` of the kernel. Never raises on corrupt data; raises
     :class:`~gdbext.core.program.ProgramError` only when the heap cannot be located at all.
     """
-    bounds = prog.bounds
-    layout = prog.layouts.segment
-    hs, he = bounds.start, bounds.end
-    hdr = layout.header_size
-    bound = bounds.size // max(hdr, 1) + 1
-    if max_steps is not None:
-        bound = min(bound, max_steps)
-    head = bounds.list_head if start is None else start
-    addresses: List[int] = []
-    fields: List[Tuple[int, int, int, int]] = []
+    return HeapWalker(prog, start, max_steps, extra_fields).finish()
 
-    def result(reason: str, address: Optional[int], frm: Optional[int], detail: str) -> HeapWalk:
-        walk = HeapWalk(addresses, fields, reason, address, frm, detail, hs, he, hdr, head, bound)
-        if extra_fields and layout.extra_fields and addresses:
-            walk._extra = _read_extra(prog, addresses)
-        return walk
 
-    if head is None:
-        return result(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
-    if head == 0:
-        return result(STOP_BAD_HEAD, 0, None, "list head is NULL")
-    if not (hs <= head and head + hdr <= he):
-        return result(STOP_BAD_HEAD, head, None, "list head is outside the heap")
+class HeapWalker:
+    """:func:`walk_heap` in steps: :meth:`advance` walks the headers found in the part of the
+    heap that has arrived so far, :meth:`finish` walks the rest and says why it stopped.
 
-    buf = prog.heap_bytes()
-    # Headers at [hs, fast_hi] are inside the heap and inside the bulk-read buffer.
-    fast_hi = min(he - hdr, hs + len(buf) - layout.decode_size)
-    unpack = layout.unpack_from
-    add_address = addresses.append
-    add_fields = fields.append
-    addr, frm = head, None
-    seen: Optional[set] = None
-    # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, two
-    # appends and one compare per segment.
-    for _ in range(bound):
-        if hs <= addr <= fast_hi:
-            t = unpack(buf, addr - hs)
-        elif addr < hs or addr + hdr > he:
-            return result(STOP_LEFT_HEAP, addr, frm, "next points outside the heap")
+    Why: over the remote protocol the heap arrives in 2 KiB replies, and the client spends
+    part of the read waiting for the stub; a check hands :meth:`advance` to the read as its
+    progress callback so the walk is done in those waits (``validate.check``).
+    """
+
+    def __init__(self, prog: Program, start: Optional[int] = None, max_steps: Optional[int] = None,
+                 extra_fields: bool = True) -> None:
+        bounds = prog.bounds
+        self.prog = prog
+        self.layout = prog.layouts.segment
+        self.extra_fields = extra_fields
+        self.hs, self.he = bounds.start, bounds.end
+        self.hdr = self.layout.header_size
+        bound = bounds.size // max(self.hdr, 1) + 1
+        self.bound = min(bound, max_steps) if max_steps is not None else bound
+        self.head = bounds.list_head if start is None else start
+        self.addresses: List[int] = []
+        self.fields: List[Tuple[int, int, int, int]] = []
+        self.addr, self.frm = self.head, None
+        self.seen: Optional[set] = None
+        self.walk: Optional[HeapWalk] = None
+        head, hs, hdr = self.head, self.hs, self.hdr
+        if head is None:
+            self._stop(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
+        elif head == 0:
+            self._stop(STOP_BAD_HEAD, 0, None, "list head is NULL")
+        elif not (hs <= head and head + hdr <= self.he):
+            self._stop(STOP_BAD_HEAD, head, None, "list head is outside the heap")
+
+    def _stop(self, reason: str, address: Optional[int], frm: Optional[int], detail: str) -> None:
+        walk = HeapWalk(self.addresses, self.fields, reason, address, frm, detail, self.hs, self.he,
+                        self.hdr, self.head, self.bound)
+        if self.extra_fields and self.layout.extra_fields and self.addresses:
+            walk._extra = _read_extra(self.prog, self.addresses)
+        self.walk = walk
+
+    def progress(self, address: int, data: bytearray) -> None:
+        """A read's progress callback: ``data`` is what has arrived of the range at ``address``."""
+        if self.walk is None and address == self.hs:
+            self._run(data, final=False)
+
+    def advance(self, buf) -> None:
+        """Walk on through ``buf``, the heap's first ``len(buf)`` bytes (more may follow)."""
+        if self.walk is None:
+            self._run(buf, final=False)
+
+    def finish(self) -> HeapWalk:
+        """The whole walk: on through :meth:`Program.heap_bytes` and past it to the end."""
+        if self.walk is None:
+            self._run(self.prog.heap_bytes(), final=True)
+        assert self.walk is not None
+        return self.walk
+
+    def _run(self, buf, final: bool) -> None:
+        prog, layout = self.prog, self.layout
+        hs, he, hdr = self.hs, self.he, self.hdr
+        # Headers at [hs, fast_hi] are inside the heap and inside ``buf``.
+        fast_hi = min(he - hdr, hs + len(buf) - layout.decode_size)
+        unpack = layout.unpack_from
+        addresses, fields = self.addresses, self.fields
+        add_address = addresses.append
+        add_fields = fields.append
+        addr, frm, seen = self.addr, self.frm, self.seen
+        # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, two
+        # appends and one compare per segment.
+        for _ in range(self.bound - len(addresses)):
+            if hs <= addr <= fast_hi:
+                t = unpack(buf, addr - hs)
+            elif not final:
+                break                        # not here yet: the next call goes on from addr
+            elif addr < hs or addr + hdr > he:
+                return self._stop(STOP_LEFT_HEAP, addr, frm, "next points outside the heap")
+            else:
+                try:
+                    t = unpack(prog.read(addr, layout.decode_size), 0)
+                except MemoryFault as fault:
+                    return self._stop(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable")
+            add_address(addr)
+            add_fields(t)
+            nxt = t[0]
+            if nxt <= addr:
+                if nxt == 0:
+                    return self._stop(STOP_END, addr, frm, "end of list")
+                # Only a backward (or self) link can close a cycle: from here on, remember.
+                if seen is None:
+                    seen = self.seen = set(addresses)
+            if seen is not None:
+                if nxt in seen:
+                    return self._stop(STOP_CYCLE, nxt, addr, "next leads back to a segment already visited")
+                seen.add(nxt)
+            frm, addr = addr, nxt
         else:
-            try:
-                t = unpack(prog.read(addr, layout.decode_size), 0)
-            except MemoryFault as fault:
-                return result(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable")
-        add_address(addr)
-        add_fields(t)
-        nxt = t[0]
-        if nxt <= addr:
-            if nxt == 0:
-                return result(STOP_END, addr, frm, "end of list")
-            # Only a backward (or self) link can close a cycle: from here on, remember.
-            if seen is None:
-                seen = set(addresses)
-        if seen is not None:
-            if nxt in seen:
-                return result(STOP_CYCLE, nxt, addr, "next leads back to a segment already visited")
-            seen.add(nxt)
-        frm, addr = addr, nxt
-    return result(STOP_BOUND, addr, frm, f"more than {bound} segments: the heap cannot hold that many")
+            if final or len(addresses) >= self.bound:
+                return self._stop(STOP_BOUND, addr, frm, f"more than {self.bound} segments: the heap cannot hold that many")
+        self.addr, self.frm = addr, frm
 
 
 def _read_extra(prog: Program, addresses: List[int]) -> Dict[int, Dict[str, int]]:

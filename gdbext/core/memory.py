@@ -10,7 +10,7 @@ small reads into a few large aligned ones.
 from __future__ import annotations
 
 import bisect
-from typing import Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 __all__ = ["MemoryFault", "Reader", "RangesReader", "BlockCache"]
 
@@ -238,25 +238,30 @@ class BlockCache:
         """Bring ``[address, address+size)`` into the cache; never raises on faults."""
         self.prefetch_ranges([(address, size)])
 
-    def prefetch_ranges(self, ranges: Iterable[Tuple[int, int]]) -> None:
+    def prefetch_ranges(self, ranges: Iterable[Tuple[int, int]],
+                        progress: Optional[Callable[[int, bytearray], None]] = None) -> None:
         """Bring every ``(address, size)`` into the cache; never raises on faults.
 
         Why several at once: a backend with ``read_many`` (the remote-protocol client) sends
         all their missing runs in one pipelined stream, so a check pays the link's latency
-        once for the heap and the page entries together, not once per range.
+        once for the heap and the page entries together, not once per range. Such a backend
+        also calls ``progress(run address, bytes so far)`` while it waits for the link (see
+        ``RemoteTarget.read_many``); other backends never call it.
         """
         bs = self.block_size
         runs: List[Tuple[int, int]] = []
         spans = merge_ranges([(a // bs, (a + n - 1) // bs + 1) for a, n in ranges if n > 0 and a >= 0])
         for first, end in spans:
             runs += self._missing_runs(first, end - 1)
+        if not runs:
+            return
         read_many = getattr(self.reader, "read_many", None)
-        if read_many is None or len(runs) < 2:
+        if read_many is None or (len(runs) < 2 and progress is None):
             for start, count in runs:
                 self._fill_run(start, count)
             return
         self.backend_reads += 1
-        results = read_many([(start * bs, count * bs) for start, count in runs])
+        results = read_many([(start * bs, count * bs) for start, count in runs], progress=progress)
         for (start, count), data in zip(runs, results):
             if isinstance(data, (bytes, bytearray)) and len(data) == count * bs:
                 self.backend_bytes += len(data)

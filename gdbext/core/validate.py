@@ -20,7 +20,7 @@ from operator import add, and_, itemgetter
 from typing import Any, Dict, List, Optional, Sequence
 
 from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP,
-                   HeapWalk, walk_heap)
+                   HeapWalk, HeapWalker, walk_heap)
 from .layout import HEAP_ALIGN, PAGE_SIZE
 from .memory import MemoryFault
 from .pages import (KIND_ALLOCATED, KIND_BAD, KIND_FREE, KIND_HEAP, KIND_KERNEL, page_index, page_kind,
@@ -726,13 +726,15 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     ``prog``: the :class:`Program`. Raises only :class:`ProgramError` (heap not locatable).
     """
     # Everything the validators read from the heap and the page array, asked for at once:
-    # over the remote protocol that is one pipelined stream instead of one per range.
+    # over the remote protocol that is one pipelined stream instead of one per range, and
+    # the walk goes on while the client waits for the stub's next reply.
     b = prog.bounds
     wanted = [(b.start, b.size)]
     if pages and b.page_array is not None:
         wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
-    prog.memory.prefetch_ranges(wanted)
-    walk = walk_heap(prog)
+    walker = HeapWalker(prog)
+    prog.memory.prefetch_ranges(wanted, progress=walker.progress)
+    walk = walker.finish()
     findings = validate_heap(prog, walk)
     notes = list(prog.notes)
     structure_ok = not any(f.code in STRUCTURAL for f in findings)

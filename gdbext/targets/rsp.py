@@ -25,7 +25,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import MemoryFault, TargetError
 from .regs import RegisterLayout, fallback_layout, layout_from_target_xml
@@ -37,6 +37,10 @@ MAX_RETRIES = 5            # retransmissions of one packet (a '-' from the stub 
 DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every reply
 HALT_PROBE = 0.5           # silence after our first packet that makes us send \x03
 PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read (see bench/bench_rsp.py)
+
+
+# ``progress(address, data_so_far)``: see :meth:`RemoteTarget.read_many`.
+Progress = Callable[[int, bytearray], None]
 
 
 class WriteForbidden(TargetError):
@@ -560,16 +564,23 @@ class RemoteTarget:
             prefix = self._stream([(address, address + size)])[0]
         return prefix + self._read_rest(address + len(prefix), address + size) if len(prefix) < size else prefix
 
-    def read_many(self, requests: List[Tuple[int, int]]) -> List[Union[bytes, MemoryFault]]:
+    def read_many(self, requests: List[Tuple[int, int]],
+                  progress: Optional[Progress] = None) -> List[Union[bytes, MemoryFault]]:
         """Every ``(address, size)`` of ``requests`` in one pipelined stream.
 
         The answer has one entry per request: its bytes, or the :class:`MemoryFault` that
         :meth:`read` would have raised for it. Why: a check needs the heap and a slice of the
         page array, and streaming both together pays the link's round trip once.
+
+        ``progress(address, data)``, if given, is called whenever the client is about to wait
+        for the stub, with what has arrived so far of the request at ``address`` (a bytearray
+        that keeps growing: read it, never keep or change it). A caller can work there in time
+        that would otherwise be spent waiting; it must not use this connection.
         """
         self._check_open()
         wanted = [(a, a + n) for a, n in requests if n > 0 and a >= 0]
-        prefixes = iter(self._stream(wanted) if self.pipeline > 1 and wanted else [b""] * len(wanted))
+        prefixes = iter(self._stream(wanted, progress) if self.pipeline > 1 and wanted
+                        else [b""] * len(wanted))
         out: List[Union[bytes, MemoryFault]] = []
         for address, size in requests:
             if size <= 0 or address < 0:
@@ -610,7 +621,7 @@ class RemoteTarget:
             raise MemoryFault(fault.address, end - fault.address, fault.reason) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _stream(self, ranges: List[Tuple[int, int]]) -> List[bytes]:
+    def _stream(self, ranges: List[Tuple[int, int]], progress: Optional[Progress] = None) -> List[bytes]:
         """Read each ``[start, end)`` of ``ranges`` with up to ``pipeline`` requests in flight
         (a sliding window), and return what was read of each, in order.
 
@@ -628,8 +639,14 @@ class RemoteTarget:
         chunks = ((k, a, min(step, end - a)) for k, (start, end) in enumerate(ranges)
                   for a in range(start, end, step))
         parts: List[List[bytes]] = [[] for _ in ranges]
+        growing = [bytearray() for _ in ranges] if progress else None
         pending: deque = deque()
         more = True
+        streaming = [0]                     # the range the replies are arriving for
+
+        def idle() -> None:
+            k = streaming[0]
+            progress(ranges[k][0], growing[k])      # type: ignore[misc,index]
 
         def request() -> bytes:
             nonlocal more
@@ -659,7 +676,8 @@ class RemoteTarget:
                 tail.clear()
                 unsent = 0
             k, addr, n, payload = pending.popleft()
-            got, owe_ack = self._stream_reply(addr, n, payload)
+            streaming[0] = k
+            got, owe_ack = self._stream_reply(addr, n, payload, idle if progress and not failed else None)
             if owe_ack:
                 tail.append(b"+")
             if got is None or len(got) != n:
@@ -670,13 +688,21 @@ class RemoteTarget:
                     tail.append(req)
                     unsent += 1
             if got is not None and not failed:
-                parts[k].append(got)
+                if growing is not None:
+                    growing[k] += got
+                else:
+                    parts[k].append(got)
         if tail:
             self._send_raw(b"".join(tail))
+        if growing is not None:
+            return [bytes(g) for g in growing]
         return [p[0] if len(p) == 1 else b"".join(p) for p in parts]
 
-    def _stream_reply(self, address: int, size: int, payload: bytes) -> Tuple[Optional[bytes], bool]:
-        """The reply to one streamed ``m``: (bytes or None to redo, whether we owe a '+')."""
+    def _stream_reply(self, address: int, size: int, payload: bytes,
+                      idle: Optional[Callable[[], None]] = None) -> Tuple[Optional[bytes], bool]:
+        """The reply to one streamed ``m``: (bytes or None to redo, whether we owe a '+').
+
+        ``idle`` runs once if the reply has not arrived whole, before the first wait for it."""
         deadline = time.monotonic() + self.timeout
         # Fast path, nearly every reply of a bulk read: ``+$<2*size hex digits>#cs`` is in the
         # buffer whole. Anything else (a nack, an error, a short, run-length encoded or
@@ -689,6 +715,9 @@ class RemoteTarget:
             # that has already ended is never waited for.
             if buf[:1] not in (b"", b"+" if skip else b"$") or buf.find(b"#", skip) >= 0:
                 break
+            if idle is not None:
+                idle()
+                idle = None
             if not self._fill(deadline):
                 raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
         if (len(buf) >= need and buf[need - 3] == 0x23 and buf[skip] == 0x24
