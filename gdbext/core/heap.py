@@ -97,7 +97,9 @@ class HeapWalk:
     _records: Optional[List[Record]] = dc_field(default=None, repr=False)
     _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
     _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
-    _columns: Optional[Tuple[List[int], ...]] = dc_field(default=None, repr=False)
+    _columns: Optional[Tuple[List[int], ...]] = dc_field(default=None, repr=False, compare=False)
+    # What validate's screens cleared while the heap was being read (validate._Prescreen).
+    _prescreen: Optional[object] = dc_field(default=None, repr=False, compare=False)
 
     @property
     def columns(self) -> Tuple[List[int], List[int], List[int], List[int]]:
@@ -150,11 +152,11 @@ def walk_heap(prog: Program, start: Optional[int] = None, max_steps: Optional[in
 
 
 class HeapWalker:
-    """:func:`walk_heap` in steps: :meth:`advance` walks the headers found in the part of the
+    """:func:`walk_heap` in steps: :meth:`progress` walks the headers found in the part of the
     heap that has arrived so far, :meth:`finish` walks the rest and says why it stopped.
 
     Why: over the remote protocol the heap arrives in 2 KiB replies, and the client spends
-    part of the read waiting for the stub; a check hands :meth:`advance` to the read as its
+    part of the read waiting for the stub; a check hands :meth:`progress` to the read as its
     progress callback so the walk is done in those waits (``validate.check``).
     """
 
@@ -190,27 +192,24 @@ class HeapWalker:
         self.walk = walk
 
     def progress(self, address: int, data: bytearray) -> None:
-        """A read's progress callback: ``data`` is what has arrived of the range at ``address``."""
-        if self.walk is None and address == self.hs:
-            self._run(data, final=False)
-
-    def advance(self, buf) -> None:
-        """Walk on through ``buf``, the heap's first ``len(buf)`` bytes (more may follow)."""
-        if self.walk is None:
-            self._run(buf, final=False)
+        """A read's progress callback: ``data`` is what has arrived of the range at ``address``
+        (a range that starts at or before the heap: the page array may run into it)."""
+        if self.walk is None and address <= self.hs:
+            self._run(data, address, final=False)
 
     def finish(self) -> HeapWalk:
         """The whole walk: on through :meth:`Program.heap_bytes` and past it to the end."""
         if self.walk is None:
-            self._run(self.prog.heap_bytes(), final=True)
+            self._run(self.prog.heap_bytes(), self.hs, final=True)
         assert self.walk is not None
         return self.walk
 
-    def _run(self, buf, final: bool) -> None:
+    def _run(self, buf, base: int, final: bool) -> None:
+        """Walk on through ``buf``, the bytes from ``base``; ``final``: nothing more will come."""
         prog, layout = self.prog, self.layout
         hs, he, hdr = self.hs, self.he, self.hdr
         # Headers at [hs, fast_hi] are inside the heap and inside ``buf``.
-        fast_hi = min(he - hdr, hs + len(buf) - layout.decode_size)
+        fast_hi = min(he - hdr, base + len(buf) - layout.decode_size)
         unpack = layout.unpack_from
         addresses, fields = self.addresses, self.fields
         add_address = addresses.append
@@ -220,7 +219,7 @@ class HeapWalker:
         # appends and one compare per segment.
         for _ in range(self.bound - len(addresses)):
             if hs <= addr <= fast_hi:
-                t = unpack(buf, addr - hs)
+                t = unpack(buf, addr - base)
             elif not final:
                 break                        # not here yet: the next call goes on from addr
             elif addr < hs or addr + hdr > he:

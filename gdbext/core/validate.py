@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field as dc_field
 from itertools import compress, repeat
 from operator import add, and_, itemgetter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP,
                    HeapWalk, HeapWalker, walk_heap)
@@ -214,31 +214,52 @@ def validate_heap(prog: Program, walk: Optional[HeapWalk] = None) -> List[Findin
 
 
 def _records_all_sound(walk: HeapWalk) -> bool:
-    """True when no record can give :func:`validate_heap`'s per-record loop a finding.
+    """True when no record can give :func:`validate_heap`'s per-record loop a finding (the
+    records a :class:`_Prescreen` cleared while the heap was read are not looked at again)."""
+    pre = walk._prescreen
+    if pre is not None and not pre.sound:
+        return False
+    first = pre.records if pre is not None else 0
+    return _records_sound(walk.addresses, walk.columns, first, len(walk.addresses),
+                          walk.header_size, walk.heap_end)
 
-    The loop's tests as a few whole-list operations that run in C: flags 0 or 1 and no two
-    free segments in a row, sizes aligned and at least a header, every next the end of its
-    segment (the last may be NULL), every prev the segment before. With those links sound the
+
+def _records_sound(addresses: List[int], columns: Sequence[List[int]], lo: int, hi: int, hdr: int,
+                   heap_end: int) -> bool:
+    """The loop's tests for records ``[lo, hi)``, as a few whole-list operations run in C.
+
+    Flags 0 or 1 and no two free segments in a row, sizes aligned and at least a header, every
+    next the end of its segment, every prev the segment before. With those links sound the
     list is contiguous and ascending, so the first address being aligned makes every address
     aligned, the last end bounds them all, and a second free segment in a row always starts
-    where the first ends (the loop's HEAP-UNMERGED). Any doubt and the loop decides.
+    where the first ends (the loop's HEAP-UNMERGED). The last record's next may be NULL: on a
+    walk still under way it cannot be (the walk would have ended there). Records before ``lo``
+    were cleared already: the tests that look back (prev, two free in a row) reach one record
+    before ``lo``. Any doubt and the loop decides. (``bytes(flags)`` raising on a flag outside
+    0..255 is one more doubt.)
     """
-    addresses = walk.addresses
-    if not addresses:
+    if lo >= hi:
         return True
-    nexts, prevs, flags, sizes = walk.columns
+    nexts, prevs, flags, sizes = columns
     try:
-        flag_bytes = bytes(flags)              # ValueError: a flag outside 0..255
+        flag_bytes = bytes(flags[max(lo - 1, 0):hi])
     except ValueError:
         return False
     if flag_bytes.translate(None, b"\0\1") or b"\0\0" in flag_bytes:
         return False
-    if min(sizes) < walk.header_size or any(map(and_, sizes, repeat(HEAP_ALIGN - 1))):
+    size_run = sizes[lo:hi]
+    if min(size_run) < hdr or any(map(and_, size_run, repeat(HEAP_ALIGN - 1))):
         return False
-    ends = list(map(add, addresses, sizes))
-    return (not addresses[0] & (HEAP_ALIGN - 1) and ends[-1] <= walk.heap_end
-            and prevs[0] == 0 and prevs[1:] == addresses[:-1]
-            and nexts[:-1] == ends[:-1] and nexts[-1] in (0, ends[-1]))
+    ends = list(map(add, addresses[lo:hi], size_run))
+    if ends[-1] > heap_end:
+        return False
+    if lo == 0 and (addresses[0] & (HEAP_ALIGN - 1) or prevs[0] != 0):
+        return False
+    back = max(lo, 1)
+    if prevs[back:hi] != addresses[back - 1:hi - 1]:
+        return False
+    next_run = nexts[lo:hi]
+    return next_run[:-1] == ends[:-1] and next_run[-1] in (0, ends[-1])
 
 
 def _slow_segment_checks(prog: Program, walk: HeapWalk, i: int, expected_prev: int,
@@ -412,6 +433,26 @@ def validate_segments(prog: Program, start: int, count: int = 4) -> List[Finding
 
 # -- poison -------------------------------------------------------------------------------------
 
+def _free_payloads(addresses: List[int], columns: Sequence[List[int]], lo: int, hi: int, hs: int, hdr: int,
+                   limit: int) -> List[Tuple[int, int]]:
+    """``(address, segment_size)`` of the free segments among records ``[lo, hi)`` that have a
+    payload ending by ``limit`` (a comprehension over ``compress``: no Python test per used one)."""
+    _, _, flags, sizes = columns
+    return [(a, s) for a, s in compress(zip(addresses[lo:hi], sizes[lo:hi]), map((0).__eq__, flags[lo:hi]))
+            if s > hdr and a + hdr >= hs and a + s <= limit]
+
+
+def _all_poison(buf: Any, base: int, hdr: int, poison: int, free: List[Tuple[int, int]]) -> bool:
+    """Whether every payload of ``free`` (in ``buf``, the bytes from ``base``) is all poison.
+
+    Each is compared with as much poison by memcmp (the stress heap's 800 KiB of free payload:
+    ~0.05 ms, against ~0.5 ms of counting); :func:`validate_poison`'s loop looks only when one
+    differs, and names them all."""
+    run = _poison_run(poison, max((s for _, s in free), default=0))
+    return all(map(buf.startswith, map(run.__getitem__, map(slice, [s - hdr for _, s in free])),
+                   [a + hdr - base for a, _ in free], [a + s - base for a, s in free]))
+
+
 @functools.lru_cache(maxsize=4)
 def _poison_run(poison: int, size: int) -> memoryview:
     """``size`` poison bytes, kept between checks: a fresh 1 MiB costs 256 page faults."""
@@ -433,18 +474,13 @@ def validate_poison(prog: Program, walk: HeapWalk) -> List[Finding]:
     fmt = prog.fmt
     nbuf = len(buf)
     count = buf.count
-    # Free segments first (a comprehension is several times cheaper than testing in the loop).
-    _, _, flags, sizes = walk.columns
-    free = [(a, s) for a, s in compress(zip(walk.addresses, sizes), map((0).__eq__, flags))
-            if s > hdr and a + hdr >= hs and a + s <= min(he, hs + nbuf)]       # payload in the buffer
-    # Every free payload all poison? Each is compared with as much poison by memcmp (the
-    # stress heap's 800 KiB of free payload: ~0.05 ms, against ~0.5 ms of counting); the loop
-    # below looks only when one differs, and names them all.
-    poison_run = _poison_run(poison, nbuf)
-    los = [a + hdr - hs for a, _ in free]
-    runs = map(poison_run.__getitem__, map(slice, [s - hdr for _, s in free]))
-    if all(map(buf.startswith, runs, los, [a + s - hs for a, s in free])):
+    pre = walk._prescreen
+    first = pre.payloads if pre is not None and pre.poisoned else 0
+    free = _free_payloads(walk.addresses, walk.columns, first, len(walk.addresses), hs, hdr, min(he, hs + nbuf))
+    if _all_poison(buf, hs, hdr, poison, free):
         return out
+    if first:                                   # one differs after all: name every one
+        free = _free_payloads(walk.addresses, walk.columns, 0, len(walk.addresses), hs, hdr, min(he, hs + nbuf))
     for a, s in free:
         lo = a + hdr - hs
         hi = lo + s - hdr
@@ -688,6 +724,60 @@ def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl
 
 # -- everything ---------------------------------------------------------------------------------
 
+class _Prescreen:
+    """The screens of :func:`validate_heap` and :func:`validate_poison`, run on a walk while
+    it grows: :func:`check` gives :meth:`progress` to the remote read as its callback, so the
+    walk and these tests use the time the client would spend waiting for the stub. What was
+    cleared then is not looked at again; anything in doubt stops the prescreen and is left to
+    the validators, which decide as they always do.
+
+    It only ever reads the bytes the read hands it (the connection is busy with the stream).
+    """
+
+    def __init__(self, prog: Program, walker: HeapWalker) -> None:
+        self.walker = walker
+        self.poison = prog.poison_byte()
+        self.columns: Tuple[List[int], ...] = ([], [], [], [])
+        self.records = 0            # records [0, records) cleared of every validate_heap test
+        self.sound = True
+        self.payloads = 0           # free payloads of records [0, payloads) found all poison
+        self.poisoned = True
+
+    # Records a round of screens waits for: each round has a fixed cost of some tens of
+    # microseconds, and the read calls progress a few hundred times.
+    BATCH = 512
+
+    def progress(self, address: int, data: bytearray) -> None:
+        walker = self.walker
+        walker.progress(address, data)
+        n = len(walker.addresses)
+        if address > walker.hs or (n - self.records < self.BATCH and walker.walk is None):
+            return
+        self._extend_columns()
+        if self.sound and n > self.records:
+            self.sound = _records_sound(walker.addresses, self.columns, self.records, n, walker.hdr, walker.he)
+            self.records = n
+        # With the links sound, the payload of every record but the last has arrived.
+        if self.sound and self.poisoned and self.poison is not None and n - 1 > self.payloads:
+            free = _free_payloads(walker.addresses, self.columns, self.payloads, n - 1, walker.hs, walker.hdr,
+                                  min(walker.he, address + len(data)))
+            self.poisoned = _all_poison(data, address, walker.hdr, self.poison, free)
+            self.payloads = n - 1
+
+    def _extend_columns(self) -> None:
+        fields, done = self.walker.fields, len(self.columns[0])
+        if len(fields) > done:
+            new = fields[done:]
+            for k, column in enumerate(self.columns):
+                column.extend(map(itemgetter(k), new))
+
+    def attach(self, walk: HeapWalk) -> None:
+        """Hand what was done to the finished walk (its columns, what was cleared)."""
+        self._extend_columns()
+        walk._columns = self.columns
+        walk._prescreen = self
+
+
 STRUCTURAL = frozenset({"HEAP-HEAD", "HEAP-BOUNDS", "HEAP-ALIGN", "HEAP-SIZE", "HEAP-GAP", "HEAP-OVERLAP",
                         "HEAP-BACKLINK", "HEAP-CYCLE", "HEAP-FLAG", "HEAP-COVERAGE", "HEAP-UNREADABLE"})
 
@@ -733,8 +823,10 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     if pages and b.page_array is not None:
         wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
     walker = HeapWalker(prog)
-    prog.memory.prefetch_ranges(wanted, progress=walker.progress)
+    prescreen = _Prescreen(prog, walker)
+    prog.memory.prefetch_ranges(wanted, progress=prescreen.progress)
     walk = walker.finish()
+    prescreen.attach(walk)
     findings = validate_heap(prog, walk)
     notes = list(prog.notes)
     structure_ok = not any(f.code in STRUCTURAL for f in findings)

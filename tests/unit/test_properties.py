@@ -145,3 +145,67 @@ def test_whole_list_screens_agree_with_the_per_record_loops(layout, ops, seg_edi
     assert screened == looped
     if not seg_edits and not page_edits:
         assert screened == ([], [])
+
+
+class _TrickleReader:
+    """A reader with ``read_many`` that hands over each range in pieces, calling ``progress``
+    between them as the remote client does while it waits (``cuts``: where the pieces end)."""
+
+    def __init__(self, reader, cuts):
+        self.inner, self.cuts, self.calls = reader, cuts, 0
+
+    def read(self, address, size):
+        return self.inner.read(address, size)
+
+    def read_many(self, requests, progress=None):
+        from gdbext.core.memory import MemoryFault
+
+        out = []
+        for address, size in requests:
+            try:
+                data = self.inner.read(address, size)
+            except MemoryFault as fault:
+                out.append(fault)
+                continue
+            grown = bytearray()
+            for cut in sorted({c % (size + 1) for c in self.cuts}) + [size]:
+                grown += data[len(grown):cut]
+                if progress is not None:
+                    self.calls += 1
+                    progress(address, grown)
+            out.append(data)
+        return out
+
+
+@SETTINGS
+@given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=2),
+       st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=2),
+       st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 512]))
+def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layout, ops, seg_edits, writes,
+                                                                          cuts, poison_off, batch):
+    """check() walks and prescreens the heap in the read's progress calls: whatever the corruption
+    and wherever the pieces end, its findings and walk are those of a check on a plain reader."""
+    from unittest import mock
+
+    import gdbext.core.validate as V
+    from gdbext.core.memory import BlockCache
+
+    k = SyntheticKernel(*layout, heap_size=16 * 1024, poison=-1 if poison_off else 0xA5)
+    _random_ops(k, ops)
+    segs = k.segments()
+    for pick, name, delta in seg_edits:
+        addr = segs[pick % len(segs)][0]
+        value = abs(delta) % 3 if name == "is_allocated" else k.seg_field(addr, name) + delta
+        k.set_seg(addr, **{name: value})
+    for where, data in writes:                     # stray writes: free payloads lose their poison
+        k.write(k.heap_start + where % (k.heap_size - len(data)), data)
+    plain = check(k.program(block_size=4096))
+    prog = k.program(block_size=4096)
+    trickle = _TrickleReader(prog.memory.reader, cuts)
+    prog.memory = BlockCache(trickle, 4096)
+    with mock.patch.object(V._Prescreen, "BATCH", batch):
+        fed = check(prog)
+    assert trickle.calls > 0
+    assert fed.findings == plain.findings
+    assert fed.walk.records == plain.walk.records
+    assert (fed.walk.stop_reason, fed.walk.stop_address) == (plain.walk.stop_reason, plain.walk.stop_address)

@@ -390,3 +390,74 @@ def test_page_screen_sends_every_doubtful_entry_to_the_loop(case, heap_page):
         blind = V.validate_pages(k.program())
     assert screened == looped
     assert blind != looped
+
+
+# -- check() fed while the heap arrives (the remote read's progress calls) -----------------------
+
+def _fed_and_plain(k, cuts):
+    """(findings of a check fed in pieces ending at ``cuts`` (heap offsets), plain findings)."""
+    from unittest import mock
+
+    import gdbext.core.validate as V
+    from gdbext.core.memory import BlockCache
+    from test_properties import _TrickleReader
+
+    plain = check(k.program(block_size=4096)).findings
+    prog = k.program(block_size=4096)
+    run_start = min(prog.bounds.start, prog.bounds.page_array)     # the page array and heap may be one run
+    trickle = _TrickleReader(prog.memory.reader, [prog.bounds.start - run_start + c for c in cuts])
+    prog.memory = BlockCache(trickle, 4096)
+    with mock.patch.object(V._Prescreen, "BATCH", 1):       # a round of screens per piece
+        return check(prog).findings, plain
+
+
+@pytest.mark.parametrize("index", range(1, 8))
+def test_a_corrupt_back_link_right_after_a_piece_ends_is_found(index):
+    # The piece ends one byte into header ``index``: the prescreen clears the records before
+    # it, and the next round must still look back at that header's prev.
+    k, _ = busy_kernel()
+    segs = [s[0] for s in k.segments()]
+    k.set_seg(segs[index], prev=segs[index] + 16)
+    fed, plain = _fed_and_plain(k, [segs[index] + 1 - k.heap_start])
+    assert any(f.code == "HEAP-BACKLINK" for f in plain)
+    assert fed == plain
+
+
+@pytest.mark.parametrize("index", range(1, 8))
+def test_two_free_segments_across_a_piece_end_are_unmerged(index):
+    k, _ = busy_kernel()
+    segs = [s for s in k.segments()]
+    frees = [i for i, s in enumerate(segs) if s[2] == 0]
+    i = frees[index % len(frees)]
+    if i + 1 < len(segs):
+        k.set_seg(segs[i + 1][0], is_allocated=0)
+    else:
+        k.set_seg(segs[i - 1][0], is_allocated=0)
+        i -= 1
+    fed, plain = _fed_and_plain(k, [segs[i + 1][0] + 1 - k.heap_start])
+    assert any(f.code == "HEAP-UNMERGED" for f in plain)
+    assert fed == plain
+
+
+@pytest.mark.parametrize("cut", [0x20, 0x800, 0x1800, 0x3000])
+def test_poison_lost_past_a_piece_end_in_the_last_free_payload_is_found(cut):
+    # The free tail's payload has only partly arrived when the prescreen runs: it must be
+    # left for the end, not passed over.
+    k, _ = busy_kernel(heap_size=16 * 1024)
+    tail = k.segments()[-1]
+    assert tail[2] == 0
+    k.write(tail[0] + tail[1] - 8, b"UAF!")
+    fed, plain = _fed_and_plain(k, [tail[0] - k.heap_start + cut])
+    assert any(f.code == "HEAP-POISON" for f in plain)
+    assert fed == plain
+
+
+@pytest.mark.parametrize("victim", range(0, 4))
+def test_poison_lost_in_a_cleared_free_payload_is_found(victim):
+    k, _ = busy_kernel(heap_size=16 * 1024)
+    frees = [s for s in k.segments() if s[2] == 0 and s[1] > 64]
+    seg = frees[victim % len(frees)]
+    k.write(seg[0] + 40, b"\x00")
+    fed, plain = _fed_and_plain(k, [0x3000, 0x3800])
+    assert any(f.code == "HEAP-POISON" for f in plain)
+    assert fed == plain
