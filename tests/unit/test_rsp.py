@@ -453,3 +453,104 @@ def test_reads_match_a_model(holes, reads, pipeline, corrupt, nack, max_read):
                     t.read(addr, size)
                 assert e.value.address == bad and e.value.size == addr + size - bad
     assert_never_wrote(s)
+
+
+# -- read_many: several ranges in one stream, with progress ---------------------------------------
+
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_read_many_returns_each_range_or_its_fault(pipeline):
+    hole = (BASE + 0x3000, BASE + 0x3010)
+    with stub(unmapped=[hole]) as s, connect(s, pipeline=pipeline) as t:
+        got = t.read_many([(BASE, 0x2000), (BASE + 0x2800, 0x1000), (BASE + 0x5000, 10), (BASE, 0)])
+        assert got[0] == IMAGE[:0x2000]
+        assert isinstance(got[1], MemoryFault) and got[1].address == hole[0]
+        assert got[2] == IMAGE[0x5000:0x500A]
+        assert got[3] == b""
+        assert t.read(BASE + 0x100, 16) == IMAGE[0x100:0x110]      # the connection is in step
+    assert_never_wrote(s)
+
+
+def test_read_many_is_one_stream_for_all_ranges():
+    with stub() as s, connect(s, pipeline=16) as t:
+        sends = []
+        real = t._send_raw
+        t._send_raw = lambda data: (sends.append(data), real(data))[1]
+        t.read_many([(BASE, 0x1000), (BASE + 0x4000, 0x1000)])
+        # The window's first send carries requests of both ranges.
+        assert b"m%x," % BASE in sends[0] and b"m%x," % (BASE + 0x4000) in sends[0]
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_progress_sees_each_range_grow_and_never_blocks_the_stream(every):
+    seen = []
+
+    def progress(address, data):
+        assert IMAGE[address - BASE:address - BASE + len(data)] == bytes(data)
+        seen.append((address, len(data)))
+
+    with stub(corrupt_every=every) as s, connect(s, pipeline=8) as t:
+        got = t.read_many([(BASE, 0x6000), (BASE + 0x7000, 0x800)], progress=progress)
+        assert got == [IMAGE[:0x6000], IMAGE[0x7000:0x7800]]
+    assert seen, "the client never waited? the stub answers after a thread switch"
+    for address in {a for a, _ in seen}:
+        lengths = [n for a, n in seen if a == address]
+        assert lengths == sorted(lengths)
+
+
+def test_block_cache_keeps_a_streamed_run_whole():
+    from gdbext.core.memory import BlockCache
+
+    with stub() as s, connect(s, pipeline=16) as t:
+        cache = BlockCache(t, 4096)
+        cache.prefetch_ranges([(BASE, 0x4000), (BASE + 0x6000, 0x2000)])
+        reads = s.m_requests
+        whole = cache.read(BASE, 0x4000)
+        assert whole == IMAGE[:0x4000] and cache.read(BASE, 0x4000) is whole   # no copy
+        assert cache.read(BASE + 0x6100, 8) == IMAGE[0x6100:0x6108]
+        assert s.m_requests == reads                                            # all hits
+
+
+def test_block_cache_prefetch_finds_the_readable_part_of_a_faulting_run():
+    from gdbext.core.memory import BlockCache
+
+    with stub(unmapped=[(BASE + 0x1800, BASE + 0x1900)]) as s, connect(s, pipeline=16) as t:
+        cache = BlockCache(t, 4096)
+        cache.prefetch_ranges([(BASE, 0x3000), (BASE + 0x4000, 0x1000)])
+        assert cache.read(BASE + 0x4000, 0x1000) == IMAGE[0x4000:0x5000]
+        assert cache.read_prefix(BASE, 0x3000) == IMAGE[:0x1800]
+        with pytest.raises(MemoryFault) as fault:
+            cache.read(BASE + 0x1000, 0x1000)
+        assert fault.value.address == BASE + 0x1800
+
+
+@pytest.mark.parametrize("corruption", ["none", "poison", "back link", "flag"])
+def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruption):
+    """The whole remote path (read_many, progress, the walk and prescreen in the waits) finds
+    exactly what a check of the same memory finds without a link."""
+    from unittest import mock
+
+    import gdbext.core.validate as V
+    from gdbext.core.memory import BlockCache
+    from gdbext.core.program import Program
+    from gdbext.core.validate import check
+    from heapbuilder import SyntheticKernel
+
+    k = SyntheticKernel(4, "<", heap_size=64 * 1024)
+    ptrs = [k.kmalloc(16 + 40 * (i % 7)) for i in range(300)]
+    for p in ptrs[::3]:
+        k.kfree(p)
+    segs = [s[0] for s in k.segments()]
+    if corruption == "poison":
+        free = [s for s in k.segments() if s[2] == 0 and s[1] > 64]
+        k.write(free[len(free) // 2][0] + 40, b"\x00\x01")
+    elif corruption == "back link":
+        k.set_seg(segs[200], prev=segs[10])
+    elif corruption == "flag":
+        k.set_seg(segs[150], is_allocated=7)
+    plain = check(k.program(block_size=4096))
+    with stub(image=bytes(k.mem), base=k.image_base) as s, connect(s, pipeline=8) as t, \
+            mock.patch.object(V._Prescreen, "BATCH", 16):
+        remote = check(Program(k.elf_info(), BlockCache(t, 4096)))
+    assert remote.findings == plain.findings
+    assert remote.walk.records == plain.walk.records
+    assert (corruption == "none") == (remote.findings == [])
