@@ -750,8 +750,13 @@ class _Prescreen:
     def progress(self, address: int, data: bytearray) -> None:
         walker = self.walker
         walker.progress(address, data)
-        n = len(walker.addresses)
-        if address > walker.hs or (n - self.records < self.BATCH and walker.walk is None):
+        addresses = walker.addresses
+        n = len(addresses)
+        # Only data that holds every header walked so far (the heap, not another range the
+        # stream is busy with), and only when a round is worth its fixed cost.
+        if not n or address > walker.hs or address + len(data) < addresses[-1] + walker.hdr:
+            return
+        if n - self.records < self.BATCH and walker.walk is None:
             return
         self._extend_columns()
         if self.sound and n > self.records:

@@ -438,8 +438,9 @@ def _dump(session, args):
             wanted.append((bounds.page_array, bounds.page_array + size, "page array"))
     wanted.append((bounds.start, bounds.end, "heap"))
     ranges, saved = [], []
-    for start, end in merge_ranges([(s, e) for s, e, _ in wanted]):
-        prog.memory.prefetch(start, end - start)
+    merged = merge_ranges([(s, e) for s, e, _ in wanted])
+    prog.memory.prefetch_ranges([(start, end - start) for start, end in merged])   # one stream
+    for start, end in merged:
         data = prog.memory.read_prefix(start, end - start)
         if data:
             ranges.append((start, data))

@@ -151,8 +151,8 @@ class _TrickleReader:
     """A reader with ``read_many`` that hands over each range in pieces, calling ``progress``
     between them as the remote client does while it waits (``cuts``: where the pieces end)."""
 
-    def __init__(self, reader, cuts):
-        self.inner, self.cuts, self.calls = reader, cuts, 0
+    def __init__(self, reader, cuts, reverse=False):
+        self.inner, self.cuts, self.calls, self.reverse = reader, cuts, 0, reverse
 
     def read(self, address, size):
         return self.inner.read(address, size)
@@ -161,7 +161,8 @@ class _TrickleReader:
         from gdbext.core.memory import MemoryFault
 
         out = []
-        for address, size in requests:
+        # ``reverse``: stream the requests last to first (another order a backend may choose).
+        for address, size in (reversed(requests) if self.reverse else requests):
             try:
                 data = self.inner.read(address, size)
             except MemoryFault as fault:
@@ -174,15 +175,16 @@ class _TrickleReader:
                     self.calls += 1
                     progress(address, grown)
             out.append(data)
-        return out
+        return out[::-1] if self.reverse else out
 
 
 @SETTINGS
 @given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=2),
        st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=2),
-       st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 512]))
+       st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 512]),
+       st.booleans())
 def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layout, ops, seg_edits, writes,
-                                                                          cuts, poison_off, batch):
+                                                                          cuts, poison_off, batch, reverse):
     """check() walks and prescreens the heap in the read's progress calls: whatever the corruption
     and wherever the pieces end, its findings and walk are those of a check on a plain reader."""
     from unittest import mock
@@ -201,7 +203,7 @@ def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layou
         k.write(k.heap_start + where % (k.heap_size - len(data)), data)
     plain = check(k.program(block_size=4096))
     prog = k.program(block_size=4096)
-    trickle = _TrickleReader(prog.memory.reader, cuts)
+    trickle = _TrickleReader(prog.memory.reader, cuts, reverse)
     prog.memory = BlockCache(trickle, 4096)
     with mock.patch.object(V._Prescreen, "BATCH", batch):
         fed = check(prog)
