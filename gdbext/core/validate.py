@@ -448,7 +448,8 @@ def _all_poison(buf: Any, base: int, hdr: int, poison: int, free: List[Tuple[int
     Each is compared with as much poison by memcmp (the stress heap's 800 KiB of free payload:
     ~0.05 ms, against ~0.5 ms of counting); :func:`validate_poison`'s loop looks only when one
     differs, and names them all."""
-    run = _poison_run(poison, max((s for _, s in free), default=0))
+    longest = max((s for _, s in free), default=0)
+    run = _poison_run(poison, 1 << max(16, longest.bit_length()))    # a few sizes: cache hits
     return all(map(buf.startswith, map(run.__getitem__, map(slice, [s - hdr for _, s in free])),
                    [a + hdr - base for a, _ in free], [a + s - base for a, s in free]))
 
