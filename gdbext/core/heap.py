@@ -152,12 +152,12 @@ def walk_heap(prog: Program, start: Optional[int] = None, max_steps: Optional[in
 
 
 class HeapWalker:
-    """:func:`walk_heap` in steps: :meth:`progress` walks the headers found in the part of the
+    """:func:`walk_heap` in steps: :meth:`advance` walks the headers found in the part of the
     heap that has arrived so far, :meth:`finish` walks the rest and says why it stopped.
 
     Why: over the remote protocol the heap arrives in 2 KiB replies, and the client spends
-    part of the read waiting for the stub; a check hands :meth:`progress` to the read as its
-    progress callback so the walk is done in those waits (``validate.check``).
+    part of the read waiting for the stub; ``validate.check`` advances the walk from the read's
+    progress callback, so it is done in those waits.
     """
 
     def __init__(self, prog: Program, start: Optional[int] = None, max_steps: Optional[int] = None,
@@ -191,10 +191,10 @@ class HeapWalker:
             walk._extra = _read_extra(self.prog, self.addresses)
         self.walk = walk
 
-    def progress(self, address: int, data: bytearray) -> None:
-        """A read's progress callback: ``data`` is what has arrived of the range at ``address``
-        (a range that starts at or before the heap: the page array may run into it)."""
-        if self.walk is None and address <= self.hs:
+    def advance(self, data, address: int) -> None:
+        """Walk on through ``data``, the bytes from ``address`` that have arrived so far (more
+        will follow); they must start at or before the header the walk has reached."""
+        if self.walk is None and address <= max(self.addr or 0, self.hs):
             self._run(data, address, final=False)
 
     def finish(self) -> HeapWalk:
@@ -208,7 +208,8 @@ class HeapWalker:
         """Walk on through ``buf``, the bytes from ``base``; ``final``: nothing more will come."""
         prog, layout = self.prog, self.layout
         hs, he, hdr = self.hs, self.he, self.hdr
-        # Headers at [hs, fast_hi] are inside the heap and inside ``buf``.
+        # Headers at [fast_lo, fast_hi] are inside the heap and inside ``buf``.
+        fast_lo = max(hs, base)
         fast_hi = min(he - hdr, base + len(buf) - layout.decode_size)
         unpack = layout.unpack_from
         addresses, fields = self.addresses, self.fields
@@ -218,7 +219,7 @@ class HeapWalker:
         # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, two
         # appends and one compare per segment.
         for _ in range(self.bound - len(addresses)):
-            if hs <= addr <= fast_hi:
+            if fast_lo <= addr <= fast_hi:
                 t = unpack(buf, addr - base)
             elif not final:
                 break                        # not here yet: the next call goes on from addr

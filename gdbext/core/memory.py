@@ -239,13 +239,13 @@ class BlockCache:
         self.prefetch_ranges([(address, size)])
 
     def prefetch_ranges(self, ranges: Iterable[Tuple[int, int]],
-                        progress: Optional[Callable[[int, bytearray], None]] = None) -> None:
+                        progress: Optional[Callable[[int, List[bytes]], None]] = None) -> None:
         """Bring every ``(address, size)`` into the cache; never raises on faults.
 
         Why several at once: a backend with ``read_many`` (the remote-protocol client) sends
         all their missing runs in one pipelined stream, so a check pays the link's latency
         once for the heap and the page entries together, not once per range. Such a backend
-        also calls ``progress(run address, bytes so far)`` while it waits for the link (see
+        also calls ``progress(run address, replies so far)`` while it waits for the link (see
         ``RemoteTarget.read_many``); other backends never call it.
         """
         bs = self.block_size

@@ -743,31 +743,60 @@ class _Prescreen:
         self.sound = True
         self.payloads = 0           # free payloads of records [0, payloads) found all poison
         self.poisoned = True
+        # The part of the heap still to be looked at, as one buffer: the replies that arrived
+        # since, appended; what no test needs any more, dropped from the front (cheap for a
+        # bytearray), so it stays a few KiB where a copy of the whole heap would cost a
+        # millisecond of copying and page faults.
+        self.window = bytearray()
+        self.window_base = 0
+        self.chunks_seen = 0
 
     # Records a round of screens waits for: each round has a fixed cost of some tens of
     # microseconds, and the read calls progress a few hundred times.
     BATCH = 512
 
-    def progress(self, address: int, data: bytearray) -> None:
+    def progress(self, address: int, chunks: List[bytes]) -> None:
+        """The read's progress callback: ``chunks`` arrived so far of the range at ``address``."""
         walker = self.walker
-        walker.progress(address, data)
+        if address > walker.hs:
+            return                               # another range than the heap's
+        if not self.chunks_seen or address != self._range:
+            self._range, self.window, self.window_base, self.chunks_seen = address, bytearray(), address, 0
+        window = self.window
+        for chunk in chunks[self.chunks_seen:]:
+            window += chunk
+        self.chunks_seen = len(chunks)
+        base = self.window_base
+        walker.advance(window, base)
         addresses = walker.addresses
         n = len(addresses)
-        # Only data that holds every header walked so far (the heap, not another range the
-        # stream is busy with), and only when a round is worth its fixed cost.
-        if not n or address > walker.hs or address + len(data) < addresses[-1] + walker.hdr:
-            return
-        if n - self.records < self.BATCH and walker.walk is None:
-            return
+        if n - self.records >= self.BATCH or (walker.walk is not None and n > self.records):
+            self._round(window, base)
+        # Drop what is behind both the walk and the first payload still to be screened.
+        keep = walker.addr if walker.walk is None else walker.he
+        if self.sound and self.poisoned and self.payloads < n:
+            keep = min(keep, addresses[self.payloads])
+        cut = min(keep - base, len(window))
+        if cut > 0 and cut >= len(window) // 2:
+            del window[:cut]
+            self.window_base = base + cut
+
+    def _round(self, window: bytearray, base: int) -> None:
+        walker = self.walker
+        addresses = walker.addresses
+        n = len(addresses)
         self._extend_columns()
-        if self.sound and n > self.records:
-            self.sound = _records_sound(walker.addresses, self.columns, self.records, n, walker.hdr, walker.he)
+        if self.sound:
+            self.sound = _records_sound(addresses, self.columns, self.records, n, walker.hdr, walker.he)
             self.records = n
         # With the links sound, the payload of every record but the last has arrived.
         if self.sound and self.poisoned and self.poison is not None and n - 1 > self.payloads:
-            free = _free_payloads(walker.addresses, self.columns, self.payloads, n - 1, walker.hs, walker.hdr,
-                                  min(walker.he, address + len(data)))
-            self.poisoned = _all_poison(data, address, walker.hdr, self.poison, free)
+            if addresses[self.payloads] < base:
+                self.poisoned = False                # not in the window: validate_poison does all
+                return
+            free = _free_payloads(addresses, self.columns, self.payloads, n - 1, walker.hs, walker.hdr,
+                                  min(walker.he, base + len(window)))
+            self.poisoned = _all_poison(window, base, walker.hdr, self.poison, free)
             self.payloads = n - 1
 
     def _extend_columns(self) -> None:

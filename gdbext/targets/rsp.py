@@ -39,8 +39,8 @@ HALT_PROBE = 0.5           # silence after our first packet that makes us send \
 PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read (see bench/bench_rsp.py)
 
 
-# ``progress(address, data_so_far)``: see :meth:`RemoteTarget.read_many`.
-Progress = Callable[[int, bytearray], None]
+# ``progress(address, chunks_so_far)``: see :meth:`RemoteTarget.read_many`.
+Progress = Callable[[int, List[bytes]], None]
 
 
 class WriteForbidden(TargetError):
@@ -572,10 +572,12 @@ class RemoteTarget:
         :meth:`read` would have raised for it. Why: a check needs the heap and a slice of the
         page array, and streaming both together pays the link's round trip once.
 
-        ``progress(address, data)``, if given, is called whenever the client is about to wait
-        for the stub, with what has arrived so far of the request at ``address`` (a bytearray
-        that keeps growing: read it, never keep or change it). A caller can work there in time
-        that would otherwise be spent waiting; it must not use this connection.
+        ``progress(address, chunks)``, if given, is called whenever the client is about to
+        wait for the stub, with what has arrived so far of the request at ``address``: a list
+        of replies, in order and contiguous, that keeps growing (read it, never change it). A
+        caller can work there in time that would otherwise be spent waiting; it must not use
+        this connection. The chunks are the very objects the answer is joined from: following
+        the read costs no copy.
         """
         self._check_open()
         wanted = [(a, a + n) for a, n in requests if n > 0 and a >= 0]
@@ -639,14 +641,13 @@ class RemoteTarget:
         chunks = ((k, a, min(step, end - a)) for k, (start, end) in enumerate(ranges)
                   for a in range(start, end, step))
         parts: List[List[bytes]] = [[] for _ in ranges]
-        growing = [bytearray() for _ in ranges] if progress else None
         pending: deque = deque()
         more = True
         streaming = [0]                     # the range the replies are arriving for
 
         def idle() -> None:
             k = streaming[0]
-            progress(ranges[k][0], growing[k])      # type: ignore[misc,index]
+            progress(ranges[k][0], parts[k])        # type: ignore[misc]
 
         def request() -> bytes:
             nonlocal more
@@ -688,14 +689,9 @@ class RemoteTarget:
                     tail.append(req)
                     unsent += 1
             if got is not None and not failed:
-                if growing is not None:
-                    growing[k] += got
-                else:
-                    parts[k].append(got)
+                parts[k].append(got)
         if tail:
             self._send_raw(b"".join(tail))
-        if growing is not None:
-            return [bytes(g) for g in growing]
         return [p[0] if len(p) == 1 else b"".join(p) for p in parts]
 
     def _stream_reply(self, address: int, size: int, payload: bytes,

@@ -275,7 +275,7 @@ def test_remote_check_through_the_fake_stub(capsys, synthetic):
     elf, k = synthetic()
     with FakeGdbStub(StubConfig(image=bytes(k.mem), base=k.image_base, arch="arm")) as stub:
         status, out, err = run(capsys, "check", "--json", "--remote", stub.address, "--elf", str(elf))
-        assert status == 0, err
+        assert status == 0, (err, out[:3000])
         assert json.loads(out)["verdict"] == "ok"
         assert not any(p[:1] in (b"M", b"X", b"G", b"P", b"Z") for p in stub.received)
 

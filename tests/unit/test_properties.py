@@ -148,8 +148,9 @@ def test_whole_list_screens_agree_with_the_per_record_loops(layout, ops, seg_edi
 
 
 class _TrickleReader:
-    """A reader with ``read_many`` that hands over each range in pieces, calling ``progress``
-    between them as the remote client does while it waits (``cuts``: where the pieces end)."""
+    """A reader with ``read_many`` that hands over each range in pieces of any size, calling
+    ``progress`` between them as the remote client does while it waits (``cuts``: where the
+    pieces end)."""
 
     def __init__(self, reader, cuts, reverse=False):
         self.inner, self.cuts, self.calls, self.reverse = reader, cuts, 0, reverse
@@ -168,12 +169,14 @@ class _TrickleReader:
             except MemoryFault as fault:
                 out.append(fault)
                 continue
-            grown = bytearray()
+            chunks, have = [], 0
             for cut in sorted({c % (size + 1) for c in self.cuts}) + [size]:
-                grown += data[len(grown):cut]
+                if cut > have:
+                    chunks.append(data[have:cut])
+                    have = cut
                 if progress is not None:
                     self.calls += 1
-                    progress(address, grown)
+                    progress(address, chunks)
             out.append(data)
         return out[::-1] if self.reverse else out
 
