@@ -750,6 +750,7 @@ class _Prescreen:
         self.window = bytearray()
         self.window_base = 0
         self.chunks_seen = 0
+        self.done = False
 
     # Records a round of screens waits for: each round has a fixed cost of some tens of
     # microseconds, and the read calls progress a few hundred times.
@@ -758,8 +759,8 @@ class _Prescreen:
     def progress(self, address: int, chunks: List[bytes]) -> None:
         """The read's progress callback: ``chunks`` arrived so far of the range at ``address``."""
         walker = self.walker
-        if address > walker.hs:
-            return                               # another range than the heap's
+        if address > walker.hs or self.done:
+            return                               # another range than the heap's, or all done
         if not self.chunks_seen or address != self._range:
             self._range, self.window, self.window_base, self.chunks_seen = address, bytearray(), address, 0
         window = self.window
@@ -770,10 +771,17 @@ class _Prescreen:
         walker.advance(window, base)
         addresses = walker.addresses
         n = len(addresses)
-        if n - self.records >= self.BATCH or (walker.walk is not None and n > self.records):
+        if walker.walk is not None:
+            # The walk has ended: a last round, and what is left (the last segment's payload,
+            # the free tail on a healthy heap) is validate_poison's, from the whole heap.
+            if n > self.records:
+                self._round(window, base)
+            self.window, self.done = bytearray(), True
+            return
+        if n - self.records >= self.BATCH:
             self._round(window, base)
         # Drop what is behind both the walk and the first payload still to be screened.
-        keep = walker.addr if walker.walk is None else walker.he
+        keep = walker.addr
         if self.sound and self.poisoned and self.payloads < n:
             keep = min(keep, addresses[self.payloads])
         cut = min(keep - base, len(window))
