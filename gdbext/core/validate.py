@@ -749,6 +749,7 @@ class _Prescreen:
         # millisecond of copying and page faults.
         self.window = bytearray()
         self.window_base = 0
+        self.window_range: Optional[int] = None     # the address of the range it follows
         self.chunks_seen = 0
         self.done = False
 
@@ -761,8 +762,8 @@ class _Prescreen:
         walker = self.walker
         if address > walker.hs or self.done:
             return                               # another range than the heap's, or all done
-        if not self.chunks_seen or address != self._range:
-            self._range, self.window, self.window_base, self.chunks_seen = address, bytearray(), address, 0
+        if address != self.window_range:
+            self.window_range, self.window, self.window_base, self.chunks_seen = address, bytearray(), address, 0
         window = self.window
         for chunk in chunks[self.chunks_seen:]:
             window += chunk
