@@ -23,7 +23,7 @@ from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, 
                    HeapWalk, HeapWalker, walk_heap)
 from .layout import HEAP_ALIGN, PAGE_SIZE
 from .memory import MemoryFault
-from .pages import (KIND_ALLOCATED, KIND_BAD, KIND_FREE, KIND_HEAP, KIND_KERNEL, page_index, page_kind,
+from .pages import (KIND_ALLOCATED, KIND_BAD, KIND_FREE, KIND_HEAP, KIND_KERNEL, PageRange, page_index, page_kind,
                     read_free_list_head, read_pages, walk_free_list)
 from .program import Program
 from .text import escape_bytes, printable_ratio
@@ -577,13 +577,14 @@ def pages_checked(prog: Program, full: bool = False) -> int:
 
 
 def validate_pages(prog: Program, full: bool = False, pages: Any = None,
-                   free_list: Any = None) -> List[Finding]:
+                   free_list: Any = None, prescreened: bool = False) -> List[Finding]:
     """PAGE-FLAGS and PAGE-FREELIST over ``all_pages_array`` (page_t) and ``free_pages``.
 
     Default: the entries of the kernel image and page array, and of the heap (a few hundred
     to a few thousand entries), plus a sanity check of ``free_pages``' head, tail and size.
     ``full``: every entry, and a walk of the whole free list; ``pages`` (the whole array from
     :func:`read_pages`) and ``free_list`` (from :func:`walk_free_list`) reuse a caller's reads.
+    ``prescreened``: :func:`check` found every default entry sound while it arrived.
     """
     out: List[Finding] = []
     b = prog.bounds
@@ -594,7 +595,11 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None,
     fv = layout.flag_value
     kernel_end = b.start // PAGE_SIZE
     heap_end = -(-b.end // PAGE_SIZE)
-    rng = pages if full and pages is not None else read_pages(prog, 0, pages_checked(prog, full))
+    prescreened = prescreened and not full
+    if prescreened:
+        rng = PageRange(0, [], None)         # every entry was read whole and found sound
+    else:
+        rng = pages if full and pages is not None else read_pages(prog, 0, pages_checked(prog, full))
     if rng.fault is not None:
         out.append(Finding("PAGE-FLAGS", ERROR, rng.fault,
                            f"page array unreadable at {fmt(rng.fault)} (entry {len(rng.entries)})",
@@ -605,7 +610,7 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None,
     size = layout.size
     base = b.page_array
     free_indexes = []
-    sound = _kernel_and_heap_pages_sound(rng.entries, kernel_end, heap_end, fv)
+    sound = prescreened or _kernel_and_heap_pages_sound(rng.entries, kernel_end, heap_end, fv)
     for i, (vaddr, word, nxt, prv) in enumerate([] if sound else rng.entries):
         kind = page_kind(fv(word))
         want = KIND_KERNEL if i < kernel_end else KIND_HEAP if i < heap_end else None
@@ -735,9 +740,16 @@ class _Prescreen:
     It only ever reads the bytes the read hands it (the connection is busy with the stream).
     """
 
-    def __init__(self, prog: Program, walker: HeapWalker) -> None:
+    def __init__(self, prog: Program, walker: HeapWalker, page_range: Optional[Tuple[int, int]] = None) -> None:
         self.walker = walker
         self.poison = prog.poison_byte()
+        # The kernel's and heap's page_t entries, when they come as a range of their own
+        # before the heap: screened in the heap's first wait after they have all arrived.
+        self.page_range = page_range if page_range and page_range[0] + page_range[1] <= walker.hs else None
+        self.page_chunks: Optional[List[bytes]] = None
+        self.page_run = 0
+        self.pages_sound = False
+        self._page_facts = (prog.layouts.page, prog.bounds.start // PAGE_SIZE, -(-prog.bounds.end // PAGE_SIZE))
         self.columns: Tuple[List[int], ...] = ([], [], [], [])
         self.records = 0            # records [0, records) cleared of every validate_heap test
         self.sound = True
@@ -760,6 +772,10 @@ class _Prescreen:
     def progress(self, address: int, chunks: List[bytes]) -> None:
         """The read's progress callback: ``chunks`` arrived so far of the range at ``address``."""
         walker = self.walker
+        if self.page_range is not None and address <= self.page_range[0]:
+            self.page_chunks, self.page_run = chunks, address   # the stream's own list: it fills up
+        elif self.page_chunks is not None:
+            self._screen_pages()                 # the next range's first wait: all there
         if address > walker.hs or self.done:
             return                               # another range than the heap's, or all done
         if address != self.window_range:
@@ -789,6 +805,17 @@ class _Prescreen:
         if cut > 0 and cut >= len(window) // 2:
             del window[:cut]
             self.window_base = base + cut
+
+    def _screen_pages(self) -> None:
+        chunks, self.page_chunks = self.page_chunks, None
+        start, size = self.page_range            # type: ignore[misc]
+        offset = start - self.page_run
+        data = b"".join(chunks)[offset:offset + size]    # type: ignore[arg-type]
+        if len(data) != size:
+            return                               # not all there: validate_pages reads them
+        layout, kernel_end, heap_end = self._page_facts
+        self.pages_sound = _kernel_and_heap_pages_sound(list(layout.iter_unpack(data)), kernel_end,
+                                                        heap_end, layout.flag_value)
 
     def _round(self, window: bytearray, base: int) -> None:
         walker = self.walker
@@ -867,7 +894,7 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     if pages and b.page_array is not None:
         wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
     walker = HeapWalker(prog)
-    prescreen = _Prescreen(prog, walker)
+    prescreen = _Prescreen(prog, walker, wanted[1] if len(wanted) > 1 and not full else None)
     prog.memory.prefetch_ranges(wanted, progress=prescreen.progress)
     walk = walker.finish()
     prescreen.attach(walk)
@@ -885,5 +912,5 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
         if prog.bounds.page_array is None or not prog.bounds.num_pages:
             notes.append("page array unknown (no __end/num_pages): page checks skipped")
         else:
-            findings += validate_pages(prog, full)
+            findings += validate_pages(prog, full, prescreened=prescreen.pages_sound)
     return CheckReport(walk, findings, full, notes)

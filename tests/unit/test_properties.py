@@ -185,9 +185,11 @@ class _TrickleReader:
 @given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=2),
        st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=2),
        st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 512]),
-       st.booleans())
+       st.booleans(), st.sampled_from([None, 4096]),
+       st.lists(st.tuples(st.integers(0, 10 ** 6), PAGE_FIELD, st.integers(0, 7)), max_size=2))
 def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layout, ops, seg_edits, writes,
-                                                                          cuts, poison_off, batch, reverse):
+                                                                          cuts, poison_off, batch, reverse,
+                                                                          num_pages, page_edits):
     """check() walks and prescreens the heap in the read's progress calls: whatever the corruption
     and wherever the pieces end, its findings and walk are those of a check on a plain reader."""
     from unittest import mock
@@ -195,13 +197,16 @@ def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layou
     import gdbext.core.validate as V
     from gdbext.core.memory import BlockCache
 
-    k = SyntheticKernel(*layout, heap_size=16 * 1024, poison=-1 if poison_off else 0xA5)
+    # num_pages 4096: the page entries checked are a range of their own, before the heap.
+    k = SyntheticKernel(*layout, heap_size=16 * 1024, poison=-1 if poison_off else 0xA5, num_pages=num_pages)
     _random_ops(k, ops)
     segs = k.segments()
     for pick, name, delta in seg_edits:
         addr = segs[pick % len(segs)][0]
         value = abs(delta) % 3 if name == "is_allocated" else k.seg_field(addr, name) + delta
         k.set_seg(addr, **{name: value})
+    for pick, name, value in page_edits:
+        k.set_page(pick % (k.heap_end // 4096), **{name: value * (4096 if name == "vaddr" else 1)})
     for where, data in writes:                     # stray writes: free payloads lose their poison
         k.write(k.heap_start + where % (k.heap_size - len(data)), data)
     plain = check(k.program(block_size=4096))

@@ -524,8 +524,9 @@ def test_block_cache_prefetch_finds_the_readable_part_of_a_faulting_run():
         assert fault.value.address == BASE + 0x1800
 
 
-@pytest.mark.parametrize("corruption", ["none", "poison", "back link", "flag"])
-def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruption):
+@pytest.mark.parametrize("block_size", [4096, 65536])
+@pytest.mark.parametrize("corruption", ["none", "poison", "back link", "flag", "page flags", "page link"])
+def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruption, block_size):
     """The whole remote path (read_many, progress, the walk and prescreen in the waits) finds
     exactly what a check of the same memory finds without a link."""
     from unittest import mock
@@ -536,7 +537,8 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
     from gdbext.core.validate import check
     from heapbuilder import SyntheticKernel
 
-    k = SyntheticKernel(4, "<", heap_size=64 * 1024)
+    # The page entries checked are a range of their own, before the heap.
+    k = SyntheticKernel(4, "<", heap_size=64 * 1024, num_pages=16384)
     ptrs = [k.kmalloc(16 + 40 * (i % 7)) for i in range(300)]
     for p in ptrs[::3]:
         k.kfree(p)
@@ -548,10 +550,14 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
         k.set_seg(segs[200], prev=segs[10])
     elif corruption == "flag":
         k.set_seg(segs[150], is_allocated=7)
+    elif corruption == "page flags":
+        k.set_page(k.heap_start // 4096 + 3, flags=1)
+    elif corruption == "page link":
+        k.set_page(2, nextpage=k.page_addr(5000 % k.num_pages))
     plain = check(k.program(block_size=4096))
     with stub(image=bytes(k.mem), base=k.image_base) as s, connect(s, pipeline=8) as t, \
             mock.patch.object(V._Prescreen, "BATCH", 16):
-        remote = check(Program(k.elf_info(), BlockCache(t, 4096)))
+        remote = check(Program(k.elf_info(), BlockCache(t, block_size)))
     assert remote.findings == plain.findings
     assert remote.walk.records == plain.walk.records
     assert (corruption == "none") == (remote.findings == [])
@@ -559,3 +565,5 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
         # The walk and both screens went on in the waits (the stub is a thread: the client
         # waits for it many times during the read).
         assert remote.walk._prescreen.records > 0 and remote.walk._prescreen.payloads > 0
+        # (With 64 KiB blocks the page entries share a block with the globals, read before.)
+        assert remote.walk._prescreen.pages_sound == (block_size == 4096)
