@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from .memory import MemoryFault
 from .program import Program
 
-__all__ = ["Segment", "HeapWalk", "HeapWalker", "SegmentMatch", "walk_heap", "for_each_segment", "find_segment",
+__all__ = ["Segment", "HeapWalk", "HeapWalker", "SegmentMatch", "walk_heap", "extend_columns", "for_each_segment", "find_segment",
            "segment_state", "STOP_END", "STOP_FAULT", "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP",
            "STOP_BAD_HEAD"]
 
@@ -110,8 +110,9 @@ class HeapWalk:
         segment; built once, on first use, by ``map(itemgetter)``.
         """
         if self._columns is None:
-            self._columns = tuple(list(map(itemgetter(k), self.fields)) for k in range(4))
+            self._columns = extend_columns(([], [], [], []), self.fields)
         return self._columns  # type: ignore[return-value]
+
 
     @property
     def complete(self) -> bool:
@@ -139,6 +140,17 @@ class HeapWalk:
     def stop_json(self) -> Dict[str, object]:
         return {"reason": self.stop_reason, "address": self.stop_address, "from": self.stop_from,
                 "detail": self.stop_detail}
+
+
+def extend_columns(columns: Tuple[List[int], ...], fields: List[Tuple[int, int, int, int]]) -> Tuple[List[int], ...]:
+    """Append to ``columns`` (see :attr:`HeapWalk.columns`) the records of ``fields`` they do
+    not hold yet: a walk still under way grows them as it goes."""
+    done = len(columns[0])
+    if len(fields) > done:
+        new = fields[done:]
+        for k, column in enumerate(columns):
+            column.extend(map(itemgetter(k), new))
+    return columns
 
 
 def walk_heap(prog: Program, start: Optional[int] = None, max_steps: Optional[int] = None,

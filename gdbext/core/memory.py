@@ -263,9 +263,9 @@ class BlockCache:
         self.backend_reads += 1
         results = read_many([(start * bs, count * bs) for start, count in runs], progress=progress)
         for (start, count), data in zip(runs, results):
-            if isinstance(data, (bytes, bytearray)) and len(data) == count * bs:
+            if isinstance(data, bytes) and len(data) == count * bs:
                 self.backend_bytes += len(data)
-                self._store_run(start, count, bytes(data))
+                self._store_run(start, count, data)
             else:
                 self._fill_run(start, count)      # it faulted: find the readable part the slow way
 

@@ -20,7 +20,7 @@ from operator import add, and_, itemgetter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .heap import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP,
-                   HeapWalk, HeapWalker, walk_heap)
+                   HeapWalk, HeapWalker, extend_columns, walk_heap)
 from .layout import HEAP_ALIGN, PAGE_SIZE
 from .memory import MemoryFault
 from .pages import (KIND_ALLOCATED, KIND_BAD, KIND_FREE, KIND_HEAP, KIND_KERNEL, PageRange, page_index, page_kind,
@@ -821,7 +821,7 @@ class _Prescreen:
         walker = self.walker
         addresses = walker.addresses
         n = len(addresses)
-        self._extend_columns()
+        extend_columns(self.columns, self.walker.fields)
         if self.sound:
             self.sound = _records_sound(addresses, self.columns, self.records, n, walker.hdr, walker.he)
             self.records = n
@@ -835,16 +835,9 @@ class _Prescreen:
             self.poisoned = _all_poison(window, base, walker.hdr, self.poison, free)
             self.payloads = n - 1
 
-    def _extend_columns(self) -> None:
-        fields, done = self.walker.fields, len(self.columns[0])
-        if len(fields) > done:
-            new = fields[done:]
-            for k, column in enumerate(self.columns):
-                column.extend(map(itemgetter(k), new))
-
     def attach(self, walk: HeapWalk) -> None:
         """Hand what was done to the finished walk (its columns, what was cleared)."""
-        self._extend_columns()
+        extend_columns(self.columns, self.walker.fields)
         walk._columns = self.columns
         walk._prescreen = self
 

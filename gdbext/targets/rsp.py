@@ -562,7 +562,7 @@ class RemoteTarget:
         prefix = b""
         if self.pipeline > 1 and size > self.chunk_size:
             prefix = self._stream([(address, address + size)])[0]
-        return prefix + self._read_rest(address + len(prefix), address + size) if len(prefix) < size else prefix
+        return self._complete(address, size, prefix)
 
     def read_many(self, requests: List[Tuple[int, int]],
                   progress: Optional[Progress] = None) -> List[Union[bytes, MemoryFault]]:
@@ -591,19 +591,21 @@ class RemoteTarget:
                 except MemoryFault as fault:
                     out.append(fault)
                 continue
-            got = next(prefixes)
-            if len(got) < size:
-                try:
-                    got += self._read_rest(address + len(got), address + size)
-                except MemoryFault as fault:
-                    out.append(fault)
-                    continue
-            out.append(got)
+            try:
+                out.append(self._complete(address, size, next(prefixes)))
+            except MemoryFault as fault:
+                out.append(fault)
         return out
 
     def _check_open(self) -> None:
         if self._closed:
             raise TargetError(f"connection to {self._where()} is closed")
+
+    def _complete(self, address: int, size: int, prefix: bytes) -> bytes:
+        """``[address, address+size)`` from what a stream read of it (``prefix``) and the rest."""
+        if len(prefix) == size:
+            return prefix
+        return prefix + self._read_rest(address + len(prefix), address + size)
 
     def _read_rest(self, cur: int, end: int) -> bytes:
         """``[cur, end)`` after a stream stopped early (or a small read): the chunk that needs
