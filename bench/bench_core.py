@@ -20,8 +20,8 @@ import tracemalloc
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "unit"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gdbext.core.heap import walk_heap  # noqa: E402
-from gdbext.core.validate import check  # noqa: E402
+from gdbext.core.seglist import walk_heap  # noqa: E402
+from gdbext.core.check import check  # noqa: E402
 
 from heapbuilder import SyntheticKernel  # noqa: E402
 
@@ -82,7 +82,7 @@ def run(segments: int, pointer_size: int) -> None:
     t4 = time.perf_counter()
     report2 = check(prog2)
     t5 = time.perf_counter()
-    assert len(walk.records) == segments and report.findings == [] and report2.findings == [], \
+    assert len(walk) == segments and report.findings == [] and report2.findings == [], \
         [f.message for f in report2.findings][:3]
     walk_s, check_s = t4 - t3, t5 - t4
     print(f"{'arm' if pointer_size == 4 else 'aarch64':8} {segments:>9,} segments  heap {k.heap_size / 2**20:7.1f} MiB"

@@ -5,4 +5,5 @@ never imports a debugger, ``targets`` supplies bytes when no debugger is there, 
 are the thin gdb, lldb and command-line faces.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"      # the one version string (pyproject.toml reads it from here)
+SCHEMA_VERSION = 1         # the one JSON schema version of every report

@@ -1,9 +1,9 @@
-"""Struct layouts: where each field of the kernel's structs lives, from DWARF or by default.
+"""Struct layouts: where each field of a struct lives, read from DWARF or given by default.
 
 Layouts are plain data (byte offset, size, bit position) decoded with :mod:`struct`, so a
-typed debugger value is never needed. :func:`layouts_from_dwarf` reads them from the ELF's
-DWARF (pyelftools); :func:`default_layouts` gives the documented fallback for an ELF without
-DWARF (docs/kernel-interface.md, laid out the way GCC lays them out for the pointer size).
+typed debugger value is never needed. :class:`DwarfTypes` indexes the ELF's DWARF
+(pyelftools); the page array's, free-page list's and ``heap_stats``' documented defaults live
+here, the allocator family's header in its own package, and :mod:`.layouts` assembles them.
 
 Bit positions are kept in one normal form: ``data_bit_offset`` as DWARF 4/5 defines it (bits
 from the start of the struct, counted from the least significant bit of byte 0 on little-endian
@@ -18,25 +18,18 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
-    "Field", "StructLayout", "SegmentLayout", "PageLayout", "Layouts", "HEAP_ALIGN", "PAGE_SIZE",
-    "default_layouts", "layouts_from_dwarf", "DwarfTypes", "round_up",
+    "Field", "StructLayout", "PageLayout", "HEAP_ALIGN", "PAGE_SIZE", "DwarfTypes", "round_up",
+    "packed_struct", "bitfield", "default_page_struct", "default_page_list_struct", "default_stats_struct",
 ]
 
 HEAP_ALIGN = 16        # the kernel's HEAP_ALIGN: payloads and segment sizes are multiples of it
 PAGE_SIZE = 4096       # the kernel's page size; page i describes physical address i * 4096
 
-_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
-SEGMENT_NAMES = ("heap_segment_t", "heap_segment", "heapSegment", "heapSegment_t", "heap_segment_s")
 PAGE_NAMES = ("page_t", "page")
 PAGE_LIST_NAMES = ("page_list_t", "page_list")
 STATS_NAMES = ("heap_stats_t", "heap_stats")
-SEGMENT_FIELD_ALIASES = {
-    "next": ("next",),
-    "prev": ("prev",),
-    "is_allocated": ("is_allocated", "isAllocated", "allocated"),
-    "segment_size": ("segment_size", "segmentSize", "size"),
-}
 
 
 def round_up(value: int, align: int) -> int:
@@ -143,7 +136,7 @@ class StructLayout:
         return {"name": self.name, "size": self.size, "source": self.source, "fields": fields}
 
 
-def _packed(endian: str, fields: Sequence[Field], total: int) -> Tuple[struct.Struct, Tuple[int, ...]]:
+def packed_struct(endian: str, fields: Sequence[Field], total: int) -> Tuple[struct.Struct, Tuple[int, ...]]:
     """A Struct that unpacks ``fields`` (byte-aligned, 1/2/4/8 bytes) and the order to reorder them.
 
     Returns the Struct (fields in offset order, padding skipped) and for each requested field
@@ -153,64 +146,17 @@ def _packed(endian: str, fields: Sequence[Field], total: int) -> Tuple[struct.St
     fmt, pos = [endian], 0
     for i in order:
         f = fields[i]
-        if f.offset < pos or f.size not in _INT_CODES:
+        if f.offset < pos or f.size not in INT_CODES:
             raise ValueError(f"cannot pack field {f.name}")
         if f.offset > pos:
             fmt.append(f"{f.offset - pos}x")
-        code = _INT_CODES[f.size]
+        code = INT_CODES[f.size]
         fmt.append(code.lower() if f.signed else code)
         pos = f.offset + f.size
     if total > pos:
         fmt.append(f"{total - pos}x")
     index = tuple(order.index(i) for i in range(len(fields)))
     return struct.Struct("".join(fmt)), index
-
-
-class SegmentLayout:
-    """``heap_segment_t``: the four fields kheap needs, and a fast decoder for the walk.
-
-    ``unpack_from(buffer, offset)`` returns ``(next, prev, is_allocated, segment_size)``; with
-    the usual field order it is ``struct.Struct.unpack_from`` itself (no Python call per field).
-    """
-
-    def __init__(self, struct_layout: StructLayout) -> None:
-        self.struct = struct_layout
-        self.fields: Dict[str, Field] = {}
-        for canon, aliases in SEGMENT_FIELD_ALIASES.items():
-            for alias in aliases:
-                f = struct_layout.field(alias)
-                if f is not None and not f.is_bitfield:
-                    self.fields[canon] = f
-                    break
-            else:
-                raise ValueError(f"{struct_layout.name} has no field {canon}")
-        self.header_size = struct_layout.size
-        self.extra_fields = tuple(f for f in struct_layout.fields
-                                  if f not in self.fields.values() and f.size <= 8)
-        four = [self.fields[n] for n in ("next", "prev", "is_allocated", "segment_size")]
-        packer, index = _packed(struct_layout.endian, four, 0)
-        self._struct = packer
-        self.decode_size = packer.size
-        if index == (0, 1, 2, 3):
-            self.unpack_from: Callable[..., Tuple[int, int, int, int]] = packer.unpack_from
-        else:
-            raw = packer.unpack_from
-
-            def unpack_from(buf: Any, offset: int = 0) -> Tuple[int, int, int, int]:
-                t = raw(buf, offset)
-                return (t[index[0]], t[index[1]], t[index[2]], t[index[3]])
-            self.unpack_from = unpack_from
-        self.iter_unpack_ok = index == (0, 1, 2, 3)
-
-    @property
-    def source(self) -> str:
-        return self.struct.source
-
-    def decode_extra(self, data: bytes, base: int = 0) -> Dict[str, int]:
-        """Fields beyond the four known ones (a kernel variant may add a magic or a tag)."""
-        if not self.extra_fields:
-            return {}
-        return self.struct.decode(data, base, [f.name for f in self.extra_fields])
 
 
 class PageLayout:
@@ -234,7 +180,7 @@ class PageLayout:
         if self.vaddr is None or self.nextpage is None or self.prevpage is None:
             raise ValueError(f"{sl.name} lacks vaddr_mapped/nextpage/prevpage")
         flags = get("flags")
-        if flags is None or flags.size not in _INT_CODES:
+        if flags is None or flags.size not in INT_CODES:
             raise ValueError(f"{sl.name} has no flags storage")
         self.flags = flags
         self.flag_bits: Dict[str, Tuple[int, int]] = {}   # name -> (shift in flags word, width)
@@ -260,7 +206,7 @@ class PageLayout:
         self.KERNEL_PAGE = 1 << self.flag_bits["kernel_page"][0]
         self.KERNEL_HEAP_PAGE = 1 << self.flag_bits["kernel_heap_page"][0]
         flags_as_int = Field("flags", flags.offset, flags.size)
-        packer, index = _packed(sl.endian, [self.vaddr, flags_as_int, self.nextpage, self.prevpage], sl.size)
+        packer, index = packed_struct(sl.endian, [self.vaddr, flags_as_int, self.nextpage, self.prevpage], sl.size)
         self._struct = packer
         if index == tuple(range(4)):
             self.unpack_from: Callable[..., Tuple[int, int, int, int]] = packer.unpack_from
@@ -292,43 +238,7 @@ class PageLayout:
                 | (word & self.KERNEL_HEAP_PAGE and 4 or 0))
 
 
-EXTRA_STRUCT_NAMES = ("panic_info",)
-
-
-@dataclass
-class Layouts:
-    """Every layout kheap uses, plus where they came from."""
-
-    segment: SegmentLayout
-    page: PageLayout
-    page_list: StructLayout
-    stats: StructLayout
-    pointer_size: int
-    endian: str
-    notes: List[str] = dc_field(default_factory=list)
-    # Other structs kheap reads when the kernel has them (e.g. ``panic_info`` for triage),
-    # by struct name; absent from the dict when DWARF does not describe them.
-    extra: Dict[str, StructLayout] = dc_field(default_factory=dict)
-
-    @property
-    def source(self) -> str:
-        sources = {self.segment.source, self.page.source, self.page_list.source, self.stats.source}
-        return sources.pop() if len(sources) == 1 else "mixed"
-
-
 # -- default layouts (no DWARF) -----------------------------------------------------------------
-
-def default_segment_struct(pointer_size: int, endian: str) -> StructLayout:
-    """``heap_segment_t`` as GCC lays it out: next@0, prev@P, is_allocated@2P, segment_size@2P+4."""
-    p = pointer_size
-    ptype = "struct heap_segment *"
-    return StructLayout("heap_segment_t", round_up(2 * p + 8, HEAP_ALIGN), (
-        Field("next", 0, p, ptype, is_pointer=True),
-        Field("prev", p, p, ptype, is_pointer=True),
-        Field("is_allocated", 2 * p, 4, "uint32_t"),
-        Field("segment_size", 2 * p + 4, 4, "uint32_t"),
-    ), endian, "default")
-
 
 def default_page_struct(pointer_size: int, endian: str) -> StructLayout:
     """``page_t``: vaddr_mapped@0, flags (u32 bit-fields)@P, nextpage, prevpage pointer-aligned."""
@@ -365,17 +275,6 @@ def default_stats_struct(pointer_size: int, endian: str) -> StructLayout:
         fields.append(Field(name, off, p, "uintptr_t"))
         off += p
     return StructLayout("heap_stats_t", round_up(off, p), tuple(fields), endian, "default")
-
-
-def default_layouts(pointer_size: int, endian: str) -> Layouts:
-    """The documented layouts for an ELF without DWARF."""
-    return Layouts(
-        SegmentLayout(default_segment_struct(pointer_size, endian)),
-        PageLayout(default_page_struct(pointer_size, endian)),
-        default_page_list_struct(pointer_size, endian),
-        default_stats_struct(pointer_size, endian),
-        pointer_size, endian,
-    )
 
 
 # -- DWARF -------------------------------------------------------------------------------------
@@ -600,38 +499,3 @@ class DwarfTypes:
             return None
         t = self.type_of(die)
         return self.type_name(t), self.size_of(t)
-
-
-def layouts_from_dwarf(types: Optional[DwarfTypes], pointer_size: int, endian: str) -> Layouts:
-    """Layouts from DWARF where present; each missing one falls back to its default with a note."""
-    defaults = default_layouts(pointer_size, endian)
-    notes: List[str] = []
-    if types is None:
-        defaults.notes.append("no DWARF in the ELF: using the default layouts for "
-                              f"{pointer_size * 8}-bit pointers (docs/kernel-interface.md)")
-        return defaults
-
-    def pick(names: Sequence[str], what: str, make: Callable[[StructLayout], Any], fallback: Any) -> Any:
-        found = types.find_struct(names)
-        if found is None:
-            notes.append(f"no {what} type in DWARF (looked for {', '.join(names)}): using the default layout")
-            return fallback
-        try:
-            return make(types.struct_layout(found[0], found[1]))
-        except (ValueError, KeyError) as exc:
-            notes.append(f"DWARF {found[0]} not usable ({exc}): using the default layout")
-            return fallback
-
-    segment = pick(SEGMENT_NAMES, "heap segment", SegmentLayout, defaults.segment)
-    page = pick(PAGE_NAMES, "page", PageLayout, defaults.page)
-    page_list = pick(PAGE_LIST_NAMES, "page list", lambda s: s, defaults.page_list)
-    stats = pick(STATS_NAMES, "heap statistics", lambda s: s, defaults.stats)
-    extra: Dict[str, StructLayout] = {}
-    for name in EXTRA_STRUCT_NAMES:
-        found = types.find_struct((name,))
-        if found is not None:
-            try:
-                extra[name] = types.struct_layout(found[0], found[1])
-            except (ValueError, KeyError):
-                pass     # unusable: the reader of that struct falls back to its own default
-    return Layouts(segment, page, page_list, stats, pointer_size, endian, notes, extra)

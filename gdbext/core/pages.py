@@ -1,4 +1,5 @@
-"""The page array (``page_t all_pages_array[num_pages]``) and the free-page list (``free_pages``).
+"""The page array (``page_t all_pages_array[num_pages]``) and the free-page list (``free_pages``):
+their walkers and, beside them, their validator (:func:`validate_pages`).
 
 The array is large (about 245k entries on the real kernel: 3.75 MiB on ARMv7, 7.5 MiB on
 AArch64), so it is read in bulk through the cache and decoded with ``struct.iter_unpack``;
@@ -9,15 +10,18 @@ live target pays about one packet per 2 KiB.
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
-from typing import Dict, Iterator, List, Optional, Tuple
+from itertools import compress, count
+from operator import ne, or_
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from .findings import ERROR, Finding, register_code
 from .layout import PAGE_SIZE
 from .memory import MemoryFault
 from .program import Program
 
 __all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "read_pages", "for_each_page",
            "walk_free_list", "page_summary", "page_kind", "expected_kind", "read_free_list_head",
-           "KIND_KERNEL", "KIND_HEAP", "KIND_FREE", "KIND_ALLOCATED", "KIND_BAD"]
+           "KIND_KERNEL", "KIND_HEAP", "KIND_FREE", "KIND_ALLOCATED", "KIND_BAD", "validate_pages", "pages_checked"]
 
 KIND_KERNEL = "kernel"        # allocated | kernel_page: the image and the page array
 KIND_HEAP = "heap"            # allocated | kernel_heap_page: the kmalloc heap
@@ -225,3 +229,190 @@ def page_summary(prog: Program, walk_list: bool = True, pages: Optional[PageRang
     return PageSummary(prog.bounds.num_pages or 0, counts, len(rng.entries),
                        (free_list if free_list is not None else walk_free_list(prog))
                        if walk_list else None, rng.fault)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+PAGE_FLAGS = register_code("PAGE-FLAGS", "a page's flags (or identity) differ from the layout")
+PAGE_FREELIST = register_code("PAGE-FREELIST", "free_pages holds a non-free page, has a cycle, or its count is wrong")
+
+MAX_PAGE_FINDINGS = 16        # per kind of page problem: a wiped array must not give 245k lines
+
+_KIND_FLAGS = {KIND_KERNEL: "allocated|kernel_page", KIND_HEAP: "allocated|kernel_heap_page",
+               KIND_FREE: "0", KIND_ALLOCATED: "allocated"}
+
+
+def _flag_text(prog: Program, word: int) -> str:
+    names = prog.layouts.page.flag_names(word)
+    return "|".join(names) if names else "0"
+
+
+def pages_checked(prog: Program, full: bool = False) -> int:
+    """How many ``page_t`` entries from index 0 :func:`validate_pages` reads: every one with
+    ``full``, else the kernel's and the heap's."""
+    b = prog.bounds
+    if not b.num_pages:
+        return 0
+    return b.num_pages if full else min(b.num_pages, -(-b.end // PAGE_SIZE))
+
+
+def _capped(findings: List[Finding], more: int, what: str, code: str) -> List[Finding]:
+    out = findings[:MAX_PAGE_FINDINGS]
+    rest = len(findings) - len(out) + more
+    if rest:
+        out.append(Finding(code, ERROR, None, f"... and {rest} more {what}", {"more": rest}))
+    return out
+
+
+def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_list: Any = None) -> List[Finding]:
+    """PAGE-FLAGS and PAGE-FREELIST over ``all_pages_array`` (page_t) and ``free_pages``.
+
+    The rule for entry ``i``: the kernel image's pages are allocated|kernel_page, the heap's
+    allocated|kernel_heap_page, any other page free or allocated; ``vaddr_mapped`` is the
+    identity (``i * 4096``); only a free page past the heap may carry free-list links. It is
+    stated once, over whole columns of the array (each distinct flags word is decoded once,
+    the identity and the links compared list against list), so the few thousand entries of
+    a default check cost a fraction of a millisecond.
+
+    Default: the entries of the kernel image and page array, and of the heap, plus a sanity
+    check of ``free_pages``' head, tail and size. ``full``: every entry, and a walk of the whole
+    free list; ``pages`` (the whole array from :func:`read_pages`) and ``free_list`` (from
+    :func:`walk_free_list`) reuse a caller's reads.
+    """
+    out: List[Finding] = []
+    b = prog.bounds
+    if b.page_array is None or not b.num_pages:
+        return out
+    fmt = prog.fmt
+    layout = prog.layouts.page
+    fv = layout.flag_value
+    kernel_end = b.start // PAGE_SIZE
+    heap_end = -(-b.end // PAGE_SIZE)
+    rng = pages if full and pages is not None else read_pages(prog, 0, pages_checked(prog, full))
+    if rng.fault is not None:
+        out.append(Finding(PAGE_FLAGS, ERROR, rng.fault,
+                           f"page array unreadable at {fmt(rng.fault)} (entry {len(rng.entries)})",
+                           {"fault_address": rng.fault, "entries_read": len(rng.entries)}))
+    entries = rng.entries
+    n = len(entries)
+    vaddrs, words, nexts, prevs = ([e[k] for e in entries] for k in range(4)) if entries else ([], [], [], [])
+    kind_of = {w: page_kind(fv(w)) for w in set(words)}
+
+    def want(i: int) -> Optional[str]:
+        return KIND_KERNEL if i < kernel_end else KIND_HEAP if i < heap_end else None
+
+    def bad_kind_in(i: int, word: int) -> bool:
+        """Whether flags ``word`` are wrong for page ``i``."""
+        w = want(i)
+        kind = kind_of[word]
+        return kind != w if w is not None else kind not in (KIND_FREE, KIND_ALLOCATED)
+
+    suspects = set(compress(count(), map(ne, vaddrs, range(0, n * PAGE_SIZE, PAGE_SIZE))))
+    for lo, hi in ((0, kernel_end), (kernel_end, heap_end), (heap_end, n)):
+        lo, hi = min(lo, n), min(hi, n)
+        region = words[lo:hi]
+        bad_words = {w for w in set(region) if bad_kind_in(lo, w)}
+        if bad_words:
+            suspects.update(i for i, w in enumerate(region, lo) if w in bad_words)
+    flag_findings: List[Finding] = []
+    for i in sorted(suspects):
+        vaddr, word = vaddrs[i], words[i]
+        w = want(i)
+        entry = b.page_array + i * layout.size
+        if bad_kind_in(i, word):
+            expect = _KIND_FLAGS[w] if w else "0 or allocated"
+            msg = f"page {i} ({fmt(i * PAGE_SIZE)}) has flags {_flag_text(prog, word)}, expected {expect}"
+        else:
+            msg = f"page {i} has vaddr_mapped {fmt(vaddr)}, expected {fmt(i * PAGE_SIZE)}"
+        flag_findings.append(Finding(PAGE_FLAGS, ERROR, entry, msg,
+                                     {"index": i, "entry": entry, "vaddr_mapped": vaddr, "flags": fv(word),
+                                      "expected": w or "free|allocated"}))
+    link_findings: List[Finding] = []
+    for i in compress(count(), map(or_, nexts, prevs)):
+        w = want(i)
+        if w is None and kind_of[words[i]] != KIND_ALLOCATED:
+            continue                 # a free page's links are the free list's; impossible flags are PAGE-FLAGS'
+        entry = b.page_array + i * layout.size
+        what = f"a {w} page" if w else "in use (handed out by alloc_page)"
+        link_findings.append(Finding(PAGE_FREELIST, ERROR, entry,
+                                     f"page {i} is {what} but has free-list links "
+                                     f"next={fmt(nexts[i])} prev={fmt(prevs[i])}",
+                                     {"index": i, "entry": entry, "nextpage": nexts[i], "prevpage": prevs[i]}))
+    out += _capped(flag_findings, 0, "pages with wrong flags", PAGE_FLAGS)
+    out += _capped(link_findings, 0, "in-use pages with links", PAGE_FREELIST)
+
+    hts = read_free_list_head(prog)
+    if hts is None:
+        return out
+    head, tail, lsize = hts
+    fl_addr = prog.elf.address_of("free_pages")
+    vals = {"head": head, "tail": tail, "size": lsize}
+    for name, value in (("head", head), ("tail", tail)):
+        if not value:
+            continue
+        idx = page_index(prog, value)
+        if idx is None:
+            out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                               f"free_pages.{name} = {fmt(value)} is not an entry of the page array", vals))
+        elif idx < heap_end:
+            out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                               f"free_pages.{name} is page {idx}, a {'kernel' if idx < kernel_end else 'heap'} page",
+                               dict(vals, index=idx)))
+    if (head == 0) != (tail == 0) or (head == 0 and lsize != 0):
+        out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                           f"free_pages is inconsistent: head={fmt(head)} tail={fmt(tail)} size={lsize}", vals))
+    can_be_free = b.num_pages - min(heap_end, b.num_pages)
+    if lsize > can_be_free:
+        out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                           f"free_pages.size = {lsize} but only {can_be_free} pages can be free", vals))
+    if full:
+        free_pages = {i for i in range(heap_end, n) if kind_of[words[i]] == KIND_FREE}
+        out += _validate_free_list(prog, free_pages, vals, fl_addr, words, kind_of, free_list)
+    return out
+
+
+def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl_addr: Optional[int],
+                        words: List[int], kind_of: Dict[int, str], walk: Any = None) -> List[Finding]:
+    out: List[Finding] = []
+    fmt = prog.fmt
+    if walk is None:
+        walk = walk_free_list(prog)
+    entry_size = prog.layouts.page.size
+    base = prog.bounds.page_array
+    if walk.stop_reason == "cycle":
+        out.append(Finding(PAGE_FREELIST, ERROR, walk.stop_address,
+                           f"free_pages has a cycle: it returns to {fmt(walk.stop_address)} after "
+                           f"{len(walk.indexes)} pages", dict(vals, walked=len(walk.indexes))))
+    elif walk.stop_reason in ("not-a-page", "fault", "bound"):
+        out.append(Finding(PAGE_FREELIST, ERROR, walk.stop_address,
+                           f"free_pages walk stopped ({walk.stop_reason}) at {fmt(walk.stop_address)}",
+                           dict(vals, walked=len(walk.indexes))))
+    bad = 0
+    for idx in walk.indexes:
+        if idx < len(words) and kind_of[words[idx]] not in (KIND_FREE, KIND_BAD):   # bad: PAGE-FLAGS says it
+            bad += 1
+            if bad <= MAX_PAGE_FINDINGS:
+                out.append(Finding(PAGE_FREELIST, ERROR, base + idx * entry_size,
+                                   f"free_pages holds page {idx}, which is not free ({_flag_text(prog, words[idx])})",
+                                   {"index": idx, "flags": prog.layouts.page.flag_value(words[idx])}))
+    if walk.stop_reason == "end":
+        if len(walk.indexes) != walk.size:
+            out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                               f"free_pages.size = {walk.size} but the list holds {len(walk.indexes)} pages",
+                               dict(vals, walked=len(walk.indexes))))
+        last = walk.indexes[-1] if walk.indexes else None
+        if last is not None and page_index(prog, walk.tail) != last:
+            out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
+                               f"free_pages.tail = {fmt(walk.tail)} is not the last page of the list", vals))
+        missing = free_pages - set(walk.indexes)
+        if missing:
+            first = min(missing)
+            out.append(Finding(PAGE_FREELIST, ERROR, base + first * entry_size,
+                               f"{len(missing)} free pages are not on free_pages (first: page {first})",
+                               {"missing": len(missing), "first": first}))
+    if walk.bad_prev:
+        idx = walk.bad_prev[0]
+        out.append(Finding(PAGE_FREELIST, ERROR, base + idx * entry_size,
+                           f"{len(walk.bad_prev)} free-list pages have a wrong prevpage (first: page {idx})",
+                           {"count": len(walk.bad_prev), "first": idx}))
+    return out

@@ -12,9 +12,11 @@ import os
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Optional, Union
 
+from .families import allocator_for
 from .layout import PAGE_SIZE, round_up
 from .memory import BlockCache, MemoryFault, Reader
 from .symbols import ElfInfo, load_elf_info
+from .text import format_address
 
 __all__ = ["Overrides", "HeapBounds", "Program", "ProgramError", "DEFAULT_HEAP_SIZE", "load_elf_info"]
 
@@ -57,10 +59,6 @@ class HeapBounds:
         return self.start + self.size
 
 
-def _hex(value: int, width: int) -> str:
-    return f"0x{value:0{width * 2}x}"
-
-
 class Program:
     """Memory reader (behind a block cache) + :class:`ElfInfo` + heap bounds + notes."""
 
@@ -78,6 +76,7 @@ class Program:
         self._bound_notes: List[str] = []
         self._poison: Any = ()    # () = not computed yet
         self._heap_bytes: Optional[bytes] = None
+        self._allocator: Any = None
 
     @classmethod
     def open(cls, elf_path: "Union[str, os.PathLike[str]]", reader: Reader,
@@ -95,9 +94,6 @@ class Program:
 
     def read_pointer(self, address: int) -> int:
         return self.read_int(address, self.pointer_size)
-
-    def read_u32(self, address: int) -> int:
-        return self.read_int(address, 4)
 
     def read_global(self, name: str, size: Optional[int] = None, signed: bool = False) -> Optional[int]:
         """A global integer/pointer by symbol name; None if no symbol. Raises MemoryFault."""
@@ -119,8 +115,8 @@ class Program:
         return value
 
     def fmt(self, address: Optional[int]) -> str:
-        """An address as the kernel prints it: 0x + hex padded to the pointer width."""
-        return "NULL" if address is None else _hex(address, self.pointer_size)
+        """An address as the kernel prints it (:func:`~gdbext.core.text.format_address`)."""
+        return format_address(address, self.pointer_size, missing="NULL")
 
     # -- bounds --------------------------------------------------------------------------------
     @property
@@ -148,6 +144,13 @@ class Program:
     @property
     def header_size(self) -> int:
         return self.layouts.segment.header_size
+
+    @property
+    def allocator(self) -> Any:
+        """The allocator family of this kernel (:mod:`gdbext.core.families`), chosen once."""
+        if self._allocator is None:
+            self._allocator = allocator_for(self)
+        return self._allocator
 
     @property
     def notes(self) -> List[str]:

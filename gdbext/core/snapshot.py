@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .heap import HeapWalk, segment_state, walk_heap
+from .. import SCHEMA_VERSION
 from .program import Program
 
 __all__ = ["Snapshot", "SnapshotDiff", "SnapshotError", "take_snapshot", "diff_snapshots", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
 
 # (address, segment_size, state)
 Entry = Tuple[int, int, str]
@@ -67,12 +66,14 @@ class Snapshot:
             raise SnapshotError(f"malformed kheap snapshot: {exc}") from exc
 
 
-def take_snapshot(prog: Program, walk: Optional[HeapWalk] = None, tag: str = "") -> Snapshot:
+def take_snapshot(prog: Program, walk: Any = None, tag: str = "") -> Snapshot:
     """Capture the walk of ``prog`` (a :class:`Program`) as a :class:`Snapshot`."""
+    allocator = prog.allocator
     if walk is None:
-        walk = walk_heap(prog)
-    return Snapshot([(a, s, segment_state(f)) for a, _, _, f, s in walk.records], prog.heap_start,
-                    prog.heap_size, prog.pointer_size, walk.stop_reason, tag, prog.read_kernel_stats())
+        walk = allocator.walk(prog)
+    return Snapshot([(b.address, b.size, b.state) for b in allocator.blocks(walk, prog.heap_end)],
+                    prog.heap_start, prog.heap_size, prog.pointer_size, walk.stop_reason, tag,
+                    prog.read_kernel_stats())
 
 
 @dataclass

@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Optional
 
-from .heap import HeapWalk, walk_heap
+from .allocator import size_bucket
 from .program import Program
 
 __all__ = ["HeapStats", "Bucket", "heap_stats", "size_bucket"]
-
-
-def size_bucket(size: int) -> int:
-    """The power-of-two bucket of a size: k such that 2**k <= size < 2**(k+1) (0 for size 0)."""
-    return max(size.bit_length() - 1, 0)
 
 
 @dataclass(frozen=True)
@@ -61,46 +56,28 @@ class HeapStats:
                 "comparison": [dict(c) for c in self.comparison]}
 
 
-def heap_stats(prog: Program, walk: Optional[HeapWalk] = None) -> HeapStats:
+def heap_stats(prog: Program, walk: Any = None) -> HeapStats:
     """Used/free totals, largest free block, fragmentation, a power-of-two size histogram, and
     ``heap_stats`` (heap_stats_t) read from memory, compared where the two should agree.
 
-    ``prog``: the :class:`Program`; ``walk``: a walk of it (walked if None).
+    ``prog``: the :class:`Program`; ``walk``: a walk of it by its allocator (walked if None).
     """
+    allocator = prog.allocator
     if walk is None:
-        walk = walk_heap(prog)
-    used_n = used_b = free_n = free_b = bad_n = bad_b = largest = 0
-    buckets: Dict[int, List[int]] = {}
-    for _, _, f, s in walk.fields:
-        if f == 0 or f == 1:
-            k = size_bucket(s)
-            b = buckets.get(k)
-            if b is None:
-                b = buckets[k] = [0, 0]
-        if f == 1:
-            used_n += 1
-            used_b += s
-            b[0] += 1
-        elif f == 0:
-            free_n += 1
-            free_b += s
-            b[1] += 1
-            if s > largest:
-                largest = s
-        else:
-            bad_n += 1
-            bad_b += s
-    frag = 1.0 - largest / free_b if free_b else 0.0
-    hist = [Bucket(1 << k if k else 0, (1 << (k + 1)) - 1, u, fr) for k, (u, fr) in sorted(buckets.items())]
+        walk = allocator.walk(prog)
+    fig = allocator.figures(walk)
+    frag = 1.0 - fig.largest_free / fig.free_bytes if fig.free_bytes else 0.0
+    hist = [Bucket(1 << k if k else 0, (1 << (k + 1)) - 1, u, fr) for k, (u, fr) in sorted(fig.buckets.items())]
     kernel = prog.read_kernel_stats()
     comparison: List[Dict[str, Any]] = []
     if kernel is not None:
         if "allocations" in kernel and "frees" in kernel:
             live = (kernel["allocations"] - kernel["frees"]) & 0xFFFFFFFF
-            comparison.append({"name": "live allocations", "kernel": live, "walk": used_n,
-                               "agree": live == used_n})
+            comparison.append({"name": "live allocations", "kernel": live, "walk": fig.used_count,
+                               "agree": live == fig.used_count})
         if "current_usage" in kernel:
-            comparison.append({"name": "bytes in use", "kernel": kernel["current_usage"], "walk": used_b,
-                               "agree": kernel["current_usage"] == used_b})
-    return HeapStats(prog.heap_size, len(walk.addresses), used_n, used_b, free_n, free_b, bad_n, bad_b,
-                     largest, frag, hist, walk.complete, walk.stop_reason, kernel, comparison)
+            comparison.append({"name": "bytes in use", "kernel": kernel["current_usage"], "walk": fig.used_bytes,
+                               "agree": kernel["current_usage"] == fig.used_bytes})
+    return HeapStats(prog.heap_size, fig.blocks, fig.used_count, fig.used_bytes, fig.free_count, fig.free_bytes,
+                     fig.bad_count, fig.bad_bytes, fig.largest_free, frag, hist, fig.complete, fig.stop_reason,
+                     kernel, comparison)

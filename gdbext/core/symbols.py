@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field as dc_field
 from typing import Dict, List, Optional, Tuple
 
-from .layout import DwarfTypes, Layouts, default_layouts, layouts_from_dwarf
+from .layout import DwarfTypes
+from .layouts import Layouts, default_layouts, layouts_from_dwarf
 
 __all__ = ["Symbol", "Section", "ElfInfo", "ElfError", "load_elf_info", "make_elf_info", "clear_elf_cache"]
 

@@ -6,7 +6,9 @@ raw, they would drive the user's terminal. Everything shown goes through these h
 
 from __future__ import annotations
 
-__all__ = ["escape_bytes", "escape_text", "printable_ratio"]
+from typing import Optional
+
+__all__ = ["escape_bytes", "escape_text", "printable_ratio", "format_address"]
 
 _ESC = {0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x00: "\\0"}
 _TABLE = [(_ESC.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")) for b in range(256)]
@@ -35,3 +37,16 @@ def printable_ratio(data: bytes) -> float:
         return 0.0
     good = sum(1 for b in data if 0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D))
     return good / len(data)
+
+
+def format_address(value: Optional[int], pointer_size: int, missing: str = "-", null: Optional[str] = None) -> str:
+    """An address as the kernel prints it: 0x + hex padded to the pointer width.
+
+    ``missing`` stands for None (no address); ``null``, when given, for 0 (tables write NULL
+    links that way). The one address formatter of kheap: messages, text reports and faces.
+    """
+    if value is None:
+        return missing
+    if value == 0 and null is not None:
+        return null
+    return f"0x{value:0{pointer_size * 2}x}"

@@ -12,14 +12,10 @@ import re
 
 from typing import Any, Dict, List, Optional
 
-from .heap import find_segment
-from .layout import StructLayout, Field
+from .check import CheckReport
+from .layout import Field, StructLayout
 from .memory import MemoryFault
 from .program import Program
-from .render import SCHEMA_VERSION, check_report, render_text, stats_report
-from .stats import heap_stats
-from .text import escape_text
-from .validate import CheckReport, check
 
 
 
@@ -72,17 +68,13 @@ def read_panic_info(prog: Program) -> Optional[Dict[str, Any]]:
 
 
 def fault_origin(prog: Program, report: CheckReport, fault: int) -> Dict[str, Any]:
-    """Which segment the fault address belongs to, or whose link it came from."""
-    match = find_segment(prog, fault)
+    """Which block the fault address belongs to, or whose link it came from."""
+    allocator = prog.allocator
+    match = allocator.find(prog, fault)
     if match is not None:
         return {"kind": "inside", "segment": match.segment.address, "state": match.segment.state,
                 "offset": fault - match.segment.address, "match": match.to_json()}
-    header = prog.header_size
-    links: List[Dict[str, Any]] = []
-    for a, nxt, prev, _, _ in report.walk.records:
-        for name, value in (("next", nxt), ("prev", prev)):
-            if value and value <= fault < value + header:
-                links.append({"segment": a, "field": name, "value": value, "offset": fault - value})
+    links = allocator.links_into(report.walk, fault, prog.header_size)
     if links:
         return {"kind": "link", "links": links, "segment": links[0]["segment"]}
     try:
@@ -90,71 +82,3 @@ def fault_origin(prog: Program, report: CheckReport, fault: int) -> Dict[str, An
     except Exception:  # noqa: BLE001 - bounds unknown
         inside = False
     return {"kind": "heap-gap" if inside else "unrelated", "segment": None}
-
-
-def triage_report(prog: Program, stop: Dict[str, Any], full: bool = False) -> Dict[str, Any]:
-    """The ``triage`` report: ``stop`` is the face's StopPlace as a dict."""
-    result = check(prog, full=full)
-    panic = read_panic_info(prog)
-    fault = None
-    if panic and panic.get("reason"):
-        fault = panic.get("fault_address")
-    report: Dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "report": "triage", "pointer_size": prog.pointer_size,
-        "stop": dict(stop, registers=core_registers(stop.get("registers") or {})), "panic": panic, "fault_address": fault,
-        "fault_origin": fault_origin(prog, result, fault) if fault is not None else None,
-        "check": check_report(prog, result), "stats": stats_report(prog, heap_stats(prog, result.walk)),
-    }
-    report["verdict"] = ("panic" if fault is not None else "ok") if result.verdict == "ok" \
-        else result.verdict
-    if fault is not None:
-        report["verdict"] = f"panic, heap {result.verdict}"
-    return report
-
-
-def triage_text(report: Dict[str, Any], color: bool = False) -> str:
-    """Text for a triage report: the crash first, then the check and the stats."""
-    width = int(report.get("pointer_size") or 4) * 2
-
-    def addr(value: Optional[int]) -> str:
-        return "-" if value is None else f"0x{value:0{width}x}"
-
-    lines = [f"kheap triage: {report['verdict'].upper()}"]
-    stop = report.get("stop") or {}
-    if stop.get("pc") is not None:
-        lines.append(f"stopped at {addr(stop['pc'])} in {escape_text(stop.get('function') or '??')}"
-                     + (f" (thread {stop['thread']})" if stop.get("thread") else ""))
-    for i, frame in enumerate(stop.get("frames") or []):
-        lines.append(f"  #{i:<2} {addr(frame.get('pc'))} {escape_text(frame.get('function') or '??')}"
-                     + (f" at {escape_text(frame['source'])}" if frame.get("source") else ""))
-    panic = report.get("panic")
-    if panic and panic.get("reason"):
-        elr = addr(panic.get("elr"))
-        if panic.get("elr_symbol"):
-            elr += f" ({escape_text(panic['elr_symbol'])})"
-        lines.append(f"kernel_panic: {panic['reason_text']} at fault address "
-                     f"{addr(panic.get('fault_address'))}, status 0x{panic.get('fault_status', 0):x}, "
-                     f"faulting instruction {elr}")
-    origin = report.get("fault_origin")
-    if origin:
-        if origin["kind"] == "inside":
-            lines.append(f"the fault address is inside the {origin['state']} segment at "
-                         f"{addr(origin['segment'])} (offset {origin['offset']})")
-        elif origin["kind"] == "link":
-            for link in origin["links"]:
-                lines.append(f"the fault address came from the {link['field']} link of segment "
-                             f"{addr(link['segment'])} (value {addr(link['value'])}, field offset "
-                             f"{link['offset']}): that header is corrupt")
-        elif origin["kind"] == "heap-gap":
-            lines.append("the fault address is inside the heap but in no segment on the list")
-        else:
-            lines.append("the fault address is not in the heap and no segment link holds it")
-    elif panic is not None:
-        lines.append("kernel_panic has not run (panic_info.reason is 0)")
-    registers = stop.get("registers") or {}
-    if registers:
-        names = list(registers)
-        lines.append("registers: " + " ".join(f"{n}={addr(registers[n])}" for n in names))
-    text = "\n".join(lines) + "\n\n"
-    text += render_text(report["check"], color) + "\n" + render_text(report["stats"], color)
-    return text

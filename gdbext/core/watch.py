@@ -37,13 +37,13 @@ import collections
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .heap import find_segment
+from .check import check
+from .findings import ERROR, Culprit, Finding, register_code
 from .memory import MemoryFault
 from .program import Program
-from .validate import ERROR, Culprit, Finding, check, validate_segments
 
 __all__ = ["Operation", "Counters", "Watch", "WatchStop", "WATCH_CODES", "KINDS", "return_sp_adjust",
-           "arm_condition_passed", "DEFAULT_HISTORY", "DEFAULT_FULL_EVERY", "ReturnSite", "CallSites",
+           "arm_condition_passed", "describe_operation", "DEFAULT_HISTORY", "DEFAULT_FULL_EVERY", "ReturnSite", "CallSites",
            "WatchSetupError", "allocator_sites", "refresh_program", "watch_status",
            "internal_error_line"]
 
@@ -51,11 +51,11 @@ KINDS = ("kmalloc", "kcalloc", "krealloc", "kfree")
 DEFAULT_HISTORY = 100_000
 DEFAULT_FULL_EVERY = 0          # 0: a full check only at kheap_checkpoint
 
-WATCH_CODES = {
-    "HEAP-DOUBLE-FREE": "kfree/krealloc of a block that is already free",
-    "HEAP-INTERIOR-FREE": "kfree/krealloc of a pointer into the middle of a segment",
-    "HEAP-WILD-FREE": "kfree/krealloc of a pointer that is not in any heap segment",
-}
+WATCH_CODES = {code: register_code(code, meaning) and meaning for code, meaning in (
+    ("HEAP-DOUBLE-FREE", "kfree/krealloc of a block that is already free"),
+    ("HEAP-INTERIOR-FREE", "kfree/krealloc of a pointer into the middle of a segment"),
+    ("HEAP-WILD-FREE", "kfree/krealloc of a pointer that is not in any heap segment"),
+)}
 
 
 @dataclass
@@ -96,20 +96,7 @@ class Operation:
         return False
 
     def describe(self, fmt: Callable[[Optional[int]], str] = lambda a: "NULL" if a is None else f"0x{a:x}") -> str:
-        if self.kind == "kmalloc":
-            call = f"kmalloc({self.size})"
-        elif self.kind == "kcalloc":
-            call = f"kcalloc({self.nmemb}, {self.elem_size})"
-        elif self.kind == "krealloc":
-            call = f"krealloc({fmt(self.pointer)}, {self.size})"
-        else:
-            call = f"kfree({fmt(self.pointer)})"
-        if self.kind != "kfree":
-            call += f" = {fmt(self.result) if self.returned else '(pending)'}"
-        who = self.caller or f"0x{self.caller_pc:x}"
-        if self.parent is not None:
-            who += f", inside #{self.parent} from {self.origin}"
-        return f"#{self.index} {call} from {who}" + (f" [{self.effect}]" if self.effect else "")
+        return describe_operation(self.to_json(), fmt)
 
     def to_json(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "thread": self.thread, "size": self.size,
@@ -119,6 +106,25 @@ class Operation:
                 "old_segment_size": self.old_segment_size, "new_segment_size": self.new_segment_size,
                 "effect": self.effect, "entry_sp": self.entry_sp,
                 "backtrace": [{"pc": pc, "function": name} for pc, name in self.backtrace]}
+
+
+def describe_operation(op: Dict[str, Any], fmt: Callable[[Optional[int]], str]) -> str:
+    """One line for an operation (an :class:`Operation`'s JSON): the call, its result, who made it."""
+    kind = op["kind"]
+    if kind == "kmalloc":
+        call = f"kmalloc({op['size']})"
+    elif kind == "kcalloc":
+        call = f"kcalloc({op['nmemb']}, {op['elem_size']})"
+    elif kind == "krealloc":
+        call = f"krealloc({fmt(op['pointer'])}, {op['size']})"
+    else:
+        call = f"kfree({fmt(op['pointer'])})"
+    if kind != "kfree":
+        call += f" = {fmt(op['result']) if op['returned'] else '(pending)'}"
+    who = op["caller"] or f"0x{op['caller_pc']:x}"
+    if op["parent"] is not None:
+        who += f", inside #{op['parent']} from {op['origin']}"
+    return f"#{op['index']} {call} from {who}" + (f" [{op['effect']}]" if op["effect"] else "")
 
 
 def _function(symbol: Optional[str]) -> Optional[str]:
@@ -260,14 +266,13 @@ class Watch:
         stop = None
         self.history.append(op)
         if op.pointer:
-            hdr = prog.header_size
-            header = _read_header(prog, op.pointer - hdr)
+            header, problems = prog.allocator.check_payload(prog, op.pointer)
             if header is not None:
-                op.old_segment_size = header[3]
+                op.old_segment_size = header.segment_size
             if parent is None:
-                stop = self._check_pointer(prog, op, header)
+                stop = self._check_pointer(prog, op, header, problems)
             if header is not None and stop is None:
-                anchor = header[1] or (op.pointer - hdr)
+                anchor = header.prev or header.address
                 self._root(op, stack).anchors.append(anchor)
         stack.append(op)
         if stop is not None:
@@ -308,11 +313,9 @@ class Watch:
     def _account(self, prog: Program, op: Operation, root: Operation,
                  parent: Optional[Operation] = None) -> None:
         c, m = self.counters, self.mask
-        hdr = prog.header_size
-
         def alloc(requested: int) -> None:
-            seg = _read_header(prog, op.result - hdr)
-            op.new_segment_size = seg[3] if seg else None
+            seg = prog.allocator.header_of_payload(prog, op.result)
+            op.new_segment_size = seg.segment_size if seg else None
             size = op.new_segment_size or 0
             c.allocations += 1
             c.bytes_requested = (c.bytes_requested + requested) & m
@@ -324,7 +327,7 @@ class Watch:
             self.live[op.result] = op
             self.freed_by.pop(op.result, None)
             if seg is not None:
-                root.anchors.append(seg[1] or (op.result - hdr))
+                root.anchors.append(seg.prev or seg.address)
 
         def fail(requested: int) -> None:
             c.failed += 1
@@ -372,7 +375,7 @@ class Watch:
         findings: List[Finding] = []
         seen = set()
         for anchor in dict.fromkeys(op.anchors):
-            for f in validate_segments(prog, anchor, 4):
+            for f in prog.allocator.validate_around(prog, anchor, 4):
                 key = (f.code, f.address)
                 if key not in seen:
                     seen.add(key)
@@ -408,21 +411,21 @@ class Watch:
         return stop
 
     # -- checks at entry -------------------------------------------------------------------------
-    def _check_pointer(self, prog: Program, op: Operation, header: Optional[tuple]) -> Optional[WatchStop]:
-        """kfree/krealloc(ptr): ptr must be the payload of an allocated segment."""
+    def _check_pointer(self, prog: Program, op: Operation, header: Any,
+                       problems: Sequence[Finding]) -> Optional[WatchStop]:
+        """kfree/krealloc(ptr): ptr must be the payload of an allocated segment (``header``,
+        read at entry, and the problems of its own fields)."""
         ptr = op.pointer
-        hdr = prog.header_size
         b = prog.bounds
         fmt = prog.fmt
-        seg = ptr - hdr
-        sane = (header is not None and ptr % 16 == 0 and b.start <= seg and header[2] in (0, 1)
-                and header[3] >= hdr and header[3] % 16 == 0 and seg + header[3] <= b.end)
-        if sane and header[2] == 1:
+        seg = ptr - prog.layouts.segment.payload_offset
+        sane = header is not None and not problems
+        if sane and header.is_allocated == 1:
             return None
         first = self.freed_by.get(ptr)
         allocated_by = self.live.get(ptr) or self._last_alloc_of(ptr)
         values = {"pointer": ptr, "segment": seg, "kind": op.kind}
-        if (sane and header[2] == 0) or first is not None:
+        if (sane and header.is_allocated == 0) or first is not None:
             msg = f"{op.kind}({fmt(ptr)}): the block is already free"
             if first is not None:
                 msg += f" (first freed by #{first.index} from {first.caller_function})"
@@ -436,7 +439,7 @@ class Watch:
                               + (f" ({prog.elf.symbolize(ptr)})" if prog.elf.symbolize(ptr) else ""),
                               values)
         else:
-            match = find_segment(prog, ptr)
+            match = prog.allocator.find(prog, ptr)
             if match is None:
                 finding = Finding("HEAP-WILD-FREE", ERROR, ptr,
                                   f"{op.kind}({fmt(ptr)}): the pointer is in no heap segment", values)
@@ -492,17 +495,6 @@ class Watch:
                 "pending": {str(t): len(s) for t, s in self.pending.items() if s},
                 "stops": self.stops,
                 "last_stop": self.last_stop.to_json() if self.last_stop else None}
-
-
-def _read_header(prog: Program, address: int) -> Optional[tuple]:
-    b = prog.bounds
-    if not (b.start <= address and address + prog.header_size <= b.end):
-        return None
-    layout = prog.layouts.segment
-    try:
-        return layout.unpack_from(prog.read(address, layout.decode_size), 0)
-    except MemoryFault:
-        return None
 
 
 # -- return instructions -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 
-from gdbext.core.snapshot import SCHEMA_VERSION
+from gdbext import SCHEMA_VERSION
 from gdbext.frontends import commands
 from gdbext.frontends.cmdline import SafeArgumentParser, UsageError, address, count
 from gdbext.frontends.commands import Outcome, command, options

@@ -7,13 +7,22 @@ place that turns any failure into one line, so no face can leak a traceback.
 """
 
 import functools
-import json
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from gdbext.core.memory import MemoryFault
-from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError
+from gdbext.core import reports
+from gdbext.core.check import check
+from gdbext.core.layout import PAGE_SIZE
+from gdbext.core.memory import MemoryFault, RangesReader
+from gdbext.core.pages import for_each_page, page_summary, read_pages, validate_pages, walk_free_list
+from gdbext.core.program import Program, ProgramError
+from gdbext.core.snapshot import diff_snapshots, take_snapshot
+from gdbext.core.stats import heap_stats
+from gdbext.core.symbols import load_elf_info
+from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
+from gdbext.frontends import describe
+from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError, address, count
 from gdbext.frontends.session import SETTINGS, CommandError  # noqa: F401 - faces import SETTINGS here
 
 PREFIX_SUMMARY = "Inspect and validate the kernel heap (heap_segment_t list and page_t array)."
@@ -134,7 +143,7 @@ def run(session, name, argv):
 
 def outcome_to_text(session, args, outcome):
     if getattr(args, "json", False):
-        return Text(json.dumps(outcome.data, indent=2), status=1 if outcome.failed else 0)
+        return Text(reports.to_json_text(outcome.data), status=1 if outcome.failed else 0)
     return Text(outcome.render(session.color_wanted()), status=1 if outcome.failed else 0)
 
 
@@ -158,8 +167,6 @@ def execute_to_text(session, name, argv):
 
 def describe_unexpected(session, name, error):
     """Known failure kinds get their message; true bugs get one line (traceback on debug)."""
-    from gdbext.core.program import ProgramError
-
     if isinstance(error, ProgramError) or type(error).__name__ in ("TargetError", "ElfError",
                                                                    "LayoutError"):
         return f"kheap {name}: {_one_line(error)}"
@@ -176,16 +183,13 @@ def _one_line(error):
 # Pretty printers / type summaries and $kheap_segment share these two helpers ------------------
 def struct_describer(tag) -> Optional[Callable]:
     """A function (session, address, raw_bytes) -> str for a struct tag kheap knows, or None."""
-    from gdbext.frontends import describe
-
     return describe.describer_for(tag)
 
 
 def segment_header_for(session, address):
     """The header address of the segment holding ``address``, or None."""
-    from gdbext.core.heap import find_segment
-
-    match = find_segment(session.program(), address)
+    prog = session.program()
+    match = prog.allocator.find(prog, address)
     return match.segment.address if match else None
 
 
@@ -193,18 +197,8 @@ def segment_header_for(session, address):
 # The commands. Each handler reads through session.program() and returns an Outcome whose data
 # is the core's JSON report; text is always rendered from that same dict.
 # ---------------------------------------------------------------------------------------------
-from gdbext.core import render  # noqa: E402
-from gdbext.core.heap import find_segment, walk_heap  # noqa: E402
-from gdbext.core.layout import PAGE_SIZE  # noqa: E402
-from gdbext.core.pages import page_summary, read_pages, walk_free_list  # noqa: E402
-from gdbext.core.snapshot import diff_snapshots, take_snapshot  # noqa: E402
-from gdbext.core.stats import heap_stats  # noqa: E402
-from gdbext.core.validate import check, validate_pages  # noqa: E402
-from gdbext.frontends.cmdline import address, count  # noqa: E402
-
-
 def _outcome(report, failed=False):
-    return Outcome(report, lambda color: render.render_text(report, color), failed)
+    return Outcome(report, lambda color: reports.render_text(report, color), failed)
 
 
 def _address_arg(session, text):
@@ -228,17 +222,13 @@ def _info(session, args):
     except CommandError as error:
         # No target (yet): the ELF alone still tells the arch, symbols and every layout, which
         # is what one wants to see before connecting, or to check a stripped build.
-        from gdbext.core.memory import RangesReader
-        from gdbext.core.program import Program
-        from gdbext.core.symbols import load_elf_info
-
         prog = Program(load_elf_info(session.elf_path()), RangesReader([]),
                        overrides=session.overrides())
-        report = render.info_report(prog)
+        report = reports.info_report(prog)
         report["heap"] = {"error": f"needs target memory: {error}"}
         report["target"] = None
         return _outcome(report)
-    return _outcome(render.info_report(prog))
+    return _outcome(reports.info_report(prog))
 
 
 def _walk_options(parser):
@@ -260,15 +250,14 @@ def _walk_options(parser):
 @options(_walk_options)
 def _walk(session, args):
     prog = session.program()
-    walk = walk_heap(prog)
-    report = render.walk_report(prog, walk)
+    walk = prog.allocator.walk(prog)
+    report = reports.walk_report(prog, walk)
     segments = report["segments"]
     around = None if args.around is None else _address_arg(session, args.around)
     if around is not None:
         target = around
-        index = next((i for i, s in enumerate(segments)
-                      if s["address"] <= target < s["address"] + max(s["size"], walk.header_size)),
-                     None)
+        index = next((i for i, b in enumerate(prog.allocator.blocks(walk, prog.heap_end))
+                      if b.address <= target < b.address + b.extent), None)
         if index is None:
             raise CommandError(f"kheap walk: {prog.fmt(target)} is in no segment on the list")
         segments = segments[max(0, index - args.context):index + args.context + 1]
@@ -302,29 +291,21 @@ def _check_options(parser):
 def _check(session, args):
     prog = session.program()
     result = check(prog, full=args.full)
-    report = render.check_report(prog, result)
+    report = reports.check_report(prog, result)
     failed = bool(result.errors)
     if args.verdict and not args.json:
-        return Outcome(report, lambda color: verdict_line(report), failed)
+        return Outcome(report, lambda color: reports.verdict_line(report), failed)
     return _outcome(report, failed)
 
 
-def verdict_line(report):
-    """The one line auto-check prints: verdict, counts, and the first finding if any."""
-    counts = f"{report['errors']} errors, {report['warnings']} warnings, {report['segments']} segments"
-    line = f"kheap: heap {report['verdict'].upper()} ({counts})"
-    if report["findings"]:
-        first = report["findings"][0]
-        line += f"; first: {first['code']} at 0x{(first.get('address') or 0):x}: {first['message']}"
-        line += " - see 'kheap check'"
-    return line
+verdict_line = reports.verdict_line     # the faces' auto-check prints it
 
 
 @command("stats", "Used/free bytes and counts, largest free, fragmentation, size histogram, "
          "kernel heap_stats side by side.", "kheap stats")
 def _stats(session, args):
     prog = session.program()
-    return _outcome(render.stats_report(prog, heap_stats(prog)))
+    return _outcome(reports.stats_report(prog, heap_stats(prog)))
 
 
 def _find_options(parser):
@@ -338,7 +319,7 @@ def _find_options(parser):
 def _find(session, args):
     prog = session.program()
     target = _address_arg(session, args.address)
-    report = render.find_report(prog, target, find_segment(prog, target))
+    report = reports.find_report(prog, target, prog.allocator.find(prog, target))
     return _outcome(report)
 
 
@@ -361,14 +342,10 @@ def _pages(session, args):
         num = prog.bounds.num_pages
         if num is not None and index >= num:
             raise CommandError(f"kheap pages: page {index} is past the last page ({num - 1})")
-        pages = read_pages(prog, index, 1)
-        if not pages.pages:
+        page = next(for_each_page(prog, index, 1), None)
+        if page is None:
             raise CommandError(f"kheap pages: page {index} is unreadable")
-        page = pages.pages[0]
-        report = {"schema_version": render.SCHEMA_VERSION,
-                  "report": "page", "pointer_size": prog.pointer_size, "page": page.to_json(),
-                  "flags": prog.layouts.page.flag_names(page.flags)}
-        return Outcome(report, lambda color: _page_text(prog, report))
+        return _outcome(reports.page_report(prog, page))
     if args.no_free_list:
         summary = page_summary(prog, walk_list=False)
         findings = validate_pages(prog)
@@ -377,15 +354,8 @@ def _pages(session, args):
         pages, free_list = read_pages(prog), walk_free_list(prog)
         summary = page_summary(prog, pages=pages, free_list=free_list)
         findings = validate_pages(prog, full=True, pages=pages, free_list=free_list)
-    report = render.pages_report(prog, summary, findings)
+    report = reports.pages_report(prog, summary, findings)
     return _outcome(report, any(f.severity == "error" for f in findings))
-
-
-def _page_text(prog, report):
-    p = report["page"]
-    return (f"page {p.get('index')} at {prog.fmt(p.get('address'))}: maps {prog.fmt(p.get('vaddr'))}, "
-            f"flags {'|'.join(report['flags']) or 'none (free)'} (kind {p.get('kind')}), "
-            f"nextpage {prog.fmt(p.get('next'))}, prevpage {prog.fmt(p.get('prev'))}\n")
 
 
 def _map_options(parser):
@@ -399,7 +369,7 @@ def _map_options(parser):
 def _map(session, args):
     prog = session.program()
     result = check(prog, pages=False)
-    report = render.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
+    report = reports.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
     return _outcome(report)
 
 
@@ -416,11 +386,11 @@ def _snapshot(session, args):
     prog = session.program()
     snap = take_snapshot(prog, tag=args.name)
     session.snapshots[args.name] = snap
-    report = render.snapshot_report(snap)
+    report = reports.snapshot_report(snap)
     if args.output:
         try:
             with open(args.output, "w") as f:
-                f.write(render.to_json_text(report) + "\n")
+                f.write(reports.to_json_text(report) + "\n")
         except OSError as error:
             raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from None
     return _outcome(report)
@@ -441,7 +411,7 @@ def _diff(session, args):
         after = take_snapshot(session.program(), tag="now")
     else:
         after = session.load_snapshot(args.after)
-    report = render.diff_report(diff_snapshots(before, after), before.pointer_size)
+    report = reports.diff_report(diff_snapshots(before, after), before.pointer_size)
     return _outcome(report)
 
 
@@ -453,20 +423,14 @@ def _triage_options(parser):
          "it hits, backtrace, check, stats.", "kheap triage --json")
 @options(_triage_options)
 def _triage(session, args):
-    from dataclasses import asdict
-
-    from gdbext.core.triage import triage_report, triage_text
-
     prog = session.program()
-    report = triage_report(prog, asdict(session.stop_place()), full=args.full)
+    report = reports.triage_report(prog, asdict(session.stop_place()), full=args.full)
     failed = report["check"]["errors"] > 0 or report.get("fault_address") is not None
-    return Outcome(report, lambda color: triage_text(report, color), failed)
+    return _outcome(report, failed)
 
 
 # kheap watch / history / leaks (gdb, lldb: breakpoints on the allocator; see core/watch.py) --
 def _watch_options(parser):
-    from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
-
     parser.add_argument("action", nargs="?", choices=("on", "off", "status"), default="status",
                         help="on: set the breakpoints and record; off: remove them; status (default)")
     parser.add_argument("--full-every", type=count, default=DEFAULT_FULL_EVERY, metavar="N",
@@ -488,34 +452,7 @@ def _watch(session, args):
         controller.enable(args.history, args.full_every, checkpoint=not args.no_checkpoint)
     elif args.action == "off":
         controller.disable()
-    report = {"schema_version": render.SCHEMA_VERSION, "report": "watch", "action": args.action, **controller.status()}
-    return Outcome(report, lambda color: _watch_text(report))
-
-
-def _watch_text(report):
-    if report["action"] == "on":
-        sites = report.get("return_sites", {})
-        where = ", ".join(f"{k} (1 entry, {len(v)} returns)" for k, v in sites.items())
-        return (f"kheap watch: on: {report['breakpoints']} breakpoints: {where}; continue to run "
-                "the kernel")
-    if report["action"] == "off":
-        return "kheap watch: off: breakpoints removed" + (
-            f" ({report['counters']['operations']} operations recorded)" if "counters" in report else "")
-    if "counters" not in report:
-        return "kheap watch: off (never turned on)"
-    c = report["counters"]
-    lines = [f"kheap watch: {'on' if report['active'] else 'off'}; {c['operations']} operations "
-             f"({c['calls']} calls), history {report['history_size']}/{report['history_limit']}, "
-             f"{report['live']} live blocks, full check every {report['full_every'] or 'checkpoint'}",
-             f"  allocations={c['allocations']} frees={c['frees']} failed={c['failed']} "
-             f"bytes_requested={c['bytes_requested']} bytes_allocated={c['bytes_allocated']} "
-             f"bytes_freed={c['bytes_freed']} current_usage={c['current_usage']} "
-             f"peak_usage={c['peak_usage']}"]
-    if report.get("last_stop"):
-        stop = report["last_stop"]
-        codes = ", ".join(f["code"] for f in stop["findings"])
-        lines.append(f"  last stop: {stop['reason']}: {codes}")
-    return "\n".join(lines)
+    return _outcome(reports.watch_report(args.action, controller.status()))
 
 
 def _history_options(parser):
@@ -543,23 +480,10 @@ def _history(session, args):
     matched = len(ops)
     if args.limit:
         ops = ops[-args.limit:]
-    report = {"schema_version": render.SCHEMA_VERSION, "report": "history", "address": target, "matched": matched,
-              "not_shown": matched - len(ops), "operations": [o.to_json() for o in ops],
-              "counters": watch.counters.to_json()}
-    if target is not None:
-        first = watch.freed_by.get(target)
-        alloc = watch.live.get(target)
-        report["first_free"] = first.to_json() if first else None
-        report["allocated_by"] = alloc.to_json() if alloc else None
-
-    def text(color):
-        head = (f"{matched} operations touched {prog.fmt(target)}" if target is not None
-                else f"{matched} operations recorded")
-        lines = [head + (f" ({matched - len(ops)} earlier not shown)" if matched > len(ops) else "")]
-        lines += [o.describe(prog.fmt) for o in ops]
-        return "\n".join(lines)
-
-    return Outcome(report, text)
+    report = reports.history_report(prog.pointer_size, target, ops, matched, watch.counters.to_json(),
+                                    watch.freed_by.get(target) if target is not None else None,
+                                    watch.live.get(target) if target is not None else None)
+    return _outcome(report)
 
 
 def _leaks_options(parser):
@@ -579,21 +503,5 @@ def _leaks(session, args):
         raise CommandError("kheap leaks: nothing recorded: use 'kheap watch on' first")
     prog = controller.prog
     if args.mark:
-        mark = watch.set_mark()
-        report = {"schema_version": render.SCHEMA_VERSION, "report": "leaks", "mark": mark, "groups": [], "count": 0,
-                  "bytes": 0}
-        return Outcome(report, lambda color: f"kheap leaks: mark set at operation #{mark}")
-    groups = watch.leaks()
-    report = {"schema_version": render.SCHEMA_VERSION, "report": "leaks", "mark": watch.mark, "groups": groups,
-              "count": sum(g["count"] for g in groups), "bytes": sum(g["bytes"] for g in groups)}
-
-    def text(color):
-        lines = [f"{report['count']} live blocks ({report['bytes']} bytes) allocated since operation "
-                 f"#{watch.mark} and not freed, by caller:"]
-        for g in groups:
-            shown = ", ".join(prog.fmt(b) for b in g["blocks"][:args.blocks])
-            more = f" (+{len(g['blocks']) - args.blocks} more)" if len(g["blocks"]) > args.blocks else ""
-            lines.append(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")
-        return "\n".join(lines)
-
-    return Outcome(report, text)
+        return _outcome(reports.leaks_report(prog.pointer_size, watch.set_mark(), [], args.blocks, mark_set=True))
+    return _outcome(reports.leaks_report(prog.pointer_size, watch.mark, watch.leaks(), args.blocks))

@@ -6,37 +6,23 @@ layouts the walker uses, so ``print *seg`` in gdb and ``frame variable *seg`` in
 with ``kheap walk`` to the bit (flags included), and a corrupt header is called corrupt.
 """
 
-from gdbext.core.heap import segment_state
+from gdbext.core.families import FAMILIES
+from gdbext.core.layout import PAGE_NAMES
 
-SEGMENT_TAGS = ("heap_segment", "heap_segment_t", "heapSegment")
+# The type names whose values are described: every family's header types, and the page array's.
+SEGMENT_TAGS = tuple(name for family in FAMILIES for name in family.type_names)
+PAGE_TAGS = PAGE_NAMES
 
 
 def _link(prog, value):
     """A link as the tables print it: NULL for 0, else the kernel's address format."""
     return "NULL" if value == 0 else prog.fmt(value)
-PAGE_TAGS = ("page", "page_t")
 
 
 def describe_segment(session, address, raw):
-    """``heap_segment_t`` (struct heap_segment) at ``address`` -> its state in one line."""
+    """A header of the kernel's allocator (``heap_segment_t``) at ``address`` -> one line."""
     prog = session.program()
-    layout = prog.layouts.segment
-    if len(raw) < layout.decode_size:
-        return f"<heap_segment_t: {len(raw)} bytes, need {layout.decode_size}>"
-    nxt, prev, is_allocated, size = layout.unpack_from(raw, 0)
-    state = segment_state(is_allocated)
-    state_text = state if state != "bad" else f"bad is_allocated={is_allocated}"
-    parts = [state_text, f"size={size}"]
-    if address is not None:
-        parts.append(f"payload={prog.fmt(address + layout.header_size)}")
-        try:
-            inside = prog.heap_start <= address < prog.heap_end
-        except Exception:  # noqa: BLE001 - bounds unknown: describe without them
-            inside = True
-        if not inside:
-            parts.append("outside the heap")
-    parts += [f"next={_link(prog, nxt)}", f"prev={_link(prog, prev)}"]
-    return "heap_segment_t {" + ", ".join(parts) + "}"
+    return prog.allocator.describe_header(prog, address, raw)
 
 
 def describe_page(session, address, raw):

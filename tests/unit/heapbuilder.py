@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from gdbext.core.layout import Field, Layouts, default_layouts, round_up
+from gdbext.core.layout import Field, round_up
+from gdbext.core.layouts import Layouts, default_layouts
 from gdbext.core.memory import RangesReader
 from gdbext.core.program import Overrides, Program
 from gdbext.core.symbols import ElfInfo, Section, make_elf_info

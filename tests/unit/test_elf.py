@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gdbext.core.layout import default_layouts
+from gdbext.core.layouts import default_layouts
 from gdbext.core.symbols import ElfError, clear_elf_cache, load_elf_info
 
 CONTRACT_C = r"""

@@ -3,12 +3,12 @@ and heaps built by the reference allocator are always healthy."""
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from gdbext.core import render as R
-from gdbext.core.heap import find_segment, walk_heap
+from gdbext.core import reports as R
+from gdbext.core.seglist import find_segment, walk_heap
 from gdbext.core.pages import page_summary
 from gdbext.core.program import Overrides, ProgramError
 from gdbext.core.stats import heap_stats
-from gdbext.core.validate import check
+from gdbext.core.check import check
 
 from heapbuilder import SyntheticKernel
 
@@ -22,7 +22,7 @@ def _exercise(prog):
         walk = walk_heap(prog)
     except ProgramError:
         return None
-    assert len(walk.records) <= walk.bound
+    assert len(walk) <= walk.bound
     assert walk.stop_reason in ("end", "fault", "bound", "cycle", "outside-heap", "bad-head")
     report = check(prog, full=True)
     for f in report.findings:
@@ -32,8 +32,8 @@ def _exercise(prog):
     R.render_text(R.map_report(prog, walk, report.findings), color=True)
     R.render_text(R.stats_report(prog, stats))
     R.render_text(R.pages_report(prog, page_summary(prog)))
-    for rec in walk.records[:5]:
-        find_segment(prog, rec[0] + 3)
+    for address in walk.addresses[:5]:
+        find_segment(prog, address + 3)
     return report
 
 
@@ -112,41 +112,6 @@ FIELD = st.sampled_from(["next", "prev", "is_allocated", "segment_size"])
 PAGE_FIELD = st.sampled_from(["vaddr", "flags", "nextpage", "prevpage"])
 
 
-@SETTINGS
-@given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=3),
-       st.lists(st.tuples(st.integers(0, 10 ** 6), PAGE_FIELD, st.integers(0, 7)), max_size=2))
-def test_whole_list_screens_agree_with_the_per_record_loops(layout, ops, seg_edits, page_edits):
-    """validate_heap and validate_pages skip their per-record loops when whole-list tests say
-    no record can fail; with the screens forced off, every finding must be the same."""
-    from unittest import mock
-
-    import gdbext.core.validate as V
-
-    k = SyntheticKernel(*layout, heap_size=16 * 1024)
-    _random_ops(k, ops)
-    segs = k.segments()
-    for pick, name, delta in seg_edits:              # small nudges: the cases a screen could miss
-        addr = segs[pick % len(segs)][0]
-        value = abs(delta) % 3 if name == "is_allocated" else k.seg_field(addr, name) + delta
-        k.set_seg(addr, **{name: value})
-    heap_end_page = k.heap_end // 4096
-    for pick, name, value in page_edits:
-        k.set_page(pick % heap_end_page, **{name: value * (4096 if name == "vaddr" else 1)})
-
-    def findings():
-        prog = k.program()
-        walk = walk_heap(prog)
-        return V.validate_heap(prog, walk), V.validate_pages(prog)
-
-    screened = findings()
-    with mock.patch.object(V, "_records_all_sound", lambda walk: False), \
-            mock.patch.object(V, "_kernel_and_heap_pages_sound", lambda *a: False):
-        looped = findings()
-    assert screened == looped
-    if not seg_edits and not page_edits:
-        assert screened == ([], [])
-
-
 class _TrickleReader:
     """A reader with ``read_many`` that hands over each range in pieces of any size, calling
     ``progress`` between them as the remote client does while it waits (``cuts``: where the
@@ -190,11 +155,8 @@ class _TrickleReader:
 def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layout, ops, seg_edits, writes,
                                                                           cuts, poison_off, batch, reverse,
                                                                           num_pages, page_edits):
-    """check() walks and prescreens the heap in the read's progress calls: whatever the corruption
-    and wherever the pieces end, its findings and walk are those of a check on a plain reader."""
-    from unittest import mock
-
-    import gdbext.core.validate as V
+    """A check over a reader that hands the heap over in pieces: whatever the corruption and
+    wherever the pieces end, its findings and walk are those of a check on a plain reader."""
     from gdbext.core.memory import BlockCache
 
     # num_pages 4096: the page entries checked are a range of their own, before the heap.
@@ -213,9 +175,7 @@ def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layou
     prog = k.program(block_size=4096)
     trickle = _TrickleReader(prog.memory.reader, cuts, reverse)
     prog.memory = BlockCache(trickle, 4096)
-    with mock.patch.object(V._Prescreen, "BATCH", batch):
-        fed = check(prog)
-    assert trickle.calls > 0
+    fed = check(prog)
     assert fed.findings == plain.findings
-    assert fed.walk.records == plain.walk.records
+    assert list(fed.walk.headers()) == list(plain.walk.headers())
     assert (fed.walk.stop_reason, fed.walk.stop_address) == (plain.walk.stop_reason, plain.walk.stop_address)

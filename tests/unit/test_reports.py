@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from gdbext.core import render as R
-from gdbext.core.heap import find_segment, for_each_segment, walk_heap
+from gdbext.core import reports as R
+from gdbext.core.seglist import find_segment, for_each_segment, walk_heap
 from gdbext.core.pages import page_summary
 from gdbext.core.program import Overrides, ProgramError
 from gdbext.core.snapshot import Snapshot, SnapshotError, diff_snapshots, take_snapshot
 from gdbext.core.stats import heap_stats, size_bucket
-from gdbext.core.validate import check
+from gdbext.core.check import check
 
 from heapbuilder import SyntheticKernel, busy_kernel
 
@@ -26,7 +26,7 @@ def all_reports(k):
     c = check(p, full=True)
     snap = take_snapshot(p, w, tag="one")
     return [R.info_report(p), R.walk_report(p, w), R.check_report(p, c), R.stats_report(p, heap_stats(p, w)),
-            R.find_report(p, w.records[1][0] + 40, find_segment(p, w.records[1][0] + 40)),
+            R.find_report(p, w.addresses[1] + 40, find_segment(p, w.addresses[1] + 40)),
             R.find_report(p, 4, None), R.pages_report(p, page_summary(p)), R.map_report(p, w, c.findings),
             R.snapshot_report(snap), R.diff_report(diff_snapshots(snap, snap), p.pointer_size)]
 

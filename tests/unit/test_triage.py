@@ -3,8 +3,9 @@
 import pytest
 
 from gdbext.core.symbols import make_elf_info
-from gdbext.core.triage import core_registers, fault_origin, reason_name, triage_report, triage_text
-from gdbext.core.validate import check
+from gdbext.core.reports import triage_report, triage_text
+from gdbext.core.triage import core_registers, fault_origin, reason_name
+from gdbext.core.check import check
 from heapbuilder import SyntheticKernel
 
 

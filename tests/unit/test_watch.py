@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from gdbext.core.validate import check, validate_segments
+from gdbext.core.check import check
+from gdbext.core.seglist import validate_segments
 from gdbext.core.watch import Watch, arm_condition_passed, return_sp_adjust
 from heapbuilder import SyntheticKernel, busy_kernel
 

@@ -1,0 +1,55 @@
+"""The allocator seam: the few operations kheap needs from an allocator family.
+
+kheap's commands, reports, statistics, snapshots and watch never decode an allocator's data
+themselves: they ask the family chosen once per :class:`~gdbext.core.program.Program`
+(``prog.allocator``, from :mod:`gdbext.core.families`) to walk the heap, find the block holding an address, validate what it
+walked, and give the figures statistics and snapshots need. Today there is one family, the
+tutorial's ``heap_segment_t`` list (:mod:`gdbext.core.seglist`); docs/architecture.md says how
+to add another (a free list without headers on used blocks, as ``linked_list_allocator``).
+
+A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``type_names``,
+``walk(prog)`` (a walk with ``addresses``, ``segments``, ``complete``, ``stop_reason``,
+``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
+``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
+``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)`` and
+``links_into(walk, address, span)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple
+
+__all__ = ["Block", "HeapFigures", "size_bucket"]
+
+
+class Block(NamedTuple):
+    """One block of the heap for maps and snapshots: where it starts, the bytes it covers
+    (``extent``; a corrupt size covers only its header), its size as recorded, and its state."""
+
+    address: int
+    extent: int
+    size: int
+    state: str            # 'used' | 'free' | 'bad'
+
+
+def size_bucket(size: int) -> int:
+    """The power-of-two bucket of a size: k such that 2**k <= size < 2**(k+1) (0 for size 0)."""
+    return max(size.bit_length() - 1, 0)
+
+
+@dataclass(frozen=True)
+class HeapFigures:
+    """Totals of a walk, what statistics, snapshots and the counter check need."""
+
+    blocks: int
+    used_count: int
+    used_bytes: int
+    free_count: int
+    free_bytes: int
+    bad_count: int
+    bad_bytes: int
+    largest_free: int
+    buckets: Dict[int, List[int]]      # size_bucket -> [used, free]
+    complete: bool
+    stop_reason: str

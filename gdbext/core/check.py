@@ -1,0 +1,119 @@
+"""``check``: the walk, every finding and a verdict, and the kernel's own counters beside them.
+
+One corruption should give one code: where a first fault explains the next (a broken size
+explains the gap after it; a cycle's back link explains its wrong length) only the first is
+reported, and the counters are compared with the walk only when the list itself is sound.
+
+The default check reads the heap plus the ``page_t`` entries of the kernel image and the heap
+and the ``free_pages`` head, asked for at once (over the remote protocol: one pipelined
+stream); ``full=True`` also reads the whole page array and walks the free list, which on a
+live target costs about one packet per 2 KiB (a few thousand packets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List
+
+from .findings import CODES, ERROR, STRUCTURAL, WARNING, Finding, register_code
+from .pages import pages_checked, validate_pages
+from .program import Program
+
+__all__ = ["CheckReport", "check", "validate_stats", "CODES"]
+
+STATS = register_code("HEAP-STATS", "heap_stats disagree with the walk")
+
+
+@dataclass
+class CheckReport:
+    """A heap walk, every finding, and the verdict ('ok', 'warnings' or 'corrupt')."""
+
+    walk: Any
+    findings: List[Finding]
+    full: bool
+    notes: List[str]
+
+    @property
+    def errors(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    @property
+    def verdict(self) -> str:
+        if self.errors:
+            return "corrupt"
+        return "warnings" if self.findings else "ok"
+
+    @property
+    def codes(self) -> List[str]:
+        return sorted({f.code for f in self.findings})
+
+
+def validate_stats(prog: Program, walk: Any, structure_ok: bool = True) -> List[Finding]:
+    """HEAP-STATS: ``heap_stats`` (heap_stats_t) against the walk and against itself.
+
+    The comparison with the walk is only made on a complete, structurally sound walk
+    (``structure_ok``): on a broken list the walk's totals mean nothing.
+    """
+    ks = prog.read_kernel_stats()
+    if ks is None:
+        return []
+    out: List[Finding] = []
+    addr = prog.elf.address_of("heap_stats")
+    mask = (1 << (8 * prog.pointer_size)) - 1
+    alloc, frees = ks.get("allocations"), ks.get("frees")
+    cur = ks.get("current_usage")
+    if {"bytes_allocated", "bytes_freed"} <= ks.keys() and cur is not None:
+        if (ks["bytes_allocated"] - ks["bytes_freed"]) & mask != cur:
+            out.append(Finding(STATS, ERROR, addr,
+                               f"heap_stats: bytes_allocated - bytes_freed = "
+                               f"{(ks['bytes_allocated'] - ks['bytes_freed']) & mask} but current_usage = {cur}",
+                               dict(ks)))
+    if cur is not None and ks.get("peak_usage") is not None and ks["peak_usage"] < cur:
+        out.append(Finding(STATS, ERROR, addr,
+                           f"heap_stats: peak_usage {ks['peak_usage']} is below current_usage {cur}", dict(ks)))
+    if structure_ok and walk.complete and alloc is not None and frees is not None:
+        figures = prog.allocator.figures(walk)
+        live = (alloc - frees) & 0xFFFFFFFF
+        if live != figures.used_count:
+            out.append(Finding(STATS, ERROR, addr,
+                               f"heap_stats: allocations - frees = {live} but the walk found "
+                               f"{figures.used_count} used segments",
+                               {"kernel_live": live, "walk_used": figures.used_count, **ks}))
+        if cur is not None and cur != figures.used_bytes:
+            out.append(Finding(STATS, ERROR, addr,
+                               f"heap_stats: current_usage = {cur} but used segments total "
+                               f"{figures.used_bytes} bytes",
+                               {"current_usage": cur, "walk_used_bytes": figures.used_bytes, **ks}))
+    return out
+
+
+def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
+    """Walk the heap and run every validator; ``full`` adds the whole page array and free list.
+
+    ``prog``: the :class:`Program`. Raises only :class:`ProgramError` (heap not locatable).
+    """
+    b = prog.bounds
+    wanted = [(b.start, b.size)]
+    if pages and b.page_array is not None:
+        wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
+    prog.memory.prefetch_ranges(wanted)
+    allocator = prog.allocator
+    walk = allocator.walk(prog)
+    findings = allocator.validate(prog, walk)
+    notes = list(prog.notes)
+    structure_ok = not any(f.code in STRUCTURAL for f in findings)
+    if prog.poison_byte() is None:
+        notes.append("poison check off (heap_poison is -1 or unknown)")
+    findings += validate_stats(prog, walk, structure_ok)
+    if prog.read_kernel_stats() is None:
+        notes.append("heap_stats not available: kernel counters not compared")
+    if pages:
+        if prog.bounds.page_array is None or not prog.bounds.num_pages:
+            notes.append("page array unknown (no __end/num_pages): page checks skipped")
+        else:
+            findings += validate_pages(prog, full)
+    return CheckReport(walk, findings, full, notes)

@@ -1,0 +1,273 @@
+"""The heap's reports: info, walk, check, stats, find and map, each builder beside its text."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..check import CheckReport
+from ..findings import Finding
+from ..program import Program
+from ..stats import HeapStats
+from ..text import escape_text
+from .base import (ERROR, FREE, HEADING, NOTE, OK, PLAIN, STATE_TOKEN, USED, WARNING, Text, clean, finding_lines,
+                   heap_line, renders, report_base, stop_text)
+
+__all__ = ["info_report", "walk_report", "check_report", "stats_report", "find_report", "map_report",
+           "verdict_line", "MAP_LEGEND"]
+
+
+def info_report(prog: Program) -> Dict[str, Any]:
+    """``kheap info``: ELF facts, layouts and their source, heap bounds and where they came from."""
+    d = report_base("info", prog)
+    d.update(clean(prog.describe()))
+    return d
+
+
+def walk_report(prog: Program, walk: Any, limit: Optional[int] = None) -> Dict[str, Any]:
+    """``kheap walk``: every segment in list order and why the walk stopped."""
+    d = report_base("walk", prog)
+    fig = prog.allocator.figures(walk)
+    segments = walk.segments if limit is None else walk.segments[:limit]
+    d.update({
+        "list_head": walk.list_head, "header_size": walk.header_size, "count": len(walk),
+        "stop": walk.stop_json(), "complete": walk.complete,
+        "used": {"count": fig.used_count, "bytes": fig.used_bytes},
+        "free": {"count": fig.free_count, "bytes": fig.free_bytes},
+        "bad": {"count": fig.bad_count},
+        "truncated": limit is not None and len(walk) > limit,
+        "segments": [s.to_json() for s in segments],
+    })
+    return clean(d)
+
+
+def check_report(prog: Program, report: CheckReport) -> Dict[str, Any]:
+    """``kheap check``: the verdict and every finding (code, severity, address, culprit)."""
+    d = report_base("check", prog)
+    d["notes"] = [escape_text(n) for n in report.notes]
+    d.update({
+        "verdict": report.verdict, "full": report.full,
+        "errors": len(report.errors), "warnings": len(report.warnings),
+        "segments": len(report.walk), "stop": report.walk.stop_json(),
+        # Errors first, then warnings (stable: each group keeps the order of the walk).
+        "findings": [f.to_json() for f in sorted(report.findings, key=lambda f: f.severity != "error")],
+    })
+    return clean(d)
+
+
+def stats_report(prog: Program, stats: HeapStats) -> Dict[str, Any]:
+    """``kheap stats``: totals, fragmentation, histogram, kernel counters side by side."""
+    d = report_base("stats", prog)
+    d.update(stats.to_json())
+    return clean(d)
+
+
+def find_report(prog: Program, address: int, match: Any) -> Dict[str, Any]:
+    """``kheap find ADDRESS``: the segment holding it, or ``found: false``."""
+    d = report_base("find", prog)
+    d["address"] = address
+    d["found"] = match is not None
+    d["match"] = match.to_json() if match is not None else None
+    if match is None:
+        try:
+            inside = prog.heap_start <= address < prog.heap_end
+        except Exception:  # noqa: BLE001
+            inside = False
+        d["reason"] = "inside the heap but in no segment on the list" if inside else "outside the heap"
+    return clean(d)
+
+
+MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "corrupt", " ": "not on the list"}
+
+
+def map_report(prog: Program, walk: Any, findings: Sequence[Finding] = (), cells: int = 1024) -> Dict[str, Any]:
+    """``kheap map``: one row per run of same-state segments and a block map of the whole heap.
+
+    Each map cell covers ``cell_size`` bytes: ``#`` all used, ``.`` all free, ``+`` both,
+    ``!`` a corrupt segment (bad flag or a finding at it), blank: covered by no segment.
+    """
+    d = report_base("map", prog)
+    hs, he = walk.heap_start, walk.heap_end
+    size = max(he - hs, 1)
+    cell_size = max(16, -(-size // max(cells, 1)))
+    cell_size = -(-cell_size // 16) * 16
+    ncells = -(-size // cell_size)
+    used_b = bytearray(ncells)   # bit 1 used, 2 free, 4 corrupt
+    bad_addrs = {f.address for f in findings if f.severity == "error" and f.address is not None}
+    regions: List[Dict[str, Any]] = []
+    cursor = hs
+    for block in prog.allocator.blocks(walk, he):
+        state = "bad" if block.address in bad_addrs else block.state
+        start, end = max(block.address, hs), min(block.address + block.extent, he)
+        if start > cursor:
+            _add_region(regions, cursor, start, "uncovered", 0)
+        if end > start:
+            _add_region(regions, start, end, state, 1)
+            bit = 1 if state == "used" else 2 if state == "free" else 4
+            for c in range((start - hs) // cell_size, (end - 1 - hs) // cell_size + 1):
+                used_b[c] |= bit
+        cursor = max(cursor, end)
+    if cursor < he:
+        _add_region(regions, cursor, he, "uncovered", 0)
+    chars = "".join("!" if b & 4 else "+" if b == 3 else "#" if b == 1 else "." if b == 2 else " "
+                    for b in used_b)
+    d.update({"cell_size": cell_size, "cells": chars, "legend": dict(MAP_LEGEND), "regions": regions,
+              "stop": walk.stop_json()})
+    return clean(d)
+
+
+def _add_region(regions: List[Dict[str, Any]], start: int, end: int, state: str, count: int) -> None:
+    if regions and regions[-1]["state"] == state and regions[-1]["end"] == start:
+        regions[-1]["end"] = end
+        regions[-1]["bytes"] = end - regions[-1]["start"]
+        regions[-1]["segments"] += count
+    else:
+        regions.append({"start": start, "end": end, "bytes": end - start, "state": state, "segments": count})
+
+
+@renders("info")
+def _render_info(r: Dict[str, Any], out: Text) -> None:
+    e = r.get("elf", {})
+    out.line(f"{e.get('path')}: {e.get('arch')} ELF{e.get('class')} {e.get('endian')}-endian, "
+             f"DWARF {'yes' if e.get('has_dwarf') else 'no'}")
+    h = r.get("heap") or {}
+    if "error" in h:
+        out.line(f"heap: {h['error']}", ERROR)
+    elif h:
+        out.line(f"heap {out.addr(h.get('start'))}..{out.addr(h.get('end'))} ({h.get('size')} bytes), "
+                 f"list head {out.addr(h.get('list_head'))}, header {h.get('header_size')} bytes")
+        out.line("  from: " + ", ".join(f"{k}={v}" for k, v in h.get("sources", {}).items()))
+        out.line(f"  page array {out.addr(h.get('page_array'))}, {h.get('num_pages')} pages")
+    poison = r.get("poison")
+    out.line(f"poison: {'off' if poison is None else f'0x{poison:02x}'}")
+    for key in ("segment", "page", "page_list", "stats"):
+        lay = e.get("layouts", {}).get(key)
+        if not lay:
+            continue
+        out.line(f"{lay['name']} ({lay['size']} bytes, from {lay['source']}):", HEADING)
+        rows = []
+        for f in lay["fields"]:
+            pos = str(f["offset"])
+            if "bit_size" in f:
+                pos += f" bits {f['data_bit_offset']}+{f['bit_size']}"
+            rows.append([(f["name"], PLAIN), (pos, PLAIN), (str(f["size"]), PLAIN), (f.get("type", ""), PLAIN)])
+        out.table(["field", "offset", "size", "type"], rows)
+    out.notes(r.get("notes", []))
+
+
+@renders("walk")
+def _render_walk(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"{heap_line(r, out)}, {r['count']} segments, {stop_text(r['stop'], out)}",
+             PLAIN if r["complete"] else ERROR)
+    rows = []
+    for s in r["segments"]:
+        tok = STATE_TOKEN.get(s["state"], PLAIN)
+        state = s["state"] if s["state"] != "bad" else f"bad({s['is_allocated']})"
+        rows.append([(out.addr(s["address"]), PLAIN), (str(s["size"]), PLAIN), (state, tok),
+                     (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)])
+    out.table(["address", "size", "state", "next", "prev", "payload"], rows)
+    not_shown = r.get("not_shown", r["count"] - len(r["segments"]) if r.get("truncated") else 0)
+    if not_shown:
+        out.line(f"  ... {not_shown} more not shown (raise or drop --limit to see them)")
+    if r.get("matched") is not None and r["matched"] != r["count"]:
+        out.line(f"  {r['matched']} of {r['count']} segments match the filter")
+    out.add("used ", PLAIN).add(f"{r['used']['count']} ({r['used']['bytes']} bytes)", USED)
+    out.add("  free ", PLAIN).add(f"{r['free']['count']} ({r['free']['bytes']} bytes)", FREE)
+    if r["bad"]["count"]:
+        out.add("  bad ", PLAIN).add(str(r["bad"]["count"]), ERROR)
+    out.nl()
+    out.notes(r.get("notes", []))
+
+
+@renders("check")
+def _render_check(r: Dict[str, Any], out: Text) -> None:
+    verdict = r["verdict"]
+    tok = STATE_TOKEN.get(verdict, PLAIN)
+    out.add("kheap check: ").add(verdict.upper(), tok)
+    out.line(f" - {r['errors']} error{'s' if r['errors'] != 1 else ''}, {r['warnings']} warning"
+             f"{'s' if r['warnings'] != 1 else ''}; {r['segments']} segments walked, "
+             f"{stop_text(r['stop'], out)}{'; full page check' if r.get('full') else ''}")
+    out.line(heap_line(r, out))
+    for f in r["findings"]:
+        finding_lines(f, out)
+    out.notes(r.get("notes", []))
+
+
+@renders("stats")
+def _render_stats(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"{heap_line(r, out)}, {r['segments']} segments"
+             + ("" if r["walk_complete"] else f" (walk stopped: {r['stop_reason']})"))
+    rows = [[("used", USED), (str(r["used"]["count"]), PLAIN), (str(r["used"]["bytes"]), PLAIN)],
+            [("free", FREE), (str(r["free"]["count"]), PLAIN), (str(r["free"]["bytes"]), PLAIN)]]
+    if r["bad"]["count"]:
+        rows.append([("bad", ERROR), (str(r["bad"]["count"]), PLAIN), (str(r["bad"]["bytes"]), PLAIN)])
+    out.table(["state", "segments", "bytes"], rows)
+    out.line(f"largest free: {r['largest_free']} bytes; fragmentation: {r['fragmentation'] * 100:.1f}%")
+    if r["histogram"]:
+        out.line("size histogram:")
+        out.table(["size", "used", "free"],
+                  [[(f"{b['low']}-{b['high']}", PLAIN), (str(b["used"]), USED), (str(b["free"]), FREE)]
+                   for b in r["histogram"]])
+    if r.get("kernel") is not None:
+        out.line("kernel heap_stats beside the walk:")
+        rows = [[(c["name"], PLAIN), (str(c["kernel"]), PLAIN), (str(c["walk"]), PLAIN),
+                 ("agree" if c["agree"] else "DISAGREE", OK if c["agree"] else ERROR)] for c in r["comparison"]]
+        out.table(["", "kernel", "walk", ""], rows)
+        k = r["kernel"]
+        out.line("  " + ", ".join(f"{name}={k[name]}" for name in k))
+    else:
+        out.line("kernel heap_stats: not available", NOTE)
+    out.notes(r.get("notes", []))
+
+
+@renders("find")
+def _render_find(r: Dict[str, Any], out: Text) -> None:
+    if not r["found"]:
+        out.line(f"{out.addr(r['address'])}: not in any heap segment ({r.get('reason', '')})", WARNING)
+    else:
+        m = r["match"]
+        s = m["segment"]
+        tok = STATE_TOKEN.get(s["state"], PLAIN)
+        out.add(f"{out.addr(r['address'])} is in the ").add(s["state"], tok)
+        where = (f"payload offset {m['payload_offset']}" if m["where"] == "payload" else
+                 f"header offset {m['offset']}")
+        out.line(f" segment at {out.addr(s['address'])} (size {s['size']}, payload {out.addr(s['payload'])}), {where}")
+        out.line(f"  next {out.addr(s['next'])}  prev {out.addr(s['prev'])}")
+    out.notes(r.get("notes", []))
+
+
+@renders("map")
+def _render_map(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"{heap_line(r, out)}; one cell = {r['cell_size']} bytes")
+    tok = {"#": USED, ".": FREE, "+": USED, "!": ERROR, " ": PLAIN}
+    cells = r["cells"]
+    heap = r.get("heap") or {"start": 0}
+    per_line = 64
+    for i in range(0, len(cells), per_line):
+        out.add(f"  {out.addr(heap['start'] + i * r['cell_size'])} |")
+        chunk = cells[i:i + per_line]
+        j = 0
+        while j < len(chunk):
+            k = j
+            while k < len(chunk) and chunk[k] == chunk[j]:
+                k += 1
+            out.tokens.append((tok.get(chunk[j], PLAIN), chunk[j:k]))
+            j = k
+        out.line("|")
+    out.line("  legend: " + ", ".join(f"'{k}' {v}" for k, v in r["legend"].items()))
+    rows = [[(out.addr(g["start"]), PLAIN), (out.addr(g["end"]), PLAIN), (str(g["bytes"]), PLAIN),
+             (g["state"], STATE_TOKEN.get(g["state"], PLAIN)), (str(g["segments"]), PLAIN)] for g in r["regions"]]
+    out.table(["start", "end", "bytes", "state", "segments"], rows)
+    if r["stop"]["reason"] != "end":
+        out.line(stop_text(r["stop"], out), ERROR)
+    out.notes(r.get("notes", []))
+
+
+def verdict_line(report: Dict[str, Any]) -> str:
+    """The one line auto-check prints: verdict, counts, and the first finding if any."""
+    counts = f"{report['errors']} errors, {report['warnings']} warnings, {report['segments']} segments"
+    line = f"kheap: heap {report['verdict'].upper()} ({counts})"
+    if report["findings"]:
+        first = report["findings"][0]
+        line += f"; first: {first['code']} at 0x{(first.get('address') or 0):x}: {first['message']}"
+        line += " - see 'kheap check'"
+    return line

@@ -1,0 +1,134 @@
+"""Reports over time: snapshot and diff, and what ``kheap watch`` recorded (watch, history,
+leaks), each builder beside its text."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ..snapshot import Snapshot, SnapshotDiff
+from ..watch import describe_operation
+from .base import ERROR, FREE, OK, PLAIN, USED, Text, clean, renders, report_base
+
+__all__ = ["snapshot_report", "diff_report", "watch_report", "history_report", "leaks_report"]
+
+
+def snapshot_report(snapshot: Snapshot) -> Dict[str, Any]:
+    """``kheap snapshot``: the snapshot itself (what the CLI stores in a file)."""
+    return clean(snapshot.to_json())
+
+
+def diff_report(diff: SnapshotDiff, pointer_size: int = 4) -> Dict[str, Any]:
+    """``kheap diff``: new, freed and resized allocations, and live growth (the leak view)."""
+    d = report_base("diff", pointer_size=pointer_size)
+    d.update(diff.to_json())
+    return clean(d)
+
+
+@renders("snapshot")
+def _render_snapshot(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"snapshot {r.get('tag') or '(untagged)'}: {len(r['segments'])} segments, "
+             f"{r['used']['count']} used ({r['used']['bytes']} bytes), walk {r['stop_reason']}")
+
+
+@renders("diff")
+def _render_diff(r: Dict[str, Any], out: Text) -> None:
+    live = r["live"]
+    tags = r.get("tags", {})
+    grow = live["bytes_growth"]
+    out.add(f"{tags.get('before') or 'before'} -> {tags.get('after') or 'after'}: live bytes "
+            f"{live['bytes_before']} -> {live['bytes_after']} (")
+    out.add(f"{grow:+d}", ERROR if grow > 0 else OK).add(f"), allocations {live['count_before']} -> "
+                                                          f"{live['count_after']} ({live['count_growth']:+d})").nl()
+    out.line(f"new: {len(r['new'])}  freed: {len(r['freed'])}  resized: {len(r['resized'])}")
+    if r["new_by_size"]:
+        out.line("new allocations by size (possible leaks):")
+        out.table(["size", "count", "bytes"], [[(str(s), PLAIN), (str(c), USED), (str(s * c), PLAIN)]
+                                              for s, c in sorted(r["new_by_size"], key=lambda x: -x[0] * x[1])])
+    for name, items, tok in (("new", r["new"], USED), ("freed", r["freed"], FREE)):
+        if items:
+            out.line(f"{name}:")
+            out.table(["address", "size"], [[(out.addr(a), tok), (str(s), PLAIN)] for a, s in items[:200]])
+            if len(items) > 200:
+                out.line(f"  ... {len(items) - 200} more")
+    if r["resized"]:
+        out.line("resized:")
+        out.table(["address", "old", "new"], [[(out.addr(a), PLAIN), (str(o), PLAIN), (str(n), PLAIN)]
+                                              for a, o, n in r["resized"]])
+
+
+
+def watch_report(action: str, status: Dict[str, Any]) -> Dict[str, Any]:
+    """``kheap watch on|off|status``: the breakpoints and what was recorded so far."""
+    d = report_base("watch")
+    d.update({"action": action, **status})
+    return clean(d)
+
+
+@renders("watch")
+def _render_watch(report: Dict[str, Any], out: Text) -> None:
+    if report["action"] == "on":
+        sites = report.get("return_sites", {})
+        where = ", ".join(f"{k} (1 entry, {len(v)} returns)" for k, v in sites.items())
+        out.line(f"kheap watch: on: {report['breakpoints']} breakpoints: {where}; continue to run the kernel")
+        return
+    if report["action"] == "off":
+        out.line("kheap watch: off: breakpoints removed" + (
+            f" ({report['counters']['operations']} operations recorded)" if "counters" in report else ""))
+        return
+    if "counters" not in report:
+        out.line("kheap watch: off (never turned on)")
+        return
+    c = report["counters"]
+    out.line(f"kheap watch: {'on' if report['active'] else 'off'}; {c['operations']} operations "
+             f"({c['calls']} calls), history {report['history_size']}/{report['history_limit']}, "
+             f"{report['live']} live blocks, full check every {report['full_every'] or 'checkpoint'}")
+    out.line(f"  allocations={c['allocations']} frees={c['frees']} failed={c['failed']} "
+             f"bytes_requested={c['bytes_requested']} bytes_allocated={c['bytes_allocated']} "
+             f"bytes_freed={c['bytes_freed']} current_usage={c['current_usage']} peak_usage={c['peak_usage']}")
+    if report.get("last_stop"):
+        stop = report["last_stop"]
+        out.line(f"  last stop: {stop['reason']}: {', '.join(f['code'] for f in stop['findings'])}")
+
+
+def history_report(pointer_size: int, target: Optional[int], operations: List[Any], matched: int,
+                   counters: Dict[str, Any], first_free: Any = None, allocated_by: Any = None) -> Dict[str, Any]:
+    """``kheap history [ADDR]``: the recorded operations (all, or those touching ADDR)."""
+    d = report_base("history", pointer_size=pointer_size)
+    d.update({"address": target, "matched": matched, "not_shown": matched - len(operations),
+              "operations": [o.to_json() for o in operations], "counters": counters})
+    if target is not None:
+        d["first_free"] = first_free.to_json() if first_free else None
+        d["allocated_by"] = allocated_by.to_json() if allocated_by else None
+    return clean(d)
+
+
+@renders("history")
+def _render_history(r: Dict[str, Any], out: Text) -> None:
+    head = (f"{r['matched']} operations touched {out.addr(r['address'])}" if r["address"] is not None
+            else f"{r['matched']} operations recorded")
+    out.line(head + (f" ({r['not_shown']} earlier not shown)" if r["not_shown"] else ""))
+    for op in r["operations"]:
+        out.line(describe_operation(op, lambda a: out.addr(a) if a else "NULL"))
+
+
+def leaks_report(pointer_size: int, mark: int, groups: List[Dict[str, Any]], blocks_shown: int = 8,
+                 mark_set: bool = False) -> Dict[str, Any]:
+    """``kheap leaks``: live allocations since the mark, by caller (``mark_set``: --mark ran)."""
+    d = report_base("leaks", pointer_size=pointer_size)
+    d.update({"mark": mark, "groups": groups, "count": sum(g["count"] for g in groups),
+              "bytes": sum(g["bytes"] for g in groups), "blocks_shown": blocks_shown, "mark_set": mark_set})
+    return clean(d)
+
+
+@renders("leaks")
+def _render_leaks(r: Dict[str, Any], out: Text) -> None:
+    if r.get("mark_set"):
+        out.line(f"kheap leaks: mark set at operation #{r['mark']}")
+        return
+    out.line(f"{r['count']} live blocks ({r['bytes']} bytes) allocated since operation #{r['mark']} "
+             "and not freed, by caller:")
+    n = r.get("blocks_shown", 8)
+    for g in r["groups"]:
+        shown = ", ".join(out.addr(b) for b in g["blocks"][:n])
+        more = f" (+{len(g['blocks']) - n} more)" if len(g["blocks"]) > n else ""
+        out.line(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")

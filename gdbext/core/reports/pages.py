@@ -1,0 +1,52 @@
+"""The page array's reports: the summary with its findings, and one ``page_t``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence
+
+from ..findings import Finding
+from ..pages import Page, PageSummary
+from ..program import Program
+from .base import PLAIN, STATE_TOKEN, Text, clean, finding_lines, renders, report_base
+
+__all__ = ["pages_report", "page_report"]
+
+
+def pages_report(prog: Program, summary: PageSummary, findings: Sequence[Finding] = ()) -> Dict[str, Any]:
+    """``kheap pages``: pages by kind, the free list as walked, and page findings if any."""
+    d = report_base("pages", prog)
+    d.update(summary.to_json())
+    d["page_array"] = prog.bounds.page_array
+    d["findings"] = [f.to_json() for f in findings]
+    return clean(d)
+
+
+@renders("pages")
+def _render_pages(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"page array at {out.addr(r.get('page_array'))}: {r['num_pages']} pages, {r['scanned']} read"
+             + (f" (unreadable from {out.addr(r['fault'])})" if r.get("fault") is not None else ""))
+    out.table(["kind", "pages"], [[(k, STATE_TOKEN.get(k, PLAIN)), (str(v), PLAIN)] for k, v in r["counts"].items()])
+    fl = r.get("free_list")
+    if fl:
+        stop = fl["stop"]
+        out.line(f"free_pages: head {out.addr(fl['head'])} tail {out.addr(fl['tail'])} size {fl['size']}, "
+                 f"{fl['walked']} walked" + ("" if stop["reason"] == "end" else
+                                            f", stopped: {stop['reason']} at {out.addr(stop['address'])}"))
+    for f in r.get("findings", []):
+        finding_lines(f, out)
+    out.notes(r.get("notes", []))
+
+
+def page_report(prog: Program, page: Page) -> Dict[str, Any]:
+    """``kheap pages --page N``: one ``page_t`` with its flags by name."""
+    d = report_base("page", prog)
+    d.update({"page": page.to_json(), "flags": prog.layouts.page.flag_names(page.flags_word)})
+    return clean(d)
+
+
+@renders("page")
+def _render_page(r: Dict[str, Any], out: Text) -> None:
+    p = r["page"]
+    out.line(f"page {p['index']} at {out.addr(p['address'])}: maps {out.addr(p['vaddr_mapped'])}, "
+             f"flags {'|'.join(r['flags']) or 'none (free)'} (kind {p['kind']}), "
+             f"nextpage {out.addr(p['nextpage'])}, prevpage {out.addr(p['prevpage'])}")

@@ -1,0 +1,120 @@
+"""The segment-list allocator family: the tutorial's ``heap_segment_t`` list, in one package.
+
+Everything kheap knows about this allocator's data lives here and nowhere else: the header's
+layout and names (:mod:`.layout`), the walk and its named records (:mod:`.walk`), the one rule
+that judges a header, the culprit inference and the finding codes (:mod:`.rules`), and
+:class:`SegmentList`, the family's side of the allocator seam (:mod:`gdbext.core.allocator`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..allocator import Block, HeapFigures, size_bucket
+from ..findings import Finding
+from .layout import SEGMENT_NAMES, SegmentLayout
+from .rules import (OWN_FIELD_CODES, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
+                    validate_heap, validate_poison, validate_segments)
+from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, Segment, for_each_segment, segment_state, walk_heap
+
+__all__ = ["SegmentList", "SEGMENT_LIST", "Header", "HeapWalk", "Segment", "SegmentMatch", "SegmentLayout",
+           "SEGMENT_NAMES", "walk_heap", "for_each_segment", "find_segment", "validate_heap", "validate_poison", "validate_segments",
+           "header_problems", "culprit_for", "check_header_at", "extent", "segment_state"]
+
+
+class SegmentList:
+    """The operations the rest of kheap needs from this family (see :mod:`gdbext.core.allocator`)."""
+
+    name = "segment-list"
+    type_names = SEGMENT_NAMES
+
+    def walk(self, prog: Any) -> HeapWalk:
+        return walk_heap(prog)
+
+    def find(self, prog: Any, address: int) -> Optional[SegmentMatch]:
+        return find_segment(prog, address)
+
+    def validate(self, prog: Any, walk: HeapWalk) -> List[Finding]:
+        """Every header by the rule, why the walk stopped, and each free payload's poison."""
+        findings = validate_heap(prog, walk)
+        if walk.stop_reason != STOP_BAD_HEAD:
+            findings += validate_poison(prog, walk)
+        return findings
+
+    def validate_around(self, prog: Any, address: int, count: int = 4) -> List[Finding]:
+        return validate_segments(prog, address, count)
+
+    def header_of_payload(self, prog: Any, pointer: int) -> Optional[Header]:
+        """The header a payload pointer (as kmalloc returned it) belongs to, read as is."""
+        h, _ = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        return h
+
+    def check_payload(self, prog: Any, pointer: int) -> Tuple[Optional[Header], List[Finding]]:
+        """The header of a payload pointer and what the rule finds wrong with its own fields
+        (a neighbour's broken link is check's news, not a reason to distrust this block)."""
+        h, problems = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        return h, [p for p in problems if p.code in OWN_FIELD_CODES]
+
+    def describe_header(self, prog: Any, address: Optional[int], raw: bytes) -> str:
+        """A header's raw bytes in one line, for pretty printers and type summaries."""
+        layout = prog.layouts.segment
+        if len(raw) < layout.decode_size:
+            return f"<heap_segment_t: {len(raw)} bytes, need {layout.decode_size}>"
+        nxt, prev, is_allocated, size = layout.unpack_from(raw, 0)
+        state = segment_state(is_allocated)
+        parts = [state if state != "bad" else f"bad is_allocated={is_allocated}", f"size={size}"]
+        if address is not None:
+            parts.append(f"payload={prog.fmt(address + layout.payload_offset)}")
+            try:
+                inside = prog.heap_start <= address < prog.heap_end
+            except Exception:  # noqa: BLE001 - bounds unknown: describe without them
+                inside = True
+            if not inside:
+                parts.append("outside the heap")
+        link = lambda value: "NULL" if value == 0 else prog.fmt(value)  # noqa: E731
+        parts += [f"next={link(nxt)}", f"prev={link(prev)}"]
+        return "heap_segment_t {" + ", ".join(parts) + "}"
+
+    def figures(self, walk: HeapWalk) -> HeapFigures:
+        used_n = used_b = free_n = free_b = bad_n = bad_b = largest = 0
+        buckets: Dict[int, List[int]] = {}
+        for _, _, f, s in walk.all_fields():
+            if f == 1 or f == 0:
+                k = size_bucket(s)
+                b = buckets.get(k)
+                if b is None:
+                    b = buckets[k] = [0, 0]
+                if f:
+                    used_n += 1
+                    used_b += s
+                    b[0] += 1
+                else:
+                    free_n += 1
+                    free_b += s
+                    b[1] += 1
+                    if s > largest:
+                        largest = s
+            else:
+                bad_n += 1
+                bad_b += s
+        return HeapFigures(len(walk), used_n, used_b, free_n, free_b, bad_n, bad_b, largest, buckets,
+                           walk.complete, walk.stop_reason)
+
+    def blocks(self, walk: HeapWalk, heap_end: int) -> List[Block]:
+        """Each segment's extent (:func:`extent`) and state, in list order."""
+        hdr = walk.header_size
+        return [Block(a, extent(a, s, heap_end, hdr), s, segment_state(f))
+                for a, (_, _, f, s) in zip(walk.addresses, walk.all_fields())]
+
+    def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
+        """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``
+        (a kernel following a clobbered link faults at that value plus a field offset)."""
+        out = []
+        for a, (nxt, prev, _, _) in zip(walk.addresses, walk.all_fields()):
+            for name, value in (("next", nxt), ("prev", prev)):
+                if value and value <= address < value + span:
+                    out.append({"segment": a, "field": name, "value": value, "offset": address - value})
+        return out
+
+
+SEGMENT_LIST = SegmentList()

@@ -1,0 +1,240 @@
+"""The walk of a ``heap_segment_t`` list: :func:`walk_heap`, :class:`HeapWalk`, :class:`Header`.
+
+The walker follows the kernel's own ``next`` links (the list is what kmalloc trusts) and
+assumes nothing: a walk is bounded by ``heap_size // header_size + 1`` steps, stops at a NULL
+link, at the first address outside the heap, at the first unreadable header, or on a revisited
+header, and records why. Judging what it found is :mod:`.rules`' job.
+
+Speed and memory: the heap is read in bulk once (:meth:`Program.heap_bytes`); the walk keeps
+only each header's address (8 bytes in an ``array``) and decodes the fields again from that
+buffer when asked, so a walk of a million segments costs a few MiB beyond the heap itself.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field as dc_field
+from itertools import repeat
+from operator import sub
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from ..memory import MemoryFault
+
+__all__ = ["Header", "Segment", "HeapWalk", "walk_heap", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
+           "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP", "STOP_BAD_HEAD"]
+
+STOP_END = "end"              # a NULL next: the list ended normally
+STOP_FAULT = "fault"          # a header could not be read
+STOP_BOUND = "bound"          # more steps than the heap can hold segments
+STOP_CYCLE = "cycle"          # next led back to a header already visited
+STOP_LEFT_HEAP = "outside-heap"  # next points outside the heap (the kernel dump's word for it)
+STOP_BAD_HEAD = "bad-head"    # the list head is unknown, NULL or outside the heap
+
+Fields = Tuple[int, int, int, int]     # (next, prev, is_allocated, segment_size) as decoded
+
+
+def segment_state(is_allocated: int) -> str:
+    """'used' (1), 'free' (0) or 'bad' (anything else: the header is corrupt)."""
+    return "used" if is_allocated == 1 else "free" if is_allocated == 0 else "bad"
+
+
+class Header(NamedTuple):
+    """One ``heap_segment_t`` header as read, values raw even when corrupt."""
+
+    address: int
+    next: int
+    prev: int
+    is_allocated: int
+    segment_size: int
+
+    @property
+    def state(self) -> str:
+        return segment_state(self.is_allocated)
+
+    @property
+    def end(self) -> int:
+        return self.address + self.segment_size
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment for reports: the header's fields by name, its payload and state."""
+
+    address: int
+    size: int                 # segment_size, header included
+    is_allocated: int         # raw value: 0 free, 1 used, other = corrupt
+    next: int
+    prev: int
+    payload: int              # address + the layout's payload offset
+    state: str                # 'used' | 'free' | 'bad'
+    extra: Dict[str, int] = dc_field(default_factory=dict)   # fields beyond the known four
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    @property
+    def payload_size(self) -> int:
+        return max(0, self.size - (self.payload - self.address))
+
+    def to_json(self) -> Dict[str, object]:
+        out: Dict[str, object] = {"address": self.address, "size": self.size, "state": self.state,
+                                  "is_allocated": self.is_allocated, "next": self.next,
+                                  "prev": self.prev, "payload": self.payload}
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+
+@dataclass
+class HeapWalk:
+    """What a walk found and why it stopped.
+
+    ``addresses``: every header walked, in list order. ``stop_address`` is the address that
+    stopped the walk (the NULL-terminated segment for ``end``, the fault address, the
+    out-of-heap or revisited address); ``stop_from`` is the segment whose ``next`` led there
+    (None for the head). The fields of header ``i`` are :meth:`fields_at` ``(i)``, all of them
+    :meth:`all_fields`, and as named records :meth:`headers`.
+    """
+
+    addresses: "array[int]"
+    stop_reason: str
+    stop_address: Optional[int]
+    stop_from: Optional[int]
+    stop_detail: str
+    heap_start: int
+    heap_end: int
+    header_size: int
+    payload_offset: int
+    list_head: Optional[int]
+    bound: int
+    # Where the fields are decoded from: the heap's bytes (from heap_start), and the few
+    # headers read one by one past their end.
+    _buf: Any = dc_field(default=b"", repr=False)
+    _unpack: Any = dc_field(default=None, repr=False)
+    _decode_size: int = dc_field(default=0, repr=False)
+    _read_alone: Dict[int, Fields] = dc_field(default_factory=dict, repr=False)
+    _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
+    _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """True when the list ended with a NULL link (corruption may still be present)."""
+        return self.stop_reason == STOP_END
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def fields_at(self, address: int) -> Fields:
+        """``(next, prev, is_allocated, segment_size)`` of the walked header at ``address``."""
+        alone = self._read_alone.get(address)
+        return alone if alone is not None else self._unpack(self._buf, address - self.heap_start)
+
+    def all_fields(self) -> Iterator[Fields]:
+        """The fields of every header, in list order (decoded in C when all came from the buffer)."""
+        if not self._read_alone:
+            return map(self._unpack, repeat(self._buf), map(sub, self.addresses, repeat(self.heap_start)))
+        return map(self.fields_at, self.addresses)
+
+    def headers(self) -> Iterator[Header]:
+        """Every header walked as a named record, in list order."""
+        return (Header(a, n, p, f, s) for a, (n, p, f, s) in zip(self.addresses, self.all_fields()))
+
+    def header(self, index: int) -> Header:
+        a = self.addresses[index]
+        return Header(a, *self.fields_at(a))
+
+    @property
+    def segments(self) -> List[Segment]:
+        """Every header walked as a :class:`Segment` (built on first use)."""
+        if self._segments is None:
+            off = self.payload_offset
+            extra = self._extra or {}
+            self._segments = [Segment(a, s, f, n, p, a + off, segment_state(f), extra.get(a, {}))
+                              for a, (n, p, f, s) in zip(self.addresses, self.all_fields())]
+        return self._segments
+
+    def stop_json(self) -> Dict[str, object]:
+        return {"reason": self.stop_reason, "address": self.stop_address, "from": self.stop_from,
+                "detail": self.stop_detail}
+
+
+def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] = None) -> HeapWalk:
+    """Walk the ``heap_segment_t`` list from ``heap_segment_list_head`` (or ``start``).
+
+    ``prog``: the :class:`~gdbext.core.program.Program` of the kernel. Never raises on corrupt
+    data; raises :class:`~gdbext.core.program.ProgramError` only when the heap cannot be located.
+    """
+    bounds = prog.bounds
+    layout = prog.layouts.segment
+    hs, he, hdr = bounds.start, bounds.end, layout.header_size
+    bound = bounds.size // max(hdr, 1) + 1
+    if max_steps is not None:
+        bound = min(bound, max_steps)
+    head = bounds.list_head if start is None else start
+    addresses: "array[int]" = array("Q")
+    unpack = layout.unpack_from
+    read_alone: Dict[int, Fields] = {}
+
+    def stop(reason: str, address: Optional[int], frm: Optional[int], detail: str, buf: Any = b"") -> HeapWalk:
+        walk = HeapWalk(addresses, reason, address, frm, detail, hs, he, hdr, layout.payload_offset,
+                        head, bound, buf, unpack, layout.decode_size, read_alone)
+        if layout.extra_fields and addresses:
+            walk._extra = _read_extra(prog, layout, addresses)
+        return walk
+
+    if head is None:
+        return stop(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
+    if head == 0:
+        return stop(STOP_BAD_HEAD, 0, None, "list head is NULL")
+    if not (hs <= head and head + hdr <= he):
+        return stop(STOP_BAD_HEAD, head, None, "list head is outside the heap")
+    buf = prog.heap_bytes()
+    # Headers at [lo, hi] are inside the heap and inside ``buf``.
+    lo, hi = hs, min(he - hdr, hs + len(buf) - layout.decode_size)
+    add = addresses.append
+    addr, frm = head, None
+    seen: Optional[set] = None
+    # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, one append
+    # and one compare per segment.
+    for _ in range(bound):
+        if lo <= addr <= hi:
+            t = unpack(buf, addr - hs)
+        elif addr < hs or addr + hdr > he:
+            return stop(STOP_LEFT_HEAP, addr, frm, "next points outside the heap", buf)
+        else:
+            try:
+                t = read_alone[addr] = unpack(prog.read(addr, layout.decode_size), 0)
+            except MemoryFault as fault:
+                return stop(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable", buf)
+        add(addr)
+        nxt = t[0]
+        if nxt <= addr:
+            if nxt == 0:
+                return stop(STOP_END, addr, frm, "end of list", buf)
+            # Only a backward (or self) link can close a cycle: from here on, remember.
+            if seen is None:
+                seen = set(addresses)
+        if seen is not None:
+            if nxt in seen:
+                return stop(STOP_CYCLE, nxt, addr, "next leads back to a segment already visited", buf)
+            seen.add(nxt)
+        frm, addr = addr, nxt
+    return stop(STOP_BOUND, addr, frm, f"more than {bound} segments: the heap cannot hold that many", buf)
+
+
+def for_each_segment(prog: Any) -> Iterator[Segment]:
+    """Every segment on the list, in list order, stopping silently where the walk stops.
+
+    ``prog``: the :class:`~gdbext.core.program.Program`. Use :func:`walk_heap` to learn why."""
+    yield from walk_heap(prog).segments
+
+
+def _read_extra(prog: Any, layout: Any, addresses: "array[int]") -> Dict[int, Dict[str, int]]:
+    out: Dict[int, Dict[str, int]] = {}
+    for a in addresses:
+        try:
+            out[a] = layout.decode_extra(prog.read(a, layout.header_size))
+        except (MemoryFault, ValueError):
+            continue
+    return out
