@@ -42,7 +42,10 @@ File format: one JSON object per (arch, scenario), keys sorted, indent 1::
         {"exit": 0, "output": {...the parsed JSON...}, "stderr": ""}, ...}
 
 ``output`` is null when stdout was empty; if stdout were not JSON it would be stored as
-``{"unparsed_stdout": text}``.
+``{"unparsed_stdout": text}``. ``expected/kernels.json`` holds, per build, a digest of the
+kernel image the fixture was recorded with (``kernel_image_digest``): every address in the
+fixture depends on the kernel and its cross compiler, so when the test fails it says whether
+the kernel itself differs (then rebuild with the same toolchain, or re-record on purpose).
 
 Normalisations (only what differs from one boot or checkout to the next; applied to every
 string in the parsed output, to stderr and to the command line used as the key):
@@ -70,7 +73,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from qemu.launcher import SCENARIOS, KernelVM  # noqa: E402
+from qemu.launcher import SCENARIOS, KernelVM, elf_path  # noqa: E402
 
 ARCHES = ("arm", "aarch64")
 EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
@@ -80,6 +83,31 @@ SETTLE_TIMEOUT = 60
 
 def expected_path(arch: str, scenario: str, root: Path = EXPECTED_DIR) -> Path:
     return Path(root) / arch / f"{scenario}.json"
+
+
+def kernels_path(root: Path = EXPECTED_DIR) -> Path:
+    """{arch: kernel_image_digest} of the kernels the fixture was recorded with."""
+    return Path(root) / "kernels.json"
+
+
+def kernel_image_digest(elf) -> str:
+    """SHA-256 of what the kernel ELF loads (every SHF_ALLOC section's name, address, size and
+    bytes; .bss by its place and size only). Unlike the file's hash it does not change with the
+    checkout's path (DWARF holds absolute paths): it changes when the kernel or its toolchain
+    does, which changes every address in the fixture."""
+    import hashlib
+
+    from elftools.elf.elffile import ELFFile
+
+    digest = hashlib.sha256()
+    with open(elf, "rb") as f:
+        for section in ELFFile(f).iter_sections():
+            if not section["sh_flags"] & 0x2:            # SHF_ALLOC
+                continue
+            digest.update(f"{section.name} {section['sh_addr']:#x} {section['sh_size']}\n".encode())
+            if section["sh_type"] != "SHT_NOBITS":
+                digest.update(section.data())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +272,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     total = 0
     for arch in args.arch or ARCHES:
+        digests = kernels_path(args.out)
+        known = json.loads(digests.read_text()) if digests.is_file() else {}
+        known[arch] = kernel_image_digest(elf_path(arch))
+        digests.parent.mkdir(parents=True, exist_ok=True)
+        digests.write_text(json.dumps(known, sort_keys=True, indent=1) + "\n")
         for scenario in args.scenario or SCENARIOS:
             started = time.monotonic()
             results = record(arch, scenario, args.subprocess)

@@ -17,7 +17,8 @@ import json
 import pytest
 
 from qemu.launcher import SCENARIOS
-from tests.behaviour.record import ARCHES, expected_path, record_vm
+from tests.behaviour.record import (ARCHES, expected_path, kernel_image_digest, kernels_path,
+                                    record_vm)
 
 pytestmark = [pytest.mark.qemu]
 
@@ -58,9 +59,20 @@ def test_json_output_is_unchanged(vm_pool, arch, scenario):
     path = expected_path(arch, scenario)
     assert path.is_file(), f"no fixture {path}: run .venv/bin/python -m tests.behaviour.record"
     expected = json.loads(path.read_text())
-    actual = record_vm(vm_pool.get(arch, scenario))
+    vm = vm_pool.get(arch, scenario)
+    actual = record_vm(vm)
     # Round-trip through JSON so the comparison sees exactly what a file would hold.
     actual = json.loads(json.dumps(actual))
     problems = describe_differences(expected, actual)
     if problems:
-        pytest.fail(f"{arch}/{scenario}: {problems}", pytrace=False)
+        pytest.fail(f"{arch}/{scenario}: {kernel_note(arch, vm.elf)}{problems}", pytrace=False)
+
+
+def kernel_note(arch, elf):
+    """A warning when the kernel under test is not the one the fixture was recorded with."""
+    digests = kernels_path()
+    recorded = json.loads(digests.read_text()).get(arch) if digests.is_file() else None
+    if recorded is None or recorded == kernel_image_digest(elf):
+        return ""
+    return (f"THE KERNEL DIFFERS from the one recorded ({elf} loads other bytes: another kernel "
+            "source or cross compiler), so addresses may differ for that reason alone.\n")
