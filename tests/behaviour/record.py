@@ -8,7 +8,7 @@ a named fix (then re-record and say so in the commit).
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m tests.behaviour.record                      # everything (24 VMs, ~2 min)
+    .venv/bin/python -m tests.behaviour.record                      # everything (24 VMs, ~1 min idle)
     .venv/bin/python -m tests.behaviour.record --arch arm --scenario uaf
     .venv/bin/python tests/behaviour/record.py --out /tmp/again    # elsewhere, e.g. to diff
     .venv/bin/python -m tests.behaviour.record --subprocess        # real `kheap` processes
