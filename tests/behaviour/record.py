@@ -55,6 +55,9 @@ string in the parsed output, to stderr and to the command line used as the key):
    is removed.
 2. The gdbstub address ``127.0.0.1:PORT`` (a free port chosen per boot) becomes ``HOST:PORT``.
 
+Today both occur only in the command lines (the keys): no recorded output or stderr contains
+the ELF path or the port.
+
 Nothing else is normalised: today's JSON output has no timestamps, durations or random
 values, and the kernel scenarios are deterministic (same heap, same registers in ``triage``),
 which the test checks by comparing a fresh boot against the stored file.
