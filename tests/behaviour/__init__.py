@@ -1,0 +1,1 @@
+"""Behaviour fixtures: kheap output recorded before a refactor (see record.py)."""
