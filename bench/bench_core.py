@@ -1,6 +1,12 @@
 """Offline walk + validation speed of the core on synthetic heaps (prints figures, asserts nothing).
 
     .venv/bin/python bench/bench_core.py [--sizes 10000,100000,1000000] [--arch arm|aarch64]
+    .venv/bin/python bench/bench_core.py --vs ../old-worktree [--rounds 5] [--sizes 100000,1000000]
+
+``--vs TREE`` measures this checkout and another one (say the commit before, made with
+``git worktree add ../old-worktree HEAD~1``) side by side: each round runs every size and arch
+once in a fresh process of each tree, alternating, and the table gives the medians and the
+median of the per-round ratios new/old (the figure that moves least when the machine drifts).
 
 Each heap is built directly in a bytearray (alternating used and free 16/32-byte-header
 segments of a few sizes, consistent links, poison in free payloads, matching heap_stats), read
@@ -12,16 +18,26 @@ segments per second and the peak Python memory (tracemalloc) of the walk + check
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "unit"))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# ``--tree DIR``: measure that checkout's gdbext (with its own synthetic-heap builder).
+_TREE = os.path.abspath(sys.argv[sys.argv.index("--tree") + 1]) if "--tree" in sys.argv else \
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(_TREE, "tests", "unit"))
+sys.path.insert(0, _TREE)
 
-from gdbext.core.seglist import walk_heap  # noqa: E402
-from gdbext.core.check import check  # noqa: E402
+try:
+    from gdbext.core.check import check  # noqa: E402
+    from gdbext.core.seglist import walk_heap  # noqa: E402
+except ImportError:                       # a tree from before the allocator family package
+    from gdbext.core.heap import walk_heap  # type: ignore  # noqa: E402
+    from gdbext.core.validate import check  # type: ignore  # noqa: E402
 
 from heapbuilder import SyntheticKernel  # noqa: E402
 
@@ -62,7 +78,7 @@ def build(segments: int, pointer_size: int) -> SyntheticKernel:
     return k
 
 
-def run(segments: int, pointer_size: int) -> None:
+def measure(segments: int, pointer_size: int) -> dict:
     k = build(segments, pointer_size)
     prog = k.program()
     prog.bounds                                   # bounds and the ELF are per-session costs
@@ -84,21 +100,59 @@ def run(segments: int, pointer_size: int) -> None:
     t5 = time.perf_counter()
     assert len(walk) == segments and report.findings == [] and report2.findings == [], \
         [f.message for f in report2.findings][:3]
-    walk_s, check_s = t4 - t3, t5 - t4
-    print(f"{'arm' if pointer_size == 4 else 'aarch64':8} {segments:>9,} segments  heap {k.heap_size / 2**20:7.1f} MiB"
-          f"  walk {walk_s * 1e3:8.1f} ms ({segments / walk_s / 1e6:5.2f} M seg/s)"
-          f"  walk+check {check_s * 1e3:8.1f} ms ({segments / check_s / 1e6:5.2f} M seg/s)"
-          f"  peak {peak / 2**20:7.1f} MiB  backend reads {prog2.memory.backend_reads}")
+    return {"arch": "arm" if pointer_size == 4 else "aarch64", "segments": segments, "heap": k.heap_size,
+            "walk": t4 - t3, "check": t5 - t4, "peak": peak, "reads": prog2.memory.backend_reads}
+
+
+def line(m: dict) -> str:
+    return (f"{m['arch']:8} {m['segments']:>9,} segments  heap {m['heap'] / 2**20:7.1f} MiB"
+            f"  walk {m['walk'] * 1e3:8.1f} ms ({m['segments'] / m['walk'] / 1e6:5.2f} M seg/s)"
+            f"  walk+check {m['check'] * 1e3:8.1f} ms ({m['segments'] / m['check'] / 1e6:5.2f} M seg/s)"
+            f"  peak {m['peak'] / 2**20:7.1f} MiB  backend reads {m['reads']}")
+
+
+def side_by_side(other: str, sizes: list, arches: list, rounds: int) -> None:
+    """This tree against ``other``, alternating fresh processes; medians and paired ratios."""
+    me = os.path.abspath(__file__)
+    here = os.path.abspath(os.path.join(os.path.dirname(me), ".."))
+    results: dict = {}
+    for r in range(rounds):
+        for arch in arches:
+            for n in sizes:
+                for name, tree in (("old", other), ("new", here)):
+                    out = subprocess.run([sys.executable, me, "--json", "--tree", tree, "--sizes", str(n),
+                                          "--arch", arch], capture_output=True, text=True, check=True).stdout
+                    results.setdefault((arch, n), {}).setdefault(name, []).append(json.loads(out))
+    print(f"{rounds} rounds, old = {other}, new = {here}")
+    print(f"{'arch':8} {'segments':>9}  {'walk+check old':>14} {'new':>9} {'new/old':>8}   "
+          f"{'walk old':>9} {'new':>8}   {'peak old':>9} {'new':>9}")
+    for (arch, n), got in results.items():
+        old, new = got["old"], got["new"]
+        med = lambda runs, key: statistics.median(x[key] for x in runs)  # noqa: E731
+        ratio = statistics.median(b["check"] / a["check"] for a, b in zip(old, new))
+        print(f"{arch:8} {n:>9,}  {med(old, 'check') * 1e3:11.1f} ms {med(new, 'check') * 1e3:6.1f} ms {ratio:8.2f}"
+              f"   {med(old, 'walk') * 1e3:6.1f} ms {med(new, 'walk') * 1e3:5.1f} ms"
+              f"   {max(x['peak'] for x in old) / 2**20:5.1f} MiB {max(x['peak'] for x in new) / 2**20:5.1f} MiB")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--arch", default="arm,aarch64")
+    ap.add_argument("--vs", metavar="TREE", help="another checkout to measure side by side")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds with --vs (default 5)")
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for arch in args.arch.split(","):
-        for n in args.sizes.split(","):
-            run(int(n), 4 if arch == "arm" else 8)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    arches = args.arch.split(",")
+    if args.vs:
+        side_by_side(os.path.abspath(args.vs), sizes, arches, args.rounds)
+        return
+    for arch in arches:
+        for n in sizes:
+            m = measure(n, 4 if arch == "arm" else 8)
+            print(json.dumps(m) if args.json else line(m), flush=True)
 
 
 if __name__ == "__main__":

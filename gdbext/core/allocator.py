@@ -18,7 +18,7 @@ A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Optional
 
 __all__ = ["Block", "HeapFigures", "size_bucket"]
 
@@ -50,6 +50,6 @@ class HeapFigures:
     bad_count: int
     bad_bytes: int
     largest_free: int
-    buckets: Dict[int, List[int]]      # size_bucket -> [used, free]
+    buckets: Optional[Dict[int, List[int]]]   # size_bucket -> [used, free]; None when not counted
     complete: bool
     stop_reason: str

@@ -340,21 +340,6 @@ class BlockCache:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def read_prefix(reader: Reader, address: int, size: int) -> bytes:
-    """The readable start of a range from any reader (uses the fault address it reports)."""
-    if isinstance(reader, BlockCache):
-        return reader.read_prefix(address, size)
-    try:
-        return reader.read(address, size)
-    except MemoryFault as fault:
-        if address < fault.address < address + size:
-            try:
-                return reader.read(address, fault.address - address)
-            except MemoryFault:
-                return b""
-        return b""
-
-
 def merge_ranges(ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
     """Sort and merge ``(start, end)`` ranges, so prefetching touches each block once."""
     out: List[Tuple[int, int]] = []

@@ -65,7 +65,7 @@ def heap_stats(prog: Program, walk: Any = None) -> HeapStats:
     allocator = prog.allocator
     if walk is None:
         walk = allocator.walk(prog)
-    fig = allocator.figures(walk)
+    fig = allocator.figures(walk, histogram=True)
     frag = 1.0 - fig.largest_free / fig.free_bytes if fig.free_bytes else 0.0
     hist = [Bucket(1 << k if k else 0, (1 << (k + 1)) - 1, u, fr) for k, (u, fr) in sorted(fig.buckets.items())]
     kernel = prog.read_kernel_stats()

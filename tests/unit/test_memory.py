@@ -2,7 +2,7 @@
 
 import pytest
 
-from gdbext.core.memory import BlockCache, MemoryFault, RangesReader, Reader, merge_ranges, read_prefix
+from gdbext.core.memory import BlockCache, MemoryFault, RangesReader, Reader, merge_ranges
 
 
 def test_ranges_reader_reads_and_spans_adjacent_ranges():
@@ -98,7 +98,7 @@ def test_block_cache_prefetch_never_raises_and_short_reads_fault():
 
 
 def test_read_prefix_and_merge_ranges():
-    r = RangesReader([(0x100, b"abc")])
-    assert read_prefix(r, 0x100, 10) == b"abc"
-    assert read_prefix(r, 0x50, 10) == b""
+    cache = BlockCache(RangesReader([(0x100, b"abc")]), 0x100)
+    assert cache.read_prefix(0x100, 10) == b"abc"
+    assert cache.read_prefix(0x50, 10) == b""
     assert merge_ranges([(5, 10), (0, 3), (9, 12)]) == [(0, 3), (5, 12)]

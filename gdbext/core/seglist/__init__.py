@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..allocator import Block, HeapFigures, size_bucket
+from ..allocator import Block, HeapFigures
 from ..findings import Finding
 from .layout import SEGMENT_NAMES, SegmentLayout
-from .rules import (OWN_FIELD_CODES, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
+from .rules import (OWN_FIELD_CODES, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
                     validate_heap, validate_poison, validate_segments)
 from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, Segment, for_each_segment, segment_state, walk_heap
 
@@ -35,10 +35,13 @@ class SegmentList:
         return find_segment(prog, address)
 
     def validate(self, prog: Any, walk: HeapWalk) -> List[Finding]:
-        """Every header by the rule, why the walk stopped, and each free payload's poison."""
-        findings = validate_heap(prog, walk)
+        """Every header by the rule, why the walk stopped, and each free payload's poison (the
+        figures of the same pass are kept for :meth:`figures`)."""
+        tally = Tally()
+        findings = validate_heap(prog, walk, observe=tally)
+        walk._figures = self._figures(walk, tally)
         if walk.stop_reason != STOP_BAD_HEAD:
-            findings += validate_poison(prog, walk)
+            findings += validate_poison(prog, walk, tally)
         return findings
 
     def validate_around(self, prog: Any, address: int, count: int = 4) -> List[Finding]:
@@ -75,30 +78,21 @@ class SegmentList:
         parts += [f"next={link(nxt)}", f"prev={link(prev)}"]
         return "heap_segment_t {" + ", ".join(parts) + "}"
 
-    def figures(self, walk: HeapWalk) -> HeapFigures:
-        used_n = used_b = free_n = free_b = bad_n = bad_b = largest = 0
-        buckets: Dict[int, List[int]] = {}
-        for _, _, f, s in walk.all_fields():
-            if f == 1 or f == 0:
-                k = size_bucket(s)
-                b = buckets.get(k)
-                if b is None:
-                    b = buckets[k] = [0, 0]
-                if f:
-                    used_n += 1
-                    used_b += s
-                    b[0] += 1
-                else:
-                    free_n += 1
-                    free_b += s
-                    b[1] += 1
-                    if s > largest:
-                        largest = s
-            else:
-                bad_n += 1
-                bad_b += s
-        return HeapFigures(len(walk), used_n, used_b, free_n, free_b, bad_n, bad_b, largest, buckets,
-                           walk.complete, walk.stop_reason)
+    def figures(self, walk: HeapWalk, histogram: bool = False) -> HeapFigures:
+        """Used/free/bad counts and bytes, the largest free segment, and with ``histogram`` the
+        size histogram (a check needs only the totals)."""
+        if walk._figures is None or (histogram and walk._figures.buckets is None):
+            tally = Tally(histogram)
+            for _, c in walk_columns(walk):
+                tally(c)
+            walk._figures = self._figures(walk, tally)
+        return walk._figures
+
+    @staticmethod
+    def _figures(walk: HeapWalk, t: Tally) -> HeapFigures:
+        return HeapFigures(len(walk), t.used_count, t.used_bytes, t.free_count, t.free_bytes,
+                           len(walk) - t.used_count - t.free_count, t.total_bytes - t.used_bytes - t.free_bytes,
+                           t.largest_free, t.buckets(), walk.complete, walk.stop_reason)
 
     def blocks(self, walk: HeapWalk, heap_end: int) -> List[Block]:
         """Each segment's extent (:func:`extent`) and state, in list order."""

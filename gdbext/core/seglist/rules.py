@@ -12,9 +12,11 @@ only the header). The finding codes are declared here, beside the rule that prod
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
-from itertools import compress
-from typing import Any, List, Optional, Sequence, Tuple
+from itertools import compress, count, islice, repeat
+from operator import add, and_, eq, ge, gt, itemgetter, le, lt, ne, not_, or_, sub
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..findings import ERROR, WARNING, Culprit, Finding, classify_bytes, register_code
 from ..layout import HEAP_ALIGN
@@ -45,12 +47,11 @@ OWN_FIELD_CODES = (ALIGN, FLAG, SIZE)
 
 @dataclass(frozen=True)
 class Place:
-    """What surrounds a header: the facts :func:`header_problems` judges it against.
+    """What surrounds one header read on its own: the facts the rule judges it against.
 
     ``before``: the segment the header's ``prev`` must name (the one before it on the list, or
     the header its ``prev`` points at when that is all one knows); None when unknown.
     ``first``: it is the list's first segment (its ``prev`` must be NULL).
-    ``link_explained``: its ``next`` is judged elsewhere (the walk stopped on a cycle there).
     """
 
     heap_start: int
@@ -58,7 +59,6 @@ class Place:
     header_size: int
     before: Optional[Header] = None
     first: bool = False
-    link_explained: bool = False
 
 
 def extent(address: int, segment_size: int, heap_end: int, header_size: int) -> int:
@@ -66,71 +66,293 @@ def extent(address: int, segment_size: int, heap_end: int, header_size: int) -> 
     return segment_size if header_size <= segment_size and address + segment_size <= heap_end else header_size
 
 
-def header_problems(h: Header, place: Place, fmt: Any) -> List[Finding]:
-    """Every way header ``h`` is wrong where it stands (no culprit: :func:`culprit_for` adds it).
+class Columns:
+    """Consecutive headers as parallel lists (``address``, ``next``, ``prev``, ``flag``, ``size``,
+    ``end``), each with what it must agree with: ``expected_prev`` (the address its ``prev`` must
+    hold: 0 for the list's first, None when unknown), and the header before it (``before_next``,
+    which must be its address, ``before_flag``, ``before_end``).
 
-    A header is sane when it is 16-byte aligned, its flag is 0 or 1, its size is a multiple of
-    16, at least a header and inside the heap, its ``next`` is NULL (then it must end where the
-    heap ends) or its own end (and inside the heap), and its ``prev`` names ``place.before``
-    (NULL for the first segment) whose ``next`` names it. Two free neighbours are a warning,
-    given only when nothing else is wrong. ``fmt``: how addresses are written in messages.
+    Why columns: the rule's tests run as whole-list operations in C (``map`` over ``operator``
+    functions), so a healthy heap of 100,000 headers costs no Python step per header; a header
+    read on its own is simply a column of one.
     """
-    a, nx, pv, f, s = h
-    hs, he, hdr = place.heap_start, place.heap_end, place.header_size
-    end = a + s
-    out: List[Finding] = []
-    vals = {"address": a, "next": nx, "prev": pv, "is_allocated": f, "segment_size": s}
-    if a % HEAP_ALIGN:
-        out.append(Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} is not {HEAP_ALIGN}-byte aligned", vals))
-    if f > 1:
-        out.append(Finding(FLAG, ERROR, a, f"segment at {fmt(a)} has is_allocated = {f} (0x{f:x}), neither 0 nor 1",
-                           vals))
-    size_ok = hdr <= s and end <= he
-    if s < hdr:
-        out.append(Finding(SIZE, ERROR, a, f"segment at {fmt(a)} has segment_size {s}, smaller than a header ({hdr})",
-                           vals))
-    elif end > he:
-        out.append(Finding(SIZE, ERROR, a,
-                           f"segment at {fmt(a)} has segment_size {s}, running {end - he} bytes past the heap end",
-                           vals))
-    elif s % HEAP_ALIGN:
-        out.append(Finding(ALIGN, ERROR, a,
-                           f"segment at {fmt(a)} has segment_size {s}, not a multiple of {HEAP_ALIGN}", vals))
-    before = place.before
-    if place.first:
-        if pv != 0:
-            out.append(Finding(BACKLINK, ERROR, a, f"segment at {fmt(a)}: the first segment's prev is not NULL",
-                               dict(vals, expected_prev=0)))
-    elif before is None:
+
+    __slots__ = ("address", "next", "prev", "flag", "size", "end", "expected_prev", "before_next", "before_flag",
+                 "before_end", "heap_start", "heap_end", "header_size", "last_header", "explained", "picked")
+
+    def __init__(self, address: List[int], fields: Sequence[Tuple[int, int, int, int]], expected_prev: List[Any],
+                 before_next: List[int], before_flag: List[Any], before_end: List[Any], heap_start: int,
+                 heap_end: int, header_size: int, explained: Optional[int] = None) -> None:
+        self.address = address
+        self.next, self.prev, self.flag, self.size = (list(map(itemgetter(k), fields)) for k in range(4))
+        self.end = list(map(add, address, self.size))
+        self.expected_prev, self.before_next = expected_prev, before_next
+        self.before_flag, self.before_end = before_flag, before_end
+        self.heap_start, self.heap_end, self.header_size = heap_start, heap_end, header_size
+        self.last_header = heap_end - header_size      # the last address a header fits at
+        self.explained = explained
+        self.picked: Dict[int, List[int]] = {}         # what each term picked (clauses share terms)          # the index whose next the walk's stop explains
+
+    def __len__(self) -> int:
+        return len(self.address)
+
+    def values(self, i: int) -> Dict[str, int]:
+        return {"address": self.address[i], "next": self.next[i], "prev": self.prev[i],
+                "is_allocated": self.flag[i], "segment_size": self.size[i]}
+
+
+# -- the rule's language: tests over columns ---------------------------------------------------
+#
+# A clause of the rule is written once, as a test over the columns (a small expression of the
+# terms below); :func:`picked` answers "which headers does it pick" for a whole column, or
+# for a column of one. Its speed comes from how each term is evaluated, not from a second
+# statement of the rule: an inequality between two columns first compares the lists whole
+# (equal lists pick nobody), a bound first looks at the column's max or min, an equality with
+# a constant is found with list.index; only what remains is looked at header by header.
+
+class Term:
+    """A test of header ``i`` of :class:`Columns` ``c``: ``holds(c, i)``; :meth:`picked` finds
+    every ``i`` it holds for (once per columns: clauses share terms)."""
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        raise NotImplementedError
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        return [i for i in range(len(c)) if self.holds(c, i)]
+
+    def picked(self, c: "Columns") -> List[int]:
+        found = c.picked.get(id(self))
+        if found is None:
+            found = c.picked[id(self)] = list(self.pick(c))
+        return found
+
+
+def _column(c: "Columns", operand: Any) -> Any:
+    """A column by its name, or a constant: an int, or the name of one of ``c``'s bounds."""
+    if isinstance(operand, str):
+        return getattr(c, operand)
+    return operand
+
+
+class Cmp(Term):
+    """``column OP other`` (``other``: a column, a bound of ``c``, or an int)."""
+
+    def __init__(self, op: Callable[[Any, Any], bool], column: str, other: Any) -> None:
+        self.op, self.column, self.other = op, column, other
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        other = _column(c, self.other)
+        return bool(self.op(getattr(c, self.column)[i], other[i] if isinstance(other, list) else other))
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        x, y, op = getattr(c, self.column), _column(c, self.other), self.op
+        if isinstance(y, list):
+            if op is ne and x == y:
+                return ()
+            return compress(count(), map(op, x, y))
+        if not x or (op is gt and max(x) <= y) or (op is lt and min(x) >= y) or (op is eq and y not in x):
+            return ()
+        if op is eq:
+            return _indexes_of(x, y)
+        return compress(count(), map(op, x, repeat(y)))
+
+
+def _indexes_of(x: List[Any], value: Any) -> List[int]:
+    """Where ``value`` stands in ``x``, found by list.index (a scan in C)."""
+    out, i = [], -1
+    try:
+        while True:
+            i = x.index(value, i + 1)
+            out.append(i)
+    except ValueError:
+        return out
+
+
+class Bits(Term):
+    """``column & mask`` is not 0 (alignment)."""
+
+    def __init__(self, column: str, mask: int) -> None:
+        self.column, self.mask = column, mask
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        return bool(getattr(c, self.column)[i] & self.mask)
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        return compress(count(), map(and_, getattr(c, self.column), repeat(self.mask)))
+
+
+class NoneOf(Term):
+    """Both columns are 0 (two free neighbours)."""
+
+    def __init__(self, column: str, other: str) -> None:
+        self.column, self.other = column, other
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        return getattr(c, self.column)[i] == 0 and getattr(c, self.other)[i] == 0
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        return _indexes_of(list(map(or_, getattr(c, self.column), getattr(c, self.other))), 0)
+
+
+class NotExplained(Term):
+    """The walk's stop does not explain this header's ``next`` (it is not the cycle's last)."""
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        return i != c.explained
+
+
+class All(Term):
+    """Every term holds; the first is the selective one (it picks, the others filter)."""
+
+    def __init__(self, *terms: Term) -> None:
+        self.terms = terms
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        return all(t.holds(c, i) for t in self.terms)
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        first, rest = self.terms[0], self.terms[1:]
+        return [i for i in first.picked(c) if all(t.holds(c, i) for t in rest)]
+
+
+class AnyOf(Term):
+    """One of the terms holds."""
+
+    def __init__(self, *terms: Term) -> None:
+        self.terms = terms
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        return any(t.holds(c, i) for t in self.terms)
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        return sorted(set().union(*(t.picked(c) for t in self.terms)))
+
+
+class Clause(NamedTuple):
+    """One test of the header rule: which headers fail it (``test``) and the finding for
+    header ``i`` (``finding(c, i, fmt)``)."""
+
+    code: str
+    test: Term
+    finding: Callable[["Columns", int, Any], Finding]
+
+
+def _aligned_address(c: Columns, i: int, fmt: Any) -> Finding:
+    a = c.address[i]
+    return Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} is not {HEAP_ALIGN}-byte aligned", c.values(i))
+
+
+def _flag(c: Columns, i: int, fmt: Any) -> Finding:
+    a, f = c.address[i], c.flag[i]
+    return Finding(FLAG, ERROR, a, f"segment at {fmt(a)} has is_allocated = {f} (0x{f:x}), neither 0 nor 1", c.values(i))
+
+
+def _too_small(c: Columns, i: int, fmt: Any) -> Finding:
+    a = c.address[i]
+    return Finding(SIZE, ERROR, a, f"segment at {fmt(a)} has segment_size {c.size[i]}, smaller than a header "
+                   f"({c.header_size})", c.values(i))
+
+
+def _past_end(c: Columns, i: int, fmt: Any) -> Finding:
+    a = c.address[i]
+    return Finding(SIZE, ERROR, a, f"segment at {fmt(a)} has segment_size {c.size[i]}, running "
+                   f"{c.end[i] - c.heap_end} bytes past the heap end", c.values(i))
+
+
+def _aligned_size(c: Columns, i: int, fmt: Any) -> Finding:
+    a = c.address[i]
+    return Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} has segment_size {c.size[i]}, not a multiple of "
+                   f"{HEAP_ALIGN}", c.values(i))
+
+
+def _gap(c: Columns, i: int, fmt: Any) -> Finding:
+    a, nx, end = c.address[i], c.next[i], c.end[i]
+    return Finding(GAP, ERROR, a, f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} ({nx - end} bytes lost)",
+                   dict(c.values(i), end=end, gap=nx - end))
+
+
+def _overlap(c: Columns, i: int, fmt: Any) -> Finding:
+    a, nx, end = c.address[i], c.next[i], c.end[i]
+    return Finding(OVERLAP, ERROR, a, f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} "
+                   f"({end - nx} bytes overlap)", dict(c.values(i), end=end, overlap=end - nx))
+
+
+def _backlink(c: Columns, i: int, fmt: Any) -> Finding:
+    a, pv, want = c.address[i], c.prev[i], c.expected_prev[i]
+    if want == 0:
+        what = "the first segment's prev is not NULL"
+    elif want is None:
         what = "prev is NULL but it is not the list head" if pv == 0 else f"prev {fmt(pv)} does not link back to it"
-        out.append(Finding(BACKLINK, ERROR, a, f"segment at {fmt(a)}: {what}", dict(vals, expected_prev=None)))
-    elif pv != before.address:
-        out.append(Finding(BACKLINK, ERROR, a, f"segment at {fmt(a)}: prev is {fmt(pv)}, expected {fmt(before.address)}",
-                           dict(vals, expected_prev=before.address)))
-    elif before.next != a:
-        out.append(Finding(BACKLINK, ERROR, a, f"segment at {fmt(a)}: prev {fmt(pv)} does not link back to it "
-                           f"(its next is {fmt(before.next)})", dict(vals, expected_prev=before.address)))
-    if nx and not (hs <= nx and nx + hdr <= he):
-        out.append(Finding(BOUNDS, ERROR, nx, f"segment at {fmt(a)} links to {fmt(nx)}, outside the heap "
-                           f"[{fmt(hs)}, {fmt(he)})", {"from": a, "next": nx, "heap_start": hs, "heap_end": he}))
-    elif nx and nx != end and size_ok and not place.link_explained:
-        if nx > end:
-            out.append(Finding(GAP, ERROR, a, f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} "
-                               f"({nx - end} bytes lost)", dict(vals, end=end, gap=nx - end)))
-        else:
-            out.append(Finding(OVERLAP, ERROR, a, f"segment at {fmt(a)} ends at {fmt(end)} but next is {fmt(nx)} "
-                               f"({end - nx} bytes overlap)", dict(vals, end=end, overlap=end - nx)))
-    elif not nx and size_ok and end != he:
-        out.append(Finding(COVERAGE, ERROR, a, f"the last segment ends at {fmt(end)} but the heap ends at {fmt(he)} "
-                           f"({he - end} bytes not covered)",
-                           {"last": a, "last_end": end, "heap_end": he, "uncovered": he - end}))
-    if all(p.code == COVERAGE for p in out) and f == 0 and before is not None and before.is_allocated == 0 \
-            and before.end == a:
-        out.append(Finding(UNMERGED, WARNING, a,
-                           f"free segment at {fmt(a)} follows the free segment at {fmt(before.address)} unmerged",
-                           {"address": a, "previous": before.address, "size": s,
-                            "previous_size": before.segment_size}))
+    elif pv != want:
+        what = f"prev is {fmt(pv)}, expected {fmt(want)}"
+    else:
+        what = f"prev {fmt(pv)} does not link back to it (its next is {fmt(c.before_next[i])})"
+    return Finding(BACKLINK, ERROR, a, f"segment at {fmt(a)}: {what}", dict(c.values(i), expected_prev=want))
+
+
+def _bounds(c: Columns, i: int, fmt: Any) -> Finding:
+    a, nx, hs, he = c.address[i], c.next[i], c.heap_start, c.heap_end
+    return Finding(BOUNDS, ERROR, nx, f"segment at {fmt(a)} links to {fmt(nx)}, outside the heap [{fmt(hs)}, {fmt(he)})",
+                   {"from": a, "next": nx, "heap_start": hs, "heap_end": he})
+
+
+def _coverage(c: Columns, i: int, fmt: Any) -> Finding:
+    a, end, he = c.address[i], c.end[i], c.heap_end
+    return Finding(COVERAGE, ERROR, a, f"the last segment ends at {fmt(end)} but the heap ends at {fmt(he)} "
+                   f"({he - end} bytes not covered)", {"last": a, "last_end": end, "heap_end": he, "uncovered": he - end})
+
+
+def _unmerged(c: Columns, i: int, fmt: Any) -> Finding:
+    a, before = c.address[i], c.expected_prev[i]
+    return Finding(UNMERGED, WARNING, a, f"free segment at {fmt(a)} follows the free segment at {fmt(before)} unmerged",
+                   {"address": a, "previous": before, "size": c.size[i],
+                    "previous_size": c.before_end[i] - before})
+
+
+SIZE_OK = All(Cmp(ge, "size", "header_size"), Cmp(le, "end", "heap_end"))
+NEXT_INSIDE = All(Cmp(ge, "next", "heap_start"), Cmp(le, "next", "last_header"))
+NEXT_ELSEWHERE = (Cmp(ne, "next", "end"), Cmp(ne, "next", 0), NEXT_INSIDE, SIZE_OK, NotExplained())
+
+# The header rule: a header is sane when no clause picks it. In the order findings are listed.
+HEADER_RULE: Tuple[Clause, ...] = (
+    Clause(ALIGN, Bits("address", HEAP_ALIGN - 1), _aligned_address),
+    Clause(FLAG, Cmp(gt, "flag", 1), _flag),
+    Clause(SIZE, Cmp(lt, "size", "header_size"), _too_small),
+    Clause(SIZE, All(Cmp(gt, "end", "heap_end"), Cmp(ge, "size", "header_size")), _past_end),
+    Clause(ALIGN, All(Bits("size", HEAP_ALIGN - 1), SIZE_OK), _aligned_size),
+    Clause(GAP, All(*NEXT_ELSEWHERE, Cmp(gt, "next", "end")), _gap),
+    Clause(OVERLAP, All(*NEXT_ELSEWHERE, Cmp(lt, "next", "end")), _overlap),
+    Clause(BACKLINK, AnyOf(Cmp(ne, "prev", "expected_prev"), Cmp(ne, "before_next", "address")), _backlink),
+    Clause(BOUNDS, All(AnyOf(Cmp(lt, "next", "heap_start"), Cmp(gt, "next", "last_header")), Cmp(ne, "next", 0)),
+           _bounds),
+    Clause(COVERAGE, All(Cmp(eq, "next", 0), SIZE_OK, Cmp(ne, "end", "heap_end")), _coverage),
+)
+# Two free neighbours, told only of a header nothing else is wrong with.
+UNMERGED_CLAUSE = Clause(UNMERGED, All(NoneOf("flag", "before_flag"), Cmp(eq, "before_end", "address")), _unmerged)
+
+
+def judge(c: Columns, fmt: Any) -> Dict[int, List[Finding]]:
+    """The header rule over every header of ``c``: {index: its findings, in rule order}, for
+    the headers with any (no culprit: :func:`culprit_for` adds it)."""
+    out: Dict[int, List[Finding]] = {}
+    for clause in HEADER_RULE:
+        for i in clause.test.picked(c):
+            out.setdefault(i, []).append(clause.finding(c, i, fmt))
+    for i in UNMERGED_CLAUSE.test.picked(c):
+        if all(f.code == COVERAGE for f in out.get(i, ())):
+            out.setdefault(i, []).append(UNMERGED_CLAUSE.finding(c, i, fmt))
     return out
+
+
+def header_problems(h: Header, place: Place, fmt: Any) -> List[Finding]:
+    """What the header rule says of one header where it stands (a column of one)."""
+    before = place.before
+    want = 0 if place.first else before.address if before is not None else None
+    c = Columns([h.address], [(h.next, h.prev, h.is_allocated, h.segment_size)], [want],
+                [before.next if before is not None else h.address],
+                [before.is_allocated if before is not None else -1],
+                [before.end if before is not None else -1], place.heap_start, place.heap_end, place.header_size)
+    return judge(c, fmt).get(0, [])
 
 
 # Problems a culprit does not explain: the list's extent and two free neighbours.
@@ -138,7 +360,7 @@ _NO_CULPRIT = (COVERAGE, UNMERGED)
 
 
 def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding]) -> Optional[Culprit]:
-    """Who probably broke header ``h``, given its :func:`header_problems`.
+    """Who probably broke header ``h``, given what the rule found wrong with it.
 
     Only a wrong ``prev`` in an otherwise sane header points at a list update that skipped the
     back link (or a write of exactly that word); anything else is a header overwritten from
@@ -171,9 +393,8 @@ def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding])
     return Culprit(before.address, "the segment before it is corrupt too", kind, detail)
 
 
-def _judged(prog: Any, h: Header, place: Place) -> List[Finding]:
-    """:func:`header_problems` with :func:`culprit_for`'s culprit on each problem it explains."""
-    problems = header_problems(h, place, prog.fmt)
+def _with_culprit(prog: Any, h: Header, place: Place, problems: List[Finding]) -> List[Finding]:
+    """``problems`` with :func:`culprit_for`'s culprit on each problem it explains."""
     if not problems:
         return problems
     culprit = culprit_for(prog, h, place, problems)
@@ -182,12 +403,37 @@ def _judged(prog: Any, h: Header, place: Place) -> List[Finding]:
 
 # -- the whole list -----------------------------------------------------------------------------
 
-def validate_heap(prog: Any, walk: Optional[HeapWalk] = None) -> List[Finding]:
-    """Structure of the ``heap_segment_t`` list: every header by :func:`header_problems`, then
-    why the walk stopped and whether the list starts where the heap starts.
+CHUNK = 1 << 16       # headers judged at once: columns of a million headers would need ~200 MiB
+
+
+def walk_columns(walk: HeapWalk) -> Iterator[Tuple[int, Columns]]:
+    """The walk's headers as :class:`Columns` of at most :data:`CHUNK` headers, with the index
+    of each chunk's first header: the one decoding of the heap a check needs."""
+    n = len(walk)
+    explained = n - 1 if walk.stop_reason in (STOP_CYCLE, STOP_BOUND) else None
+    fields = walk.all_fields()
+    before: Tuple[int, int, int, int] = (0, -1, -1, -1)       # (address, next, flag, end) of the header before
+    for lo in range(0, n, CHUNK):
+        chunk = list(islice(fields, CHUNK))
+        address = walk.addresses[lo:lo + CHUNK].tolist()
+        c = Columns(address, chunk, [before[0]] + address[:-1], [], [], [], walk.heap_start, walk.heap_end,
+                    walk.header_size, None if explained is None else explained - lo)
+        c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
+        c.before_flag = [before[2]] + c.flag[:-1]
+        c.before_end = [before[3]] + c.end[:-1]
+        yield lo, c
+        before = (address[-1], c.next[-1], c.flag[-1], c.end[-1])
+
+
+def validate_heap(prog: Any, walk: Optional[HeapWalk] = None,
+                  observe: Optional[Callable[[Columns], None]] = None) -> List[Finding]:
+    """Structure of the ``heap_segment_t`` list: every header by the header rule, then why the
+    walk stopped and whether the list starts where the heap starts.
 
     ``prog``: the :class:`~gdbext.core.program.Program`; ``walk``: a walk of it (walked if None).
-    Coverage findings come last: they are about the list as a whole.
+    ``observe``: called with each chunk of :class:`Columns` once judged (the family's figures
+    and the poison check's free segments come from the same decoding). Coverage findings come
+    last: they are about the list as a whole.
     """
     if walk is None:
         walk = walk_heap(prog)
@@ -203,21 +449,15 @@ def validate_heap(prog: Any, walk: Optional[HeapWalk] = None) -> List[Finding]:
                            {"list_head": walk.stop_address, "heap_start": hs, "heap_end": he}))
         return out
     n = len(walk)
-    last = n - 1
-    explained = walk.stop_reason in (STOP_CYCLE, STOP_BOUND)
-    before: Optional[Header] = None
-    # One call of the rule per header: a million headers take about a third of a second.
-    for i, h in enumerate(walk.headers()):
-        place = Place(hs, he, hdr, before, i == 0, explained and i == last)
-        problems = header_problems(h, place, fmt)
-        if problems:
-            culprit = culprit_for(prog, h, place, problems)
-            for p in problems:
-                if p.code == COVERAGE:
-                    coverage.append(p)
-                else:
-                    out.append(p if p.code in _NO_CULPRIT else p.with_culprit(culprit))
-        before = h
+    for lo, c in walk_columns(walk):
+        for i, problems in sorted(judge(c, fmt).items()):
+            h = Header(c.address[i], c.next[i], c.prev[i], c.flag[i], c.size[i])
+            b = None if lo + i == 0 else Header(c.expected_prev[i], c.before_next[i], 0, c.before_flag[i],
+                                                c.before_end[i] - c.expected_prev[i])
+            for p in _with_culprit(prog, h, Place(hs, he, hdr, b, lo + i == 0), problems):
+                (coverage if p.code == COVERAGE else out).append(p)
+        if observe is not None:
+            observe(c)
     frm = walk.stop_from
     if walk.stop_reason in (STOP_CYCLE, STOP_BOUND):
         msg = (f"segment at {fmt(frm)} links back to {fmt(walk.stop_address)}, already visited"
@@ -263,7 +503,8 @@ def check_header_at(prog: Any, address: int) -> Tuple[Optional[Header], List[Fin
     h = _header_at(prog, address)
     if h is None:
         return None, []
-    return h, _judged(prog, h, _place_of(prog, h))
+    place = _place_of(prog, h)
+    return h, _with_culprit(prog, h, place, header_problems(h, place, prog.fmt))
 
 
 def validate_segments(prog: Any, start: int, count: int = 4) -> List[Finding]:
@@ -280,7 +521,7 @@ def validate_segments(prog: Any, start: int, count: int = 4) -> List[Finding]:
     place = _place_of(prog, h)
     out: List[Finding] = []
     for _ in range(max(1, count)):
-        found = _judged(prog, h, place)
+        found = _with_culprit(prog, h, place, header_problems(h, place, fmt))
         out += found
         if any(x.severity == ERROR for x in found) or not h.next:
             return out
@@ -294,6 +535,50 @@ def validate_segments(prog: Any, start: int, count: int = 4) -> List[Finding]:
     return out
 
 
+# -- what a check counts on the way -----------------------------------------------------------
+
+class Tally:
+    """Counts of a walk taken from its :class:`Columns` as they are judged (``observe`` of
+    :func:`validate_heap`): used/free counts and bytes, the largest free segment, the free
+    segments the poison check reads, and with ``histogram`` the size histogram."""
+
+    def __init__(self, histogram: bool = False) -> None:
+        self.used_count = self.used_bytes = self.free_count = self.free_bytes = 0
+        self.largest_free = self.total_bytes = 0
+        self.by_bucket: Optional[Counter] = Counter() if histogram else None  # (bit length, 0 used/1 free) -> n
+        self.free_addresses: List[int] = []
+        self.free_sizes: List[int] = []
+
+    def __call__(self, c: Columns) -> None:
+        is_free = list(map(not_, c.flag))
+        free = list(compress(c.size, is_free))
+        total = sum(c.size)
+        free_bytes = sum(free)
+        bad = [i for i in compress(count(), map(gt, c.flag, repeat(1)))]
+        bad_bytes = sum(c.size[i] for i in bad)
+        self.used_count += len(c) - len(free) - len(bad)
+        self.used_bytes += total - free_bytes - bad_bytes
+        self.free_count += len(free)
+        self.free_bytes += free_bytes
+        self.largest_free = max(self.largest_free, max(free, default=0))
+        self.total_bytes += total
+        self.free_addresses += compress(c.address, is_free)
+        self.free_sizes += free
+        if self.by_bucket is not None:
+            used = list(compress(c.size, map(eq, c.flag, repeat(1))))
+            self.by_bucket.update(zip(map(int.bit_length, used), repeat(0)))
+            self.by_bucket.update(zip(map(int.bit_length, free), repeat(1)))
+
+    def buckets(self) -> Optional[Dict[int, List[int]]]:
+        """size_bucket -> [used, free] (bucket k holds sizes 2**k .. 2**(k+1)-1)."""
+        if self.by_bucket is None:
+            return None
+        out: Dict[int, List[int]] = {}
+        for (bits, state), n in self.by_bucket.items():
+            out.setdefault(max(bits - 1, 0), [0, 0])[state] += n
+        return out
+
+
 # -- poison -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
@@ -302,28 +587,40 @@ def _poison_run(poison: int, size: int) -> memoryview:
     return memoryview(bytes([poison]) * size)
 
 
-def validate_poison(prog: Any, walk: HeapWalk) -> List[Finding]:
+def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) -> List[Finding]:
     """HEAP-POISON: a free payload (``is_allocated`` 0) that is not all poison.
 
     Only when ``heap_poison`` (ELF .rodata or target memory) says poison is on. Each payload is
     compared with a run of poison by memcmp (the stress heap has 800 KiB of free payload);
-    only one that differs is looked at byte by byte.
+    only one that differs is looked at byte by byte. ``tally``: the walk's :class:`Tally`
+    when the caller has it (its free segments).
     """
     poison = prog.poison_byte()
     if poison is None or walk.stop_reason == STOP_BAD_HEAD:
         return []
     buf = prog.heap_bytes()
     hs, he, off = walk.heap_start, walk.heap_end, walk.payload_offset
+    if tally is None:
+        tally = Tally()
+        for _, c in walk_columns(walk):
+            tally(c)
+    addresses, sizes = tally.free_addresses, tally.free_sizes
     limit = min(he, hs + len(buf))
-    free = [(a, s) for a, (_, _, f, s) in zip(walk.addresses, walk.all_fields())
-            if f == 0 and s > off and a + off >= hs and a + s <= limit]
-    run = _poison_run(poison, 1 << max(16, max((s for _, s in free), default=0).bit_length()))
-    intact = map(buf.startswith, map(run.__getitem__, map(slice, [s - off for _, s in free])),
-                 [a + off - hs for a, _ in free], [a + s - hs for a, s in free])
+    if min(sizes, default=off + 1) <= off or any(map(gt, map(add, addresses, sizes), repeat(limit))):
+        # Segments with no payload (or a corrupt size), or a heap cut short: only those with a
+        # payload inside what was read.
+        kept = [(a, s) for a, s in zip(addresses, sizes) if s > off and a + s <= limit]
+        addresses, sizes = [a for a, _ in kept], [s for _, s in kept]
+    run = _poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length()))
+    # A payload of size - off bytes from a + off.
+    lengths = list(map(sub, sizes, repeat(off)))
+    starts = list(map(add, addresses, repeat(off - hs)))
+    intact = map(buf.startswith, map(run.__getitem__, map(slice, lengths)), starts, map(add, starts, lengths))
+    damaged = compress(zip(addresses, sizes), map(not_, intact))
     out: List[Finding] = []
     pb = bytes([poison])
     fmt = prog.fmt
-    for a, s in compress(free, map((False).__eq__, intact)):
+    for a, s in damaged:
         payload = buf[a + off - hs:a + s - hs]
         first = len(payload) - len(payload.lstrip(pb))
         last = len(payload.rstrip(pb))

@@ -116,6 +116,7 @@ class HeapWalk:
     _read_alone: Dict[int, Fields] = dc_field(default_factory=dict, repr=False)
     _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
     _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
+    _figures: Any = dc_field(default=None, repr=False)      # the family's figures, once counted
 
     @property
     def complete(self) -> bool:
