@@ -14,6 +14,17 @@ SEGMENT_TAGS = tuple(name for family in FAMILIES for name in family.type_names)
 PAGE_TAGS = PAGE_NAMES
 
 
+def type_spellings(names):
+    """Each type name as a debugger may spell it: the name, and ``struct name`` for a struct tag
+    (a name ending in ``_t`` is a typedef)."""
+    out = []
+    for name in names:
+        out.append(name)
+        if not name.endswith("_t"):
+            out.append(f"struct {name}")
+    return out
+
+
 def _link(prog, value):
     """A link as the tables print it: NULL for 0, else the kernel's address format."""
     return "NULL" if value == 0 else prog.fmt(value)

@@ -11,7 +11,7 @@ import gdb.printing
 import gdb.types
 
 from gdbext.core.memory import MemoryFault
-from gdbext.frontends import commands
+from gdbext.frontends import commands, describe
 from gdbext.frontends.session import CommandError, Session, StopPlace
 
 
@@ -248,7 +248,7 @@ class SegmentFunction(gdb.Function):
         except Exception as error:  # noqa: BLE001
             raise gdb.GdbError(f"$kheap_segment: {error}") from None
         value = gdb.Value(header or 0)
-        for name in ("heap_segment_t", "struct heap_segment"):
+        for name in describe.type_spellings(describe.SEGMENT_TAGS):
             try:
                 return value.cast(gdb.lookup_type(name).pointer())
             except gdb.error:

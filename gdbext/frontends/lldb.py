@@ -9,7 +9,7 @@ Program is keyed by the process's stop id: a new stop means a new cache.
 import lldb  # noqa: I001 - this face exists to talk to lldb
 
 from gdbext.core.memory import MemoryFault
-from gdbext.frontends import commands
+from gdbext.frontends import commands, describe
 from gdbext.frontends.session import CommandError, Session, StopPlace
 
 _MASK64 = (1 << 64) - 1
@@ -355,8 +355,8 @@ def register(debugger):
     run(f"command script add -c {module}.ConnectCommand kheap connect")
     run(f"command script add -c {module}.SettingsCommand kheap set")
     run(f"command script add -c {module}.ShowSettingsCommand kheap show")
-    for type_name in ("heap_segment_t", "struct heap_segment", "heap_segment", "heapSegment"):
+    for type_name in describe.type_spellings(describe.SEGMENT_TAGS):
         run(f"type summary add -F {module}.segment_summary '{type_name}'")
-    for type_name in ("page_t", "struct page"):
+    for type_name in describe.type_spellings(describe.PAGE_TAGS):
         run(f"type summary add -F {module}.page_summary '{type_name}'")
     return True
