@@ -44,6 +44,7 @@ class Text:
     text: str
     is_error: bool = False
     status: int = 0                 # 0 healthy, 1 error findings, 2 usage/target error
+    data: Optional[dict] = None     # the report the text was made from (None on error or help)
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,10 @@ def run(session, name, argv):
 
 
 def outcome_to_text(session, args, outcome):
+    status = 1 if outcome.failed else 0
     if getattr(args, "json", False):
-        return Text(reports.to_json_text(outcome.data), status=1 if outcome.failed else 0)
-    return Text(outcome.render(session.color_wanted()), status=1 if outcome.failed else 0)
+        return Text(reports.to_json_text(outcome.data), status=status, data=outcome.data)
+    return Text(outcome.render(session.color_wanted()), status=status, data=outcome.data)
 
 
 def execute_to_text(session, name, argv):

@@ -17,6 +17,8 @@ import pytest
 import gdbext.core.symbols as symbols
 import gdbext.frontends.session as session_module
 from gdbext.frontends import cli
+from gdbext.frontends.cli_options import parse_global_options
+from gdbext.frontends.cli_session import CliSession, elf_probe
 from gdbext.targets import write_kheap_dump
 
 from fake_gdbstub import FakeGdbStub, StubConfig
@@ -176,7 +178,7 @@ def test_find_evaluates_numbers_symbols_offsets_and_registers(capsys, synthetic,
     target = ["--core", str(dump), "--elf", str(elf)]
     status, out, _ = run(capsys, "find", f"{segs[1][0] + 20:#x}", "--json", *target)
     assert status == 0 and json.loads(out)["match"]["segment"]["address"] == segs[1][0]
-    session = cli.CliSession(cli._global_parser().parse_known_args(target)[0])
+    session = CliSession(parse_global_options(target)[0])
     try:
         assert session.evaluate("kmalloc") == k.symbols["kmalloc"]
         assert session.evaluate("kmalloc+0x10") == k.symbols["kmalloc"] + 16
@@ -324,7 +326,7 @@ def test_elf_that_does_not_match_the_memory(capsys, tmp_path):
     from gdbext.core.symbols import load_elf_info
 
     elf = load_elf_info(REAL_ELF["arm"])
-    probe = cli.elf_probe(elf)
+    probe = elf_probe(elf)
     assert probe and all(len(data) >= 64 for _, data in probe)
     image = tmp_path / "wrong.raw"
     image.write_bytes(bytes(elf.image_end - 0x8000))                  # zeros where code should be
