@@ -300,9 +300,6 @@ def _check(session, args):
     return _outcome(report, failed)
 
 
-verdict_line = reports.verdict_line     # the faces' auto-check prints it
-
-
 @command("stats", "Used/free bytes and counts, largest free, fragmentation, size histogram, "
          "kernel heap_stats side by side.", "kheap stats")
 def _stats(session, args):
