@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+import gdbext
 import gdbext.core.symbols as symbols
 import gdbext.frontends.session as session_module
+from gdbext.core import reports
 from gdbext.frontends import cli
 from gdbext.frontends.cli_options import parse_global_options
 from gdbext.frontends.cli_session import CliSession, elf_probe
@@ -97,7 +99,7 @@ def test_help_lists_every_command_and_the_target_options(capsys):
     status, out, _ = run(capsys, "check", "--help")
     assert status == 0 and "--full" in out and "--core FILE" in out and "--json" in out
     status, out, _ = run(capsys, "--version")
-    assert status == 0 and out.startswith("kheap ")
+    assert status == 0 and out == f"kheap {gdbext.__version__}\n"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -223,6 +225,77 @@ def test_triage_of_a_kheap_dump_names_the_stop_place(capsys, synthetic, tmp_path
     assert "stopped at" in out and "kmalloc+0x8" in out and "no backtrace" in out
     status, out, _ = run(capsys, "triage", "-q", "--core", str(dump), "--elf", str(elf))
     assert status == 1 and out == "kheap triage: CORRUPT\n"
+
+
+@pytest.fixture
+def no_report_parsed_back(monkeypatch):
+    """Fail if anything parses a printed report back (json.load goes through json.loads)."""
+    real = json.loads
+
+    def loads(text, *args, **kwargs):
+        value = real(text, *args, **kwargs)
+        if isinstance(value, dict) and ("schema_version" in value or "report" in value):
+            raise AssertionError("a printed report was parsed back: use the report dict")
+        return value
+
+    monkeypatch.setattr(json, "loads", loads)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_quiet_lines_come_from_the_report_not_from_its_json(capsys, synthetic, tmp_path, no_report_parsed_back,
+                                                           corrupt):
+    elf, k = synthetic(corrupt)
+    dump = kheap_dump(tmp_path, k, "q.kdump")
+    target = ["--core", str(dump), "--elf", str(elf)]
+    verdict = "CORRUPT" if corrupt else "OK"
+    for argv in (["check", "-q"], ["-q", "--json", "check"]):
+        status, out, err = run(capsys, *argv, *target)
+        assert (status, err) == (int(corrupt), "")
+        assert out.startswith(f"kheap: heap {verdict} (") and out.count("\n") == 1
+    expected = (1, "kheap triage: CORRUPT\n") if corrupt else (0, "kheap triage: OK\n")
+    assert run(capsys, "triage", "-q", *target)[:2] == expected
+    assert run(capsys, "walk", "-q", *target)[1] == ""                  # no verdict: nothing
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name in ("a.kdump", "b.kdump"):
+        kheap_dump(folder, k, name)
+    status, out, err = run(capsys, "check", "--core", str(folder), "--elf", str(elf))
+    assert (status, err) == (int(corrupt), "") and out.count(f": {verdict} (") == 2
+    status, out, _ = run(capsys, "check", "-q", "--core", str(folder), "--elf", str(elf))
+    assert out.count("\n") == (2 if corrupt else 0)
+
+
+def test_many_dumps_json_is_the_one_writers(capsys, synthetic, tmp_path):
+    elf, k = synthetic(corrupt=True)
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    kheap_dump(folder, k, "a.kdump")
+    status, out, _ = run(capsys, "check", "--json", "--core", str(folder), "--core", str(folder / "a.kdump"),
+                         "--elf", str(elf))
+    report = json.loads(out)
+    assert status == 1 and out == reports.to_json_text(report) + "\n"
+    assert report["report"] == "check-many" and report["exit_status"] == 1
+    assert report["dumps"][0]["report"] == report["dumps"][1]["report"]
+    single = json.loads(run(capsys, "check", "--json", "--core", str(folder / "a.kdump"), "--elf", str(elf))[1])
+    assert report["dumps"][0]["report"] == single
+
+
+def test_dump_saves_the_kernel_variables(capsys, synthetic, tmp_path):
+    elf, k = synthetic()
+    path, base = raw_image(tmp_path, k)
+    out_file = tmp_path / "saved.kdump"
+    status, out, _ = run(capsys, "dump", "--json", "-o", str(out_file), "--raw", str(path), "--base", hex(base),
+                         "--elf", str(elf))
+    report = json.loads(out)
+    assert status == 0 and out == reports.to_json_text(report) + "\n"
+    assert report["report"] == "dump" and report["path"] == str(out_file) and report["cpus"] == 1
+    saved = {what for r in report["ranges"] for what in r["what"]}
+    known = set(symbols.KERNEL_VARIABLES)
+    assert {name for name in known if name in k.symbols} <= saved
+    assert saved - known <= {"kernel image (globals, .text, .rodata, .bss)", "ELF check", "page array", "heap"}
+    status, out, _ = run(capsys, "dump", "-o", str(out_file), "--raw", str(path), "--base", hex(base),
+                         "--elf", str(elf))
+    assert out.startswith(f"kheap dump: wrote {out_file} (") and f"kheap check --core {out_file}" in out
 
 
 def test_dump_round_trip_gives_the_same_findings(capsys, synthetic, tmp_path):
