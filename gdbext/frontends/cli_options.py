@@ -9,6 +9,7 @@ from :mod:`gdbext.frontends.commands`.
 
 import functools
 
+from gdbext import SCHEMA_VERSION
 from gdbext.frontends import commands
 from gdbext.frontends.cmdline import SafeArgumentParser, address
 
@@ -43,7 +44,7 @@ def add_global_options(parser, json_option=True, with_help=True):
     out = parser.add_argument_group("output")
     if json_option:
         out.add_argument("--json", action="store_true",
-                         help="one JSON object (schema_version 1), the same as in gdb and lldb")
+                         help=f"one JSON object (schema_version {SCHEMA_VERSION}), the same as in gdb and lldb")
     out.add_argument("--color", choices=("auto", "always", "never", "on", "off"), default="auto",
                      help="colour the text (auto: when stdout is a terminal)")
     out.add_argument("-q", "--quiet", action="count", default=0,

@@ -112,7 +112,7 @@ def configure_parser(cmd, parser):
     cmd.configure(parser)
     if cmd.json_option:
         parser.add_argument("--json", action="store_true",
-                            help="print one JSON object (schema_version 1), the same in every face")
+                            help=f"print one JSON object (schema_version {reports.SCHEMA_VERSION}), the same in every face")
 
 
 def long_help(cmd):
