@@ -15,7 +15,14 @@ from typing import Dict, List, Optional, Tuple
 from .layout import DwarfTypes
 from .layouts import Layouts, default_layouts, layouts_from_dwarf
 
-__all__ = ["Symbol", "Section", "ElfInfo", "ElfError", "load_elf_info", "make_elf_info", "clear_elf_cache"]
+__all__ = ["Symbol", "Section", "ElfInfo", "ElfError", "load_elf_info", "make_elf_info", "clear_elf_cache",
+           "KERNEL_VARIABLES", "KERNEL_SYMBOLS"]
+
+# The kernel's globals kheap reads (docs/kernel-interface.md, "Globals"): its variables (what
+# 'kheap dump' saves beside the heap), and with them the symbols 'kheap info' shows.
+KERNEL_VARIABLES = ("all_pages_array", "num_pages", "free_pages", "heap_segment_list_head", "kernel_heap_start",
+                    "kernel_heap_size", "heap_stats", "heap_poison", "panic_info")
+KERNEL_SYMBOLS = ("__end",) + KERNEL_VARIABLES + ("kheap_checkpoint", "kernel_panic")
 
 
 class ElfError(Exception):
@@ -142,14 +149,11 @@ class ElfInfo:
         return default
 
     def describe(self) -> Dict[str, object]:
-        wanted = ("__end", "all_pages_array", "num_pages", "free_pages", "heap_segment_list_head",
-                  "kernel_heap_start", "kernel_heap_size", "heap_stats", "heap_poison", "panic_info",
-                  "kheap_checkpoint", "kernel_panic")
         return {
             "path": self.path, "class": self.elf_class, "pointer_size": self.pointer_size,
             "endian": self.byteorder, "machine": self.machine, "arch": self.arch,
             "has_dwarf": self.has_dwarf, "image_start": self.image_start, "image_end": self.image_end,
-            "symbols": {n: self.symbols[n].address for n in wanted if n in self.symbols},
+            "symbols": {n: self.symbols[n].address for n in KERNEL_SYMBOLS if n in self.symbols},
             "constants": {k: v for k, v in self.constants.items() if k == "KERNEL_HEAP_SIZE"},
             "layouts": {
                 "segment": self.layouts.segment.struct.describe(),

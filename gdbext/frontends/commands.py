@@ -44,6 +44,7 @@ class Text:
     text: str
     is_error: bool = False
     status: int = 0                 # 0 healthy, 1 error findings, 2 usage/target error
+    data: Optional[dict] = None     # the report the text was made from (None on error or help)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def configure_parser(cmd, parser):
     cmd.configure(parser)
     if cmd.json_option:
         parser.add_argument("--json", action="store_true",
-                            help="print one JSON object (schema_version 1), the same in every face")
+                            help=f"print one JSON object (schema_version {reports.SCHEMA_VERSION}), the same in every face")
 
 
 def long_help(cmd):
@@ -142,9 +143,10 @@ def run(session, name, argv):
 
 
 def outcome_to_text(session, args, outcome):
+    status = 1 if outcome.failed else 0
     if getattr(args, "json", False):
-        return Text(reports.to_json_text(outcome.data), status=1 if outcome.failed else 0)
-    return Text(outcome.render(session.color_wanted()), status=1 if outcome.failed else 0)
+        return Text(reports.to_json_text(outcome.data), status=status, data=outcome.data)
+    return Text(outcome.render(session.color_wanted()), status=status, data=outcome.data)
 
 
 def execute_to_text(session, name, argv):
@@ -296,9 +298,6 @@ def _check(session, args):
     if args.verdict and not args.json:
         return Outcome(report, lambda color: reports.verdict_line(report), failed)
     return _outcome(report, failed)
-
-
-verdict_line = reports.verdict_line     # the faces' auto-check prints it
 
 
 @command("stats", "Used/free bytes and counts, largest free, fragmentation, size histogram, "

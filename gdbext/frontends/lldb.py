@@ -6,11 +6,14 @@ context lldb hands them, not the selected one. lldb has no Python resume event, 
 Program is keyed by the process's stop id: a new stop means a new cache.
 """
 
+import shlex
+
 import lldb  # noqa: I001 - this face exists to talk to lldb
 
 from gdbext.core.memory import MemoryFault
 from gdbext.frontends import commands, describe
 from gdbext.frontends.session import CommandError, Session, StopPlace
+from gdbext.targets import RemoteTarget, TargetError, parse_hostport
 
 _MASK64 = (1 << 64) - 1
 
@@ -180,7 +183,6 @@ class _KheapCommand:
     def __call__(self, debugger, command, exe_ctx, result):
         _SESSION.bind(exe_ctx)
         try:
-            import shlex
             argv = shlex.split(command)
         except ValueError as error:
             result.SetError(f"kheap {self.name}: {error}")
@@ -252,8 +254,6 @@ class ConnectCommand:
         pass
 
     def __call__(self, debugger, command, exe_ctx, result):
-        from gdbext.targets import RemoteTarget, TargetError, parse_hostport
-
         where = command.strip()
         try:
             host, port = parse_hostport(where)

@@ -12,6 +12,7 @@ from typing import Optional
 
 from gdbext.core.memory import BlockCache
 from gdbext.core.program import Overrides, Program
+from gdbext.core.snapshot import Snapshot, SnapshotError
 from gdbext.core.symbols import load_elf_info
 
 
@@ -21,8 +22,6 @@ class CommandError(Exception):
 
 def load_snapshot_file(path):
     """A Snapshot from a JSON file written by 'kheap snapshot -o' (or its --json output)."""
-    from gdbext.core.snapshot import Snapshot, SnapshotError
-
     try:
         with open(path) as f:
             data = json.load(f)

@@ -7,6 +7,7 @@ the result, hand them to :mod:`gdbext.core.watch`, print the report when it says
 No debugger import here: adapters subclass WatchControllerBase and fill in the hooks.
 """
 
+import traceback
 from time import perf_counter as _clock
 
 from gdbext.core.memory import BlockCache
@@ -147,8 +148,6 @@ class WatchControllerBase:
         if len(self.errors) <= MAX_ERRORS_SHOWN:
             self._write(line + "\n", error=True)
         if self.session.debug:
-            import traceback
-
             self._write(traceback.format_exc(), error=True)
             return True
         return False

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+import gdbext
 import gdbext.core.symbols as symbols
 import gdbext.frontends.session as session_module
+from gdbext.core import reports
 from gdbext.frontends import cli
+from gdbext.frontends.cli_options import parse_global_options
+from gdbext.frontends.cli_session import CliSession, elf_probe
 from gdbext.targets import write_kheap_dump
 
 from fake_gdbstub import FakeGdbStub, StubConfig
@@ -95,7 +99,7 @@ def test_help_lists_every_command_and_the_target_options(capsys):
     status, out, _ = run(capsys, "check", "--help")
     assert status == 0 and "--full" in out and "--core FILE" in out and "--json" in out
     status, out, _ = run(capsys, "--version")
-    assert status == 0 and out.startswith("kheap ")
+    assert status == 0 and out == f"kheap {gdbext.__version__}\n"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -176,7 +180,7 @@ def test_find_evaluates_numbers_symbols_offsets_and_registers(capsys, synthetic,
     target = ["--core", str(dump), "--elf", str(elf)]
     status, out, _ = run(capsys, "find", f"{segs[1][0] + 20:#x}", "--json", *target)
     assert status == 0 and json.loads(out)["match"]["segment"]["address"] == segs[1][0]
-    session = cli.CliSession(cli._global_parser().parse_known_args(target)[0])
+    session = CliSession(parse_global_options(target)[0])
     try:
         assert session.evaluate("kmalloc") == k.symbols["kmalloc"]
         assert session.evaluate("kmalloc+0x10") == k.symbols["kmalloc"] + 16
@@ -221,6 +225,77 @@ def test_triage_of_a_kheap_dump_names_the_stop_place(capsys, synthetic, tmp_path
     assert "stopped at" in out and "kmalloc+0x8" in out and "no backtrace" in out
     status, out, _ = run(capsys, "triage", "-q", "--core", str(dump), "--elf", str(elf))
     assert status == 1 and out == "kheap triage: CORRUPT\n"
+
+
+@pytest.fixture
+def no_report_parsed_back(monkeypatch):
+    """Fail if anything parses a printed report back (json.load goes through json.loads)."""
+    real = json.loads
+
+    def loads(text, *args, **kwargs):
+        value = real(text, *args, **kwargs)
+        if isinstance(value, dict) and ("schema_version" in value or "report" in value):
+            raise AssertionError("a printed report was parsed back: use the report dict")
+        return value
+
+    monkeypatch.setattr(json, "loads", loads)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_quiet_lines_come_from_the_report_not_from_its_json(capsys, synthetic, tmp_path, no_report_parsed_back,
+                                                           corrupt):
+    elf, k = synthetic(corrupt)
+    dump = kheap_dump(tmp_path, k, "q.kdump")
+    target = ["--core", str(dump), "--elf", str(elf)]
+    verdict = "CORRUPT" if corrupt else "OK"
+    for argv in (["check", "-q"], ["-q", "--json", "check"]):
+        status, out, err = run(capsys, *argv, *target)
+        assert (status, err) == (int(corrupt), "")
+        assert out.startswith(f"kheap: heap {verdict} (") and out.count("\n") == 1
+    expected = (1, "kheap triage: CORRUPT\n") if corrupt else (0, "kheap triage: OK\n")
+    assert run(capsys, "triage", "-q", *target)[:2] == expected
+    assert run(capsys, "walk", "-q", *target)[1] == ""                  # no verdict: nothing
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name in ("a.kdump", "b.kdump"):
+        kheap_dump(folder, k, name)
+    status, out, err = run(capsys, "check", "--core", str(folder), "--elf", str(elf))
+    assert (status, err) == (int(corrupt), "") and out.count(f": {verdict} (") == 2
+    status, out, _ = run(capsys, "check", "-q", "--core", str(folder), "--elf", str(elf))
+    assert out.count("\n") == (2 if corrupt else 0)
+
+
+def test_many_dumps_json_is_the_one_writers(capsys, synthetic, tmp_path):
+    elf, k = synthetic(corrupt=True)
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    kheap_dump(folder, k, "a.kdump")
+    status, out, _ = run(capsys, "check", "--json", "--core", str(folder), "--core", str(folder / "a.kdump"),
+                         "--elf", str(elf))
+    report = json.loads(out)
+    assert status == 1 and out == reports.to_json_text(report) + "\n"
+    assert report["report"] == "check-many" and report["exit_status"] == 1
+    assert report["dumps"][0]["report"] == report["dumps"][1]["report"]
+    single = json.loads(run(capsys, "check", "--json", "--core", str(folder / "a.kdump"), "--elf", str(elf))[1])
+    assert report["dumps"][0]["report"] == single
+
+
+def test_dump_saves_the_kernel_variables(capsys, synthetic, tmp_path):
+    elf, k = synthetic()
+    path, base = raw_image(tmp_path, k)
+    out_file = tmp_path / "saved.kdump"
+    status, out, _ = run(capsys, "dump", "--json", "-o", str(out_file), "--raw", str(path), "--base", hex(base),
+                         "--elf", str(elf))
+    report = json.loads(out)
+    assert status == 0 and out == reports.to_json_text(report) + "\n"
+    assert report["report"] == "dump" and report["path"] == str(out_file) and report["cpus"] == 1
+    saved = {what for r in report["ranges"] for what in r["what"]}
+    known = set(symbols.KERNEL_VARIABLES)
+    assert {name for name in known if name in k.symbols} <= saved
+    assert saved - known <= {"kernel image (globals, .text, .rodata, .bss)", "ELF check", "page array", "heap"}
+    status, out, _ = run(capsys, "dump", "-o", str(out_file), "--raw", str(path), "--base", hex(base),
+                         "--elf", str(elf))
+    assert out.startswith(f"kheap dump: wrote {out_file} (") and f"kheap check --core {out_file}" in out
 
 
 def test_dump_round_trip_gives_the_same_findings(capsys, synthetic, tmp_path):
@@ -324,7 +399,7 @@ def test_elf_that_does_not_match_the_memory(capsys, tmp_path):
     from gdbext.core.symbols import load_elf_info
 
     elf = load_elf_info(REAL_ELF["arm"])
-    probe = cli.elf_probe(elf)
+    probe = elf_probe(elf)
     assert probe and all(len(data) >= 64 for _, data in probe)
     image = tmp_path / "wrong.raw"
     image.write_bytes(bytes(elf.image_end - 0x8000))                  # zeros where code should be
