@@ -8,7 +8,9 @@ and nowhere else.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import sys
+from operator import itemgetter
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..layout import HEAP_ALIGN, Field, StructLayout, packed_struct, round_up
 
@@ -48,17 +50,40 @@ class SegmentLayout:
         self.payload_offset = struct_layout.size
         self.extra_fields = tuple(f for f in struct_layout.fields
                                   if f not in self.fields.values() and f.size <= 8)
-        packer, index = packed_struct(struct_layout.endian, [self.fields[n] for n in FIELD_ORDER], 0)
+        four = [self.fields[n] for n in FIELD_ORDER]
+        packer, index = packed_struct(struct_layout.endian, four, 0)
         self.decode_size = packer.size
-        if index == (0, 1, 2, 3):
+        self._packer = packer
+        self._reorder = None if index == (0, 1, 2, 3) else itemgetter(*index)
+        if self._reorder is None:
             self.unpack_from: Callable[..., Tuple[int, int, int, int]] = packer.unpack_from
         else:
-            raw = packer.unpack_from
+            raw, reorder = packer.unpack_from, self._reorder
 
             def unpack_from(buf: Any, offset: int = 0) -> Tuple[int, int, int, int]:
-                t = raw(buf, offset)
-                return (t[index[0]], t[index[1]], t[index[2]], t[index[3]])
+                return reorder(raw(buf, offset))
             self.unpack_from = unpack_from
+        # Whole columns straight from the bytes (memoryview.cast) when the target's byte order
+        # is this machine's and each field sits at a multiple of its own size.
+        self._casts: Optional[List[Tuple[str, int, int]]] = None
+        if (struct_layout.endian == "<") == (sys.byteorder == "little") and all(
+                f.size in (4, 8) and f.offset % f.size == 0 and self.decode_size % f.size == 0 for f in four):
+            self._casts = [("I" if f.size == 4 else "Q", f.offset // f.size, self.decode_size // f.size) for f in four]
+
+    def iter_fields(self, raw: Any) -> Iterator[Tuple[int, int, int, int]]:
+        """``(next, prev, is_allocated, segment_size)`` of each header in ``raw``, headers'
+        bytes one after the other (what a walk keeps)."""
+        fields = self._packer.iter_unpack(raw)
+        return fields if self._reorder is None else map(self._reorder, fields)
+
+    def columns(self, raw: Any) -> Tuple[List[int], List[int], List[int], List[int]]:
+        """The headers in ``raw`` as four lists: nexts, prevs, flags, sizes."""
+        if self._casts is not None:
+            view = memoryview(raw)
+            words = {code: view.cast(code) for code in {c for c, _, _ in self._casts}}
+            return tuple(words[code][first::step].tolist() for code, first, step in self._casts)  # type: ignore
+        fields = list(self.iter_fields(raw))
+        return tuple(list(map(itemgetter(k), fields)) for k in range(4))  # type: ignore
 
     @property
     def source(self) -> str:

@@ -80,11 +80,11 @@ class Columns:
     __slots__ = ("address", "next", "prev", "flag", "size", "end", "expected_prev", "before_next", "before_flag",
                  "before_end", "heap_start", "heap_end", "header_size", "last_header", "explained", "picked")
 
-    def __init__(self, address: List[int], fields: Sequence[Tuple[int, int, int, int]], expected_prev: List[Any],
+    def __init__(self, address: List[int], columns: Sequence[List[int]], expected_prev: List[Any],
                  before_next: List[int], before_flag: List[Any], before_end: List[Any], heap_start: int,
                  heap_end: int, header_size: int, explained: Optional[int] = None) -> None:
         self.address = address
-        self.next, self.prev, self.flag, self.size = (list(map(itemgetter(k), fields)) for k in range(4))
+        self.next, self.prev, self.flag, self.size = columns
         self.end = list(map(add, address, self.size))
         self.expected_prev, self.before_next = expected_prev, before_next
         self.before_flag, self.before_end = before_flag, before_end
@@ -348,7 +348,7 @@ def header_problems(h: Header, place: Place, fmt: Any) -> List[Finding]:
     """What the header rule says of one header where it stands (a column of one)."""
     before = place.before
     want = 0 if place.first else before.address if before is not None else None
-    c = Columns([h.address], [(h.next, h.prev, h.is_allocated, h.segment_size)], [want],
+    c = Columns([h.address], ([h.next], [h.prev], [h.is_allocated], [h.segment_size]), [want],
                 [before.next if before is not None else h.address],
                 [before.is_allocated if before is not None else -1],
                 [before.end if before is not None else -1], place.heap_start, place.heap_end, place.header_size)
@@ -411,12 +411,10 @@ def walk_columns(walk: HeapWalk) -> Iterator[Tuple[int, Columns]]:
     of each chunk's first header: the one decoding of the heap a check needs."""
     n = len(walk)
     explained = n - 1 if walk.stop_reason in (STOP_CYCLE, STOP_BOUND) else None
-    fields = walk.all_fields()
     before: Tuple[int, int, int, int] = (0, -1, -1, -1)       # (address, next, flag, end) of the header before
     for lo in range(0, n, CHUNK):
-        chunk = list(islice(fields, CHUNK))
         address = walk.addresses[lo:lo + CHUNK].tolist()
-        c = Columns(address, chunk, [before[0]] + address[:-1], [], [], [], walk.heap_start, walk.heap_end,
+        c = Columns(address, walk.columns(lo, CHUNK), [before[0]] + address[:-1], [], [], [], walk.heap_start, walk.heap_end,
                     walk.header_size, None if explained is None else explained - lo)
         c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
         c.before_flag = [before[2]] + c.flag[:-1]
@@ -609,8 +607,8 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) ->
     if min(sizes, default=off + 1) <= off or any(map(gt, map(add, addresses, sizes), repeat(limit))):
         # Segments with no payload (or a corrupt size), or a heap cut short: only those with a
         # payload inside what was read.
-        kept = [(a, s) for a, s in zip(addresses, sizes) if s > off and a + s <= limit]
-        addresses, sizes = [a for a, _ in kept], [s for _, s in kept]
+        keep = list(map(and_, map(gt, sizes, repeat(off)), map(le, map(add, addresses, sizes), repeat(limit))))
+        addresses, sizes = list(compress(addresses, keep)), list(compress(sizes, keep))
     run = _poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length()))
     # A payload of size - off bytes from a + off.
     lengths = list(map(sub, sizes, repeat(off)))
