@@ -75,6 +75,22 @@ def test_qemu_user_reads_the_whole_array(qemu_user, pipeline):
     assert qemu_user.proc.poll() is None
 
 
+@pytest.mark.parametrize("pipeline", [16, 256])
+def test_qemu_user_without_the_probe_falls_back_in_the_stream(qemu_user, pipeline, monkeypatch):
+    """The safety net behind the probe, against the real stub: the first reply sent again
+    stops the stream, and the read ends as it would have with one request in flight."""
+    monkeypatch.setattr(RemoteTarget, "_probe_pipelining", lambda self: None, raising=False)
+    address, entry = symbols(qemu_user.elf)
+    want = pattern()
+    with RemoteTarget("127.0.0.1", qemu_user.port, timeout=TIMEOUT, pipeline=pipeline) as t:
+        t0 = time.monotonic()
+        assert t.read(address, PATTERN_SIZE) == want
+        assert not t.pipelining
+        assert t.read_many([(address, 5000), (address + 9999, 70000)]) == [want[:5000], want[9999:79999]]
+        assert t.registers()["pc"] == entry
+        assert time.monotonic() - t0 < TIMEOUT
+
+
 def test_qemu_user_stub_facts(qemu_user):
     """What the client's docstring says about qemu-user 7.2, checked on the wire."""
     with socket.create_connection(("127.0.0.1", qemu_user.port), timeout=TIMEOUT) as s:
