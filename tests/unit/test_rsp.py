@@ -676,3 +676,34 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
         assert remote.walk._prescreen.records > 0 and remote.walk._prescreen.payloads > 0
         # (With 64 KiB blocks the page entries share a block with the globals, read before.)
         assert remote.walk._prescreen.pages_sound == (block_size == 4096)
+
+
+@pytest.mark.parametrize("corruption", ["none", "back link"])
+@pytest.mark.parametrize("knobs", [{"stop_and_wait": True}, {"short_reads": 7},
+                                   {"stop_and_wait": True, "short_reads": 100}],
+                         ids=["waits-for-acks", "7-byte-replies", "both"])
+def test_a_check_through_other_stubs_equals_one_over_plain_memory(knobs, corruption):
+    """Same result through a stub that waits for acks (qemu-user) or caps its replies."""
+    from gdbext.core.memory import BlockCache
+    from gdbext.core.program import Program
+    from gdbext.core.validate import check
+    from heapbuilder import SyntheticKernel
+
+    k = SyntheticKernel(4, "<", heap_size=32 * 1024, num_pages=4096)
+    ptrs = [k.kmalloc(16 + 40 * (i % 7)) for i in range(150)]
+    for p in ptrs[::3]:
+        k.kfree(p)
+    if corruption == "back link":
+        segs = [s[0] for s in k.segments()]
+        k.set_seg(segs[100], prev=segs[10])
+    plain = check(k.program(block_size=4096))
+    with stub(image=bytes(k.mem), base=k.image_base, **knobs) as s, connect(s, pipeline=16) as t:
+        t0 = time.monotonic()
+        remote = check(Program(k.elf_info(), BlockCache(t, 4096)))
+        elapsed = time.monotonic() - t0
+        assert t.pipelining == (not knobs.get("stop_and_wait"))
+    assert remote.findings == plain.findings
+    assert remote.walk.records == plain.walk.records
+    assert (corruption == "none") == (remote.findings == [])
+    assert elapsed < 5, f"{elapsed:.1f}s"
+    assert_never_wrote(s)
