@@ -23,8 +23,10 @@ tests/integration/test_rsp_stubs.py):
   flight is the only safe way. (It reads up to 256 bytes at a time when idle, so a batch that
   lands in one read is answered, which makes the failure depend on segment boundaries.)
 - its ``qSupported`` adds ``qXfer:auxv:read+`` to the system stub's features; the program waits
-  at its entry point for the debugger, sends no stop packet on connect and runs on, with no
-  debugger, when the socket closes (``D`` or not).
+  at its entry point for the debugger and no stop packet comes on connect. After ``D``, or
+  when the socket closes without it, the program runs on with no debugger: the stub answers
+  nothing more. (So "leave it as it was" cannot keep it stopped; kheap never resumes it
+  while connected.)
 - it accepts one debugger in its life: a later connection is accepted by the kernel's listen
   backlog and then never answered.
 :meth:`RemoteTarget._probe_pipelining` asks at connect which kind of stub this is (one request
