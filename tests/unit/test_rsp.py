@@ -666,6 +666,8 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
     assert remote.findings == plain.findings
     assert list(remote.walk.headers()) == list(plain.walk.headers())
     assert (corruption == "none") == (remote.findings == [])
+
+
 @pytest.mark.parametrize("corruption", ["none", "back link"])
 @pytest.mark.parametrize("knobs", [{"stop_and_wait": True}, {"short_reads": 7},
                                    {"stop_and_wait": True, "short_reads": 100}],
