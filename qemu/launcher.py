@@ -36,6 +36,13 @@ SCENARIOS = (
 )
 SCENARIO_WORD_ADDR = 0x1000
 SCENARIO_MAGIC = 0x4B480000
+# Set in the scenario word: the kernel stops before it builds the page array and the heap
+# (kernel/include/kernel.h): one empty checkpoint tagged "preinit", then KHEAP-READY.
+SCENARIO_FLAG_PREINIT = 0x8000
+
+# Build-time variants of the kernel (kernel/include/variant.h, docs/variants.md); "default" is
+# kernel/build/<arch>/kernel.elf, every other one kernel/build/<variant>/<arch>/kernel.elf.
+VARIANTS = ("default", "bitfield", "tutorial", "tutorial-g3", "reordered", "canary", "renamed")
 
 # Tags each scenario checkpoints with, in order.
 SCENARIO_TAGS = {name: (name,) for name in SCENARIOS}
@@ -92,8 +99,12 @@ def parse_checkpoints(text: str) -> list:
     return found
 
 
-def elf_path(arch: str) -> Path:
-    return KERNEL_DIR / "build" / arch / "kernel.elf"
+def elf_path(arch: str, variant: str = "default") -> Path:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant == "default":
+        return KERNEL_DIR / "build" / arch / "kernel.elf"
+    return KERNEL_DIR / "build" / variant / arch / "kernel.elf"
 
 
 def free_port() -> int:
@@ -128,7 +139,8 @@ class KernelVM:
 
     def __init__(self, arch: str = "arm", scenario: str = "clean", halt: bool = False,
                  gdb_port: int | None = None, serial_path: str | os.PathLike | None = None,
-                 elf: str | os.PathLike | None = None, extra_args=()):
+                 elf: str | os.PathLike | None = None, extra_args=(), variant: str = "default",
+                 preinit: bool = False):
         if arch not in MACHINES:
             raise ValueError(f"arch must be one of {sorted(MACHINES)}, not {arch!r}")
         if scenario not in SCENARIOS:
@@ -136,7 +148,9 @@ class KernelVM:
         self.arch = arch
         self.scenario = scenario
         self.halt = halt
-        self.elf = Path(elf) if elf else elf_path(arch)
+        self.variant = variant
+        self.preinit = preinit                       # stop before the heap exists (see above)
+        self.elf = Path(elf) if elf else elf_path(arch, variant)
         self.gdb_port: int | None = gdb_port
         self._fixed_port = gdb_port is not None
         self._extra_args = list(extra_args)
@@ -160,6 +174,8 @@ class KernelVM:
     def command_line(self) -> list:
         binary, machine = MACHINES[self.arch]
         word = SCENARIO_MAGIC | SCENARIOS.index(self.scenario)
+        if self.preinit:
+            word |= SCENARIO_FLAG_PREINIT
         args = [
             binary, "-M", machine, "-kernel", str(self.elf),
             "-display", "none", "-monitor", "none",
@@ -176,11 +192,12 @@ class KernelVM:
         if self.proc is not None:
             return self
         if not self.elf.is_file():
-            raise LauncherError(f"{self.elf} does not exist: run `make -C kernel` first")
+            make = "make -C kernel" + (f" VARIANT={self.variant}" if self.variant != "default" else "")
+            raise LauncherError(f"{self.elf} does not exist: run `{make}` first")
         binary = MACHINES[self.arch][0]
         if shutil.which(binary) is None:
             raise LauncherError(f"{binary} is not installed (apt-get install qemu-system-arm)")
-        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.arch}-{self.scenario}-")
+        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.variant}-{self.arch}-{self.scenario}-")
         if self._own_serial:
             self.serial_path = Path(self._tmpdir) / "serial.log"
         self.qmp_path = Path(self._tmpdir) / "qmp.sock"
@@ -286,15 +303,19 @@ class KernelVM:
 
     def wait_until_settled(self, timeout: float = 30.0) -> str:
         """Waits for the scenario's end: KHEAP-READY, or KHEAP-PANIC for ``crash``."""
-        pattern = PANIC_PATTERN if self.scenario == "crash" else READY_PATTERN
+        pattern = PANIC_PATTERN if self.scenario == "crash" and not self.preinit else READY_PATTERN
         return self.wait_for(pattern, timeout)
 
     def _fail(self, why: str, text: str) -> None:
         tail = "\n".join(text.splitlines()[-15:])
         stderr = self.stderr_text().strip()
         raise LauncherError(
-            f"{self.arch}/{self.scenario}: {why}\n--- serial tail ---\n{tail}"
+            f"{self._label()}: {why}\n--- serial tail ---\n{tail}"
             + (f"\n--- qemu stderr ---\n{stderr}" if stderr else ""))
+
+    def _label(self) -> str:
+        variant = "" if self.variant == "default" else f"{self.variant}/"
+        return f"{variant}{self.arch}/{self.scenario}" + (" (preinit)" if self.preinit else "")
 
     def checkpoints(self) -> list:
         """Parsed checkpoint dumps printed so far (see parse_checkpoints)."""
@@ -353,7 +374,8 @@ class KernelVM:
             return reply.get("return")
 
     def __repr__(self) -> str:
-        return (f"KernelVM(arch={self.arch!r}, scenario={self.scenario!r}, "
+        variant = "" if self.variant == "default" else f"variant={self.variant!r}, "
+        return (f"KernelVM({variant}arch={self.arch!r}, scenario={self.scenario!r}, "
                 f"gdb_port={self.gdb_port}, running={self.is_running()})")
 
 
