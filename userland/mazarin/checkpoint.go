@@ -67,7 +67,7 @@ func dumpSegments(heapStart uintptr) int {
 	return count
 }
 
-// checkpoint prints the dump, then calls kheapCheckpoint: the place to stop.
+// checkpoint prints the dump, then calls kheapCheckpoint (zz_checkpoint.go): the place to stop.
 func checkpoint(tag string) {
 	say("KHEAP-CHECKPOINT BEGIN tag=", tag)
 	count := 0
@@ -78,14 +78,3 @@ func checkpoint(tag string) {
 	out.Flush()
 	kheapCheckpoint(tag)
 }
-
-// kheapCheckpoint does nothing: debuggers break on it (qemu/launcher.py's GoTarget does) to
-// look at the heap the dump just described.
-//
-//go:noinline
-func kheapCheckpoint(tag string) {
-	checkpointsReached++
-}
-
-// checkpointsReached counts kheapCheckpoint calls (and keeps its body from being empty).
-var checkpointsReached uint32

@@ -25,7 +25,7 @@ const (
 // machineMemory stands in for the RAM above the kernel image: page array, heap, free pages.
 var machineMemory [MACHINE_MEMORY_SIZE]byte
 
-var freePages *Page          // free-page list head
+var freePages *Page           // free-page list head
 var allPagesArrayBase uintptr // the page array (page metadata starts after the kernel)
 var numPages uint32           // entries in the page array
 
