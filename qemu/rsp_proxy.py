@@ -10,10 +10,10 @@ other, therefore needs someone to keep that connection: this proxy. Stdlib only.
   ``QStartNoAckMode``) for the launcher's own work before serving: handshake, a breakpoint,
   continue until it is hit, read a register.
 - ``RspProxy``: listens on 127.0.0.1 (port 0: no race) and relays one client at a time to the
-  stub, packet by packet. qemu-user reads the byte after each reply as its ack and resends
-  the reply if it is not ``+``, so the proxy acks the stub itself and sends it the next
-  packet only once the previous one is answered; clients get their acks from the proxy, in
-  whatever mode they asked for. What would end the one stub session is answered here and not
+  stub, packet by packet. The stub stays in ack mode and answers the next packet only once
+  its previous answer is acked, so the proxy acks the stub itself and sends it one packet at
+  a time (a client's pipelined packets wait in a queue); clients get their acks from the
+  proxy, in whatever mode they asked for. What would end the one stub session is answered here and not
   forwarded: ``D`` (detach) and ``vKill`` get ``OK``, ``k`` closes the client; the target
   stays as it was for the next client. ``QStartNoAckMode`` is answered ``OK`` by the proxy
   (the stub does not know it), which switches only that client to no-ack mode.

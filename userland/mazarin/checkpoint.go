@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"strconv"
+	"unsafe"
 )
 
 // The target's own dump of its heap, in the C kernel's format (docs/kernel-interface.md)
@@ -33,7 +34,7 @@ func dec(v uint64) string { return strconv.FormatUint(v, 10) }
 func dumpSegments(heapStart uintptr) int {
 	heapEnd := heapStart + KERNEL_HEAP_SIZE
 	maxSegments := KERNEL_HEAP_SIZE / int(payloadOffset)
-	header := uintptr(payloadOffset)
+	header := unsafe.Sizeof(heapSegment{})
 	previous := uintptr(0)
 	count := 0
 	for seg := heapSegmentListHead; seg != nil; seg = seg.next {
