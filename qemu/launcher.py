@@ -394,6 +394,12 @@ GO_TARGET_ENV = {"GODEBUG": "asyncpreemptoff=1", "GOGC": "off", "GOMAXPROCS": "1
 AARCH64_PC_REGNUM = 32       # x0-x30, sp, pc in QEMU's aarch64 register description
 
 
+def find_tool(name: str) -> str | None:
+    """A program from PATH, else from the system directories (a test runner's PATH may be
+    minimal)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+
+
 def go_elf_path(layout: str = "v1") -> Path:
     if layout not in GO_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known: {', '.join(GO_LAYOUTS)}")
@@ -521,7 +527,7 @@ class GoTarget:
         self.stop()
 
     def command_line(self, stub: str) -> list:
-        args = [QEMU_USER, "-g", stub, str(self.elf), self.scenario]
+        args = [find_tool(QEMU_USER) or QEMU_USER, "-g", stub, str(self.elf), self.scenario]
         if self.preinit:
             args.append("--preinit")
         return args + self._extra_args
@@ -536,7 +542,7 @@ class GoTarget:
             return self
         if not self.elf.is_file():
             raise LauncherError(f"{self.elf} does not exist: run `make -C userland/mazarin` first")
-        if shutil.which(QEMU_USER) is None:
+        if find_tool(QEMU_USER) is None:
             raise LauncherError(f"{QEMU_USER} is not installed (apt-get install qemu-user)")
         self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.variant}-{self.scenario}-")
         if self._own_stdout:
@@ -582,12 +588,17 @@ class GoTarget:
         self.stub_path = Path(self._tmpdir) / "gdbstub.sock"
         self._spawn(str(self.stub_path))
         deadline = time.monotonic() + 10
-        while not self.stub_path.exists():
+        while True:
+            # The socket file appears at bind(), a moment before listen(): retry until then.
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._fail("qemu-user did not open its gdbstub socket")
-            time.sleep(0.01)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.stub_path))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.stub_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                time.sleep(0.01)
         self._upstream = sock
         stub = StubClient(sock)
         try:

@@ -177,7 +177,8 @@ def kernel_target(variant: str, arch: str) -> Target:
         symbols["heap_start"] = None                       # the tutorial keeps no heap bounds
         symbols["heap_size"] = None
     symbols.update(stats=Symbol("heap_stats"), poison=Symbol("heap_poison"),
-                   end=Symbol("__end"), panic=Symbol("panic_info"))
+                   end=Symbol("__end"), panic=Symbol("panic_info"),
+                   wild_target=Symbol("app_list_sentinel"))   # where `wild` points a next
     if variant == "tutorial":
         source = "#define KERNEL_HEAP_SIZE (1024 * 1024) in kernel/include/kheap.h: in no symbol"
     elif variant == "tutorial-g3":
@@ -248,7 +249,8 @@ def go_target(layout: str) -> Target:
         symbols={"list_head": Symbol("main.heapSegmentListHead"), "heap_start": None,
                  "heap_size": None, "page_array": Symbol("main.allPagesArrayBase"),
                  "num_pages": Symbol("main.numPages"), "free_pages": Symbol("main.freePages"),
-                 "stats": None, "poison": Symbol("main.heapPoison"), "end": None, "panic": None},
+                 "stats": None, "poison": Symbol("main.heapPoison"), "end": None, "panic": None,
+                 "wild_target": Symbol("main.appListSentinel")},
         heap_size=KERNEL_HEAP_SIZE,
         heap_size_source="DW_TAG_constant main.KERNEL_HEAP_SIZE (type int, DW_AT_const_value)",
         page_type="main.Page", page_size=32,
