@@ -746,19 +746,48 @@ class GoTarget:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="qemu/run.sh", description="Boot the kheap test kernel in QEMU, in the foreground.")
+        prog="qemu/run.sh",
+        description="Boot the kheap test kernel in QEMU (or run the Go target under "
+                    "qemu-aarch64), in the foreground.")
     parser.add_argument("--arch", choices=sorted(MACHINES), default="arm")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="clean")
+    parser.add_argument("--variant", choices=VARIANTS, default="default",
+                        help="a build-time variant of the kernel (docs/variants.md)")
+    parser.add_argument("--go", choices=GO_LAYOUTS, metavar="LAYOUT", default=None,
+                        help="run the Go target (userland/mazarin) with this heap layout "
+                             "(v1, v2) under qemu-aarch64 instead of booting a kernel")
+    parser.add_argument("--scenario", choices=sorted(set(SCENARIOS) | set(GO_SCENARIOS)),
+                        default="clean")
     parser.add_argument("--gdb-port", type=int, default=None,
                         help="gdbstub port on 127.0.0.1 (default: a free one, printed)")
     parser.add_argument("--halt", action="store_true",
                         help="freeze the CPU at the first instruction until gdb continues")
+    parser.add_argument("--preinit", action="store_true",
+                        help="stop before the page array and the heap are set up")
+    parser.add_argument("--direct", action="store_true",
+                        help="--go: no proxy; the port is qemu-user's own stub and its first "
+                             "client finds the program at its first instruction")
     parser.add_argument("--serial", default=None,
-                        help="write the kernel's serial output to this file (default: terminal)")
+                        help="write the kernel's serial output (the Go target's stdout) to "
+                             "this file (default: terminal)")
     args = parser.parse_args(argv)
 
-    vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
-                  gdb_port=args.gdb_port, serial_path=args.serial)
+    if args.go:
+        if args.scenario not in GO_SCENARIOS:
+            parser.error(f"the Go target has no scenario {args.scenario!r} "
+                         f"(it has {', '.join(GO_SCENARIOS)})")
+        vm = GoTarget(layout=args.go, scenario=args.scenario, halt=args.halt,
+                      preinit=args.preinit, direct=args.direct, gdb_port=args.gdb_port,
+                      stdout_path=args.serial)
+        label = f"mazarin-{args.go}/{args.scenario}"
+    else:
+        if args.scenario not in SCENARIOS:
+            parser.error(f"the kernel has no scenario {args.scenario!r}")
+        if args.direct:
+            parser.error("--direct is for --go")
+        vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
+                      gdb_port=args.gdb_port, serial_path=args.serial, variant=args.variant,
+                      preinit=args.preinit)
+        label = ("" if args.variant == "default" else f"{args.variant}/") + f"{args.arch}/{args.scenario}"
     stopping = []
     # A background job starts with SIGINT ignored; Ctrl-C must always stop us cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -766,12 +795,21 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: stopping.append(1))
     try:
         vm.start()
-        print(f"kheap: {args.arch}/{args.scenario} running, elf {vm.elf}", flush=True)
-        print(f"kheap: gdb port {vm.gdb_port} (target remote 127.0.0.1:{vm.gdb_port})"
-              + (", halted at the first instruction" if args.halt else ""), flush=True)
+        print(f"kheap: {label} running, elf {vm.elf}", flush=True)
+        if args.go and args.direct:
+            where = (", qemu-user's own stub (every interface): its first client finds the "
+                     "program at its first instruction")
+        elif args.go:
+            where = f", stopped {'at its first instruction' if args.halt else 'in ' + CHECKPOINT_FUNCTION}" \
+                + (" (SIGSEGV)" if vm.stopped_at == "signal" else "") \
+                + "; serves one client at a time"
+        else:
+            where = ", halted at the first instruction" if args.halt else ""
+        print(f"kheap: gdb port {vm.gdb_port} (target remote 127.0.0.1:{vm.gdb_port}){where}",
+              flush=True)
         if args.serial:
-            print(f"kheap: serial output in {args.serial}", flush=True)
-        print("kheap: Ctrl-C stops QEMU", flush=True)
+            print(f"kheap: {'stdout' if args.go else 'serial output'} in {args.serial}", flush=True)
+        print(f"kheap: Ctrl-C stops {'qemu-aarch64' if args.go else 'QEMU'}", flush=True)
         shown = 0
         while vm.is_running() and not stopping:
             if not args.serial:
@@ -782,7 +820,7 @@ def main(argv=None) -> int:
                     shown = len(text)
             time.sleep(0.1)
         if not vm.is_running() and not stopping:
-            print(f"kheap: QEMU exited: {vm.stderr_text().strip()}", file=sys.stderr)
+            print(f"kheap: QEMU exited: {vm.stderr_text().strip()[-2000:]}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         pass
