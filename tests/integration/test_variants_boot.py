@@ -39,7 +39,7 @@ def _locked_make(directory, *args, env=None):
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)            # xdist workers must not build concurrently
-        return subprocess.run(["make", "-s", "-C", str(directory), *args],
+        return subprocess.run([find_tool("make") or "make", "-s", "-C", str(directory), *args],
                               capture_output=True, text=True, env=env)
 
 

@@ -313,7 +313,13 @@ def symbol_address(t: Target, role: str) -> int:
 
 # -- an independent reader: gdb-multiarch x/ commands ---------------------------------------------
 
-GDB = "gdb-multiarch"
+def _tool(name: str) -> str:
+    """A program from PATH, else from the system directories (a runner's PATH may be minimal)."""
+    import shutil
+    return shutil.which(name) or shutil.which(name, path="/usr/local/bin:/usr/bin:/bin") or name
+
+
+GDB = _tool("gdb-multiarch")
 
 _WALKER = textwrap.dedent('''
     import gdb, json
