@@ -523,3 +523,20 @@ def test_lldb_reads_the_list_head(name, request, pool):
         if t.kind == "kernel":
             target.qmp("cont")
     assert head == heap_layout(target.serial_text())["heap_start"]
+
+
+@pytest.mark.gdb
+@pytest.mark.parametrize("layout", V.GO_LAYOUTS)
+def test_go_target_dumps_with_gcore(go_build, pool, layout, tmp_path):
+    """A dump of the Go target for offline tests: gdb's gcore through the proxy holds the heap
+    at its virtual addresses (the target stays stopped for the next client)."""
+    _need(V.GDB, "apt-get install gdb-multiarch")
+    t = V.go_target(layout)
+    target = pool.get(t, "overflow")
+    heap = heap_layout(target.serial_text())
+    core = V.gdb_gcore(t, target.gdb_port, tmp_path / "mazarin.core")
+    words = gdb_words(t, target.gdb_port, heap["heap_start"], 16)
+    assert V.core_read(core, heap["heap_start"], 128) == b"".join(w.to_bytes(8, "little") for w in words)
+    head = V.core_read(core, V.symbol_address(t, "list_head"), 8)
+    assert int.from_bytes(head, "little") == heap["heap_start"]
+    assert target.is_running() and "KHEAP-READY" not in target.serial_text()

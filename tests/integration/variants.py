@@ -426,3 +426,32 @@ def gdb_read(t: Target, port: int, commands, timeout: float = 60) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     return proc.stdout + proc.stderr
+
+
+def gdb_gcore(t: Target, port: int, path, timeout: float = 180) -> Path:
+    """A dump of the target as gdb's ``gcore`` writes it. For the Go target (through the
+    launcher's proxy) that is an ELF core of the process built from the ELF's sections (qemu-user
+    offers no /proc/PID/maps): PT_LOAD segments at the process's virtual addresses, PhysAddr 0,
+    ``.noptrbss`` (the heap and page array) included. For a kernel, prefer QEMU's own
+    ``dump-guest-memory`` (``KernelVM.qmp``), which is what ``kheap --core`` reads."""
+    path = Path(path)
+    argv = [GDB, "--batch", "-nx", "-iex", "set pagination off", "-iex", "set confirm off",
+            "-iex", "set auto-load no", "-ex", f"file {t.elf}",
+            "-ex", f"target remote 127.0.0.1:{port}", "-ex", f"gcore {path}", "-ex", "detach"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if not path.is_file():
+        raise AssertionError(f"gcore wrote nothing:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return path
+
+
+def core_read(path, address: int, size: int) -> bytes:
+    """size bytes at virtual address from an ELF core's PT_LOAD segments."""
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        for seg in ELFFile(f).iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= address and \
+                    address + size <= seg["p_vaddr"] + seg["p_filesz"]:
+                f.seek(seg["p_offset"] + address - seg["p_vaddr"])
+                return f.read(size)
+    raise KeyError(f"{path}: {address:#x}+{size} is in no PT_LOAD")
