@@ -16,7 +16,8 @@ venv="$repo/.venv"
 # must be made from that interpreter or the debuggers cannot import its packages.
 system_python=/usr/bin/python3
 packages=(make gcc libc6-dev python3 python3-venv qemu-system-arm gdb-multiarch
-          gcc-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu lldb python3-lldb)
+          gcc-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu lldb python3-lldb
+          chromium)
 lldb_module_src=/usr/lib/llvm-14/lib/python3.11/dist-packages/lldb
 lldb_module_link=/usr/lib/local/lib/python3.11/dist-packages/lldb
 

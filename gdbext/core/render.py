@@ -479,6 +479,8 @@ def _render_map(r: Dict[str, Any], out: _Text) -> None:
     rows = [[(out.addr(g["start"]), PLAIN), (out.addr(g["end"]), PLAIN), (str(g["bytes"]), PLAIN),
              (g["state"], _STATE_TOKEN.get(g["state"], PLAIN)), (str(g["segments"]), PLAIN)] for g in r["regions"]]
     out.table(["start", "end", "bytes", "state", "segments"], rows)
+    if r.get("regions_not_shown"):
+        out.line(f"  ... {r['regions_not_shown']} more regions not shown (--regions 0 shows all)")
     if r["stop"]["reason"] != "end":
         out.line(_stop_text(r["stop"], out), ERROR)
     out.notes(r.get("notes", []))

@@ -391,16 +391,47 @@ def _page_text(prog, report):
 def _map_options(parser):
     parser.add_argument("--cells", type=count, default=1024, metavar="N",
                         help="cells in the block map of the whole heap (default 1024)")
+    parser.add_argument("--regions", type=count, default=40, metavar="N",
+                        help="rows of the region table (default 40, corrupt and uncovered first; 0: all)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="instead, write a picture of the heap and the page array to FILE: one "
+                             "self-contained HTML page (no network) to open in any browser")
 
 
-@command("map", "A block map of the whole heap (used, free, corrupt) and one row per region.",
-         "kheap map --cells 512")
+@command("map", "A block map of the whole heap (used, free, corrupt) and one row per region; "
+         "--html FILE draws it as a page.", "kheap map --html heap.html")
 @options(_map_options)
 def _map(session, args):
+    if args.html:
+        return _map_html(session, args.html)
     prog = session.program()
     result = check(prog, pages=False)
     report = render.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
+    _bound_regions(report, args.regions)
     return _outcome(report)
+
+
+def _bound_regions(report, limit):
+    """Keep at most ``limit`` regions (corrupt and uncovered first, then the largest), in
+    address order, and count the rest: a fragmented heap has thousands."""
+    regions = report["regions"]
+    report["regions_total"] = len(regions)
+    report["regions_not_shown"] = 0
+    if not limit or len(regions) <= limit:
+        return
+    rank = sorted(range(len(regions)), key=lambda i: (regions[i]["state"] in ("used", "free"), -regions[i]["bytes"], i))
+    report["regions"] = [regions[i] for i in sorted(rank[:limit])]
+    report["regions_not_shown"] = len(regions) - limit
+
+
+def _map_html(session, path):
+    from gdbext.frontends.html_data import write_heap_page
+
+    report = {"schema_version": render.SCHEMA_VERSION, "report": "map-html", **write_heap_page(session, path)}
+    text = (f"kheap map: wrote {report['path']} ({report['bytes']} bytes): heap {report['verdict'].upper()}, "
+            f"{report['segments']} segments, {report['errors']} errors, {report['warnings']} warnings; "
+            "open it in a browser\n")
+    return Outcome(report, lambda color: text, report["errors"] > 0)
 
 
 def _snapshot_options(parser):
@@ -477,6 +508,8 @@ def _watch_options(parser):
                              "are kept for all)")
     parser.add_argument("--no-checkpoint", action="store_true",
                         help="no full check at kheap_checkpoint")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write the recorded operations as a timeline page (one HTML file)")
 
 
 @command("watch", "Record every kmalloc/kcalloc/krealloc/kfree while the kernel runs and stop at "
@@ -489,6 +522,12 @@ def _watch(session, args):
     elif args.action == "off":
         controller.disable()
     report = {"schema_version": render.SCHEMA_VERSION, "report": "watch", "action": args.action, **controller.status()}
+    if args.html:
+        from gdbext.frontends.html_data import write_watch_page
+
+        report["html"] = write_watch_page(session, controller, args.html)
+        return Outcome(report, lambda color: _watch_text(report) + f"\nkheap watch: wrote {args.html} "
+                       f"({report['html']['bytes']} bytes, {report['html']['operations']} operations)")
     return Outcome(report, lambda color: _watch_text(report))
 
 
