@@ -825,7 +825,10 @@ function headDump(h){
     const asc = chunk.map(b => (b >= 0x20 && b < 0x7f) ? String.fromCharCode(b) : '.').join('');
     lines.push('+' + String(o).padStart(3, '0') + '  ' + hx.padEnd(48) + '  ' + asc);
   }
-  return [bytes.length, lines.join('\n')];
+  // The same bytes as one escaped string, the way kheap's text output shows target bytes.
+  const esc = {0x5c: '\\\\', 0x0a: '\\n', 0x0d: '\\r', 0x09: '\\t', 0x00: '\\0'};
+  const text = bytes.map(b => esc[b] || ((b >= 0x20 && b < 0x7f) ? String.fromCharCode(b) : '\\x' + b.toString(16).padStart(2, '0'))).join('');
+  return [bytes.length, lines.join('\n'), text];
 }
 function neighbour(it, dir){
   const j = D.items.indexOf(it) + dir;
@@ -876,6 +879,7 @@ function select(it, scroll){
     if (dump){
       d.appendChild(el('div', '', 'Payload, first ' + dump[0] + ' bytes:'));
       d.appendChild(el('pre', 'dump', dump[1]));
+      d.appendChild(el('div', 'astext mono', 'as text: "' + dump[2] + '"'));
     } else if (s.length > 9){
       d.appendChild(el('div', 'muted', 'Payload: ' + s[9]));
     }
@@ -1029,10 +1033,18 @@ function draw(){
     const x0 = X(b[2] === null ? 0 : b[2]), x1 = X(b[3] === null ? n : b[3] + 1);
     const y = Y(b[0] - HDR), h = Math.max(2, Y(b[0] - HDR + Math.max(b[1], HDR)) - y);
     const r = svg('rect', {x: x0, y: y, width: Math.max(1.5, x1 - x0), height: h,
-      fill: b[3] === null ? '#9db8f0' : '#3f6fd8', 'fill-opacity': 0.85, class: 'blockbar'});
+      fill: b[3] === null ? '#9db8f0' : '#3f6fd8', 'fill-opacity': 0.9, stroke: '#fff', 'stroke-width': 0.5, class: 'blockbar'});
     r.dataset.b = k; g.appendChild(r);
   });
   s.appendChild(g);
+  if (D.bad !== null){
+    const x = X(D.bad + 0.5);
+    const l = svg('line', {x1: x, x2: x, y1: TOP, y2: TOP + plotH, stroke: '#d6263b', 'stroke-width': 2, 'stroke-dasharray': '6 4', class: 'badop'});
+    l.dataset.r = D.bad; s.appendChild(l);
+    const right = x > LEFT + plotW / 2;
+    const t = svg('text', {x: right ? x - 8 : x + 8, y: TOP + 14, 'text-anchor': right ? 'end' : 'start', 'font-size': 12, fill: '#b1182b', 'font-weight': 'bold'});
+    t.textContent = 'first bad operation: ' + D.badText; s.appendChild(t);
+  }
   MK.forEach((m, k) => {
     const x = X(m[0] + 0.5);
     if (m[2] === 'double-free'){
@@ -1043,13 +1055,6 @@ function draw(){
       c.dataset.m = k; s.appendChild(c);
     }
   });
-  if (D.bad !== null){
-    const x = X(D.bad + 0.5);
-    const l = svg('line', {x1: x, x2: x, y1: TOP, y2: TOP + plotH, stroke: '#d6263b', 'stroke-width': 2, 'stroke-dasharray': '6 4', class: 'badop'});
-    l.dataset.r = D.bad; s.appendChild(l);
-    const t = svg('text', {x: Math.min(x + 6, W - 200), y: TOP + 14, 'font-size': 12, fill: '#b1182b', 'font-weight': 'bold'});
-    t.textContent = 'first bad operation: ' + D.badText; s.appendChild(t);
-  }
   host.appendChild(s);
   document.getElementById('zoom-text').textContent = OPS.length + ' operations, ' + BL.length + ' blocks' + (zoomX > 1 ? ', zoom x' + zoomX : '');
 }
@@ -1072,7 +1077,7 @@ function detailFor(target){
 }
 function tipFor(t){
   if (t.dataset.b !== undefined) return blockText(BL[+t.dataset.b]);
-  if (t.dataset.m !== undefined){ const m = MK[+t.dataset.m]; return (m[2] === 'double-free' ? 'double free\n' : 'failed\n') + opText(m[0]); }
+  if (t.dataset.m !== undefined){ const m = MK[+t.dataset.m]; return (m[2] === 'double-free' ? 'double free of ' + hex(m[1]) + '\n' : 'failed allocation\n') + opText(m[0]); }
   if (t.dataset.r !== undefined) return 'first bad operation: ' + D.badText + '\n' + opText(+t.dataset.r);
   return null;
 }
