@@ -984,7 +984,12 @@ drawHeap(); drawPages();
 // Start on the first corrupt segment, if any: that is what one opens the page for.
 const firstBad = F.findIndex(f => f.sev === 'error' && f.seg !== null);
 if (firstBad >= 0) select(F[firstBad].seg, true);
-window.kheapPage = {drawn: band.querySelectorAll('.seg').length, select: select, zoom: zoom,
+function clear(){
+  selected = null; hideTip(); highlight(null);
+  const d = document.getElementById('detail'); d.textContent = ''; delete d.dataset.i;
+  d.appendChild(el('p', 'muted', 'Click a segment for its header, payload, neighbours and the command that shows it in the debugger.'));
+}
+window.kheapPage = {drawn: band.querySelectorAll('.seg').length, select: select, zoom: zoom, clear: clear,
                     setScale: m => { mode = m; document.getElementById('scale').value = m; drawHeap(); }};
 document.documentElement.dataset.rendered = String(performance.now());
 """
