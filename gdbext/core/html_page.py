@@ -306,8 +306,8 @@ def _meta_html(meta: Dict[str, Any]) -> str:
     for key, label in (("elf", "kernel ELF"), ("arch", "arch"), ("target", "read from"),
                        ("time", "time"), ("tool", "made by")):
         if meta.get(key) not in (None, ""):
-            rows.append(f"<dt>{_e(label)}</dt><dd id=\"meta-{key}\">{_e(meta[key])}</dd>")
-    return f"<dl class=\"meta\">{''.join(rows)}</dl>"
+            rows.append(f"<span><b>{_e(label)}:</b> <code id=\"meta-{key}\">{_e(meta[key])}</code></span>")
+    return f"<div class=\"meta\">{''.join(rows)}</div>"
 
 
 def _legend_html(kinds: Sequence[Tuple[str, str]]) -> str:
@@ -451,7 +451,8 @@ def _heap_body(title: str, verdict: str, meta: Dict[str, Any], heap: Dict[str, A
         fl = pages.get("free_list") or None
         fl_text = ""
         if fl:
-            fl_text = (f"; free_pages: {_e(fl.get('walked'))} walked, size {_e(fl.get('size'))}"
+            fl_text = (f"; free_pages: size {_e(fl.get('size'))}"
+                       + (f", {_e(fl['walked'])} walked" if fl.get("walked") is not None else "")
                        + ("" if (fl.get("stop") or {}).get("reason") in (None, "end") else
                           f", stopped: {_e(fl['stop']['reason'])}"))
         out += [
@@ -591,7 +592,7 @@ header.top.ok{border-color:#2e9d4f}header.top.warn{border-color:var(--warn)}head
 h1{font-size:20px;margin:0 0 6px}header.top.bad h1{color:#b1182b}header.top.ok h1{color:#1f7a3c}
 h2{font-size:16px;margin:0}
 .meta{display:flex;flex-wrap:wrap;gap:2px 18px;margin:0;color:var(--muted);font-size:12.5px}
-.meta dt{font-weight:600}.meta dt:after{content:":"}.meta dd{margin:0 0 0 -14px;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
+.meta code{font-family:ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 main{padding:10px 22px 30px}
 section{background:#fff;border:1px solid #e3e5ea;border-radius:8px;padding:12px 14px;margin:0 0 14px}
 .bar-head{display:flex;align-items:center;gap:16px;flex-wrap:wrap;margin-bottom:6px}
@@ -609,7 +610,7 @@ section{background:#fff;border:1px solid #e3e5ea;border-radius:8px;padding:12px 
 .view{position:relative;overflow:auto;max-height:62vh;border:1px solid #e3e5ea;border-radius:6px;background:#fbfbfc}
 .view.short{max-height:30vh}.view.tall{max-height:70vh}
 .band{position:relative;margin:6px 6px 6px 0}
-.rowlab{position:absolute;left:0;width:92px;text-align:right;font:11px/1 ui-monospace,"DejaVu Sans Mono",monospace;color:var(--muted)}
+.rowlab{position:absolute;left:0;text-align:right;font:11px/1 ui-monospace,"DejaVu Sans Mono",monospace;color:var(--muted)}
 .blk{position:absolute;height:20px;border-right:1px solid #fff;cursor:pointer}
 .blk.used,.sw.used{background:var(--used)}.blk.free,.sw.free{background:var(--free)}
 .blk.corrupt,.sw.corrupt{background:repeating-linear-gradient(135deg,var(--corrupt) 0 4px,#ff8090 4px 7px)}
@@ -703,7 +704,7 @@ function table(rows){
 
 _HEAP_JS = _COMMON_JS + r"""
 const HS = D.hs, HE = D.he, HDR = D.hdr, SEG = D.seg, F = D.f;
-const MINW = 3, MARKW = 10, LAB = 100, ROWH = 20, ROWGAP = 8, SPLIT = 24;
+const MINW = 3, MARKW = 10, LAB = 24 + 7 * (2 + 2 * PTR), ROWH = 20, ROWGAP = 8, SPLIT = 24;
 const ST = ['free', 'used', 'corrupt'];
 const marks = D.marks;
 let mode = 'lin', bpp = 0, selected = null;
@@ -745,6 +746,7 @@ function layout(container, items, widthFn, classFn, spanFn, onFirst, textFn, gra
   function label(addr){
     if (labelled === row) return;
     const l = el('div', 'rowlab', addrText(addr)); l.style.top = (row * (ROWH + ROWGAP) + 5) + 'px';
+    l.style.width = (LAB - 8) + 'px';
     frag.appendChild(l); labelled = row;
   }
   for (let k = 0; k < items.length; k++){
@@ -934,6 +936,10 @@ function zoom(how){
   else bpp = Math.min(fitBpp() * 4, bpp * 2);
   document.getElementById('scale').value = mode;
   drawHeap();
+  if (selected !== null){       // zoom around the selected segment
+    const e = band.querySelector('.sel');
+    if (e) view.scrollTop = Math.max(0, e.offsetTop - view.clientHeight / 3);
+  }
 }
 for (const b of document.querySelectorAll('#heap-controls button')) b.addEventListener('click', () => zoom(b.dataset.zoom));
 document.getElementById('scale').addEventListener('change', ev => { mode = ev.target.value; drawHeap(); });

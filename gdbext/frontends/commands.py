@@ -396,6 +396,8 @@ def _map_options(parser):
     parser.add_argument("--html", metavar="FILE",
                         help="instead, write a picture of the heap and the page array to FILE: one "
                              "self-contained HTML page (no network) to open in any browser")
+    parser.add_argument("--full", action="store_true",
+                        help="with --html: the findings of 'check --full' (whole page array and free list)")
 
 
 @command("map", "A block map of the whole heap (used, free, corrupt) and one row per region; "
@@ -403,7 +405,7 @@ def _map_options(parser):
 @options(_map_options)
 def _map(session, args):
     if args.html:
-        return _map_html(session, args.html)
+        return _map_html(session, args.html, args.full)
     prog = session.program()
     result = check(prog, pages=False)
     report = render.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
@@ -424,10 +426,10 @@ def _bound_regions(report, limit):
     report["regions_not_shown"] = len(regions) - limit
 
 
-def _map_html(session, path):
+def _map_html(session, path, full=False):
     from gdbext.frontends.html_data import write_heap_page
 
-    report = {"schema_version": render.SCHEMA_VERSION, "report": "map-html", **write_heap_page(session, path)}
+    report = {"schema_version": render.SCHEMA_VERSION, "report": "map-html", **write_heap_page(session, path, full)}
     text = (f"kheap map: wrote {report['path']} ({report['bytes']} bytes): heap {report['verdict'].upper()}, "
             f"{report['segments']} segments, {report['errors']} errors, {report['warnings']} warnings; "
             "open it in a browser\n")

@@ -16,22 +16,25 @@ from gdbext.frontends.session import CommandError
 HEAD_BYTES = 32          # payload bytes shown per segment (read through the walk's own cache)
 
 
-def heap_page_data(prog, meta, head_bytes=HEAD_BYTES, pages=True):
+def heap_page_data(prog, meta, head_bytes=HEAD_BYTES, pages=True, full=False):
     """The dict :func:`html_page.heap_page` draws (its shape is in that module's doc).
 
     ``prog``: the session's Program (its block cache already holds the heap once the check has
     run, so the payload bytes cost no target reads); ``meta``: :func:`page_meta`'s dict;
-    ``pages``: also read the whole page array (what ``check --full`` reads) for the page band.
+    ``pages``: also read the whole page array for the page band (one bulk read: 4 MiB on the
+    real kernel); ``full``: the findings of ``check --full`` (the free-page list walked too)
+    rather than those of ``check``.
     """
+    from itertools import groupby
+
     from gdbext.core import render
     from gdbext.core.layout import PAGE_SIZE
     from gdbext.core.memory import MemoryFault
-    from gdbext.core.pages import page_kind, page_summary, read_pages, walk_free_list
+    from gdbext.core.pages import page_kind, read_free_list_head, read_pages
     from gdbext.core.stats import heap_stats
     from gdbext.core.validate import CODES, check
 
-    has_pages = pages and prog.bounds.page_array is not None and bool(prog.bounds.num_pages)
-    result = check(prog, full=has_pages)
+    result = check(prog, full=full)
     walk = result.walk
     walk_report = render.walk_report(prog, walk)
     check_report = render.check_report(prog, result)
@@ -49,27 +52,33 @@ def heap_page_data(prog, meta, head_bytes=HEAD_BYTES, pages=True):
             s["head"], s["head_error"] = None, f"unreadable ({fault})"
 
     page_data = None
-    if has_pages:
+    b = prog.bounds
+    if pages and b.page_array is not None and b.num_pages:
         rng = read_pages(prog)
         fv = prog.layouts.page.flag_value
+        kinds = {}
         runs = []
-        for k, (_, word, _, _) in enumerate(rng.entries):
-            kind = page_kind(fv(word))
+        index = rng.first
+        for word, group in groupby(entry[1] for entry in rng.entries):   # runs of one flags word
+            n = sum(1 for _ in group)
+            kind = kinds.get(word) or kinds.setdefault(word, page_kind(fv(word)))
             if runs and runs[-1][2] == kind:
-                runs[-1][1] += 1
+                runs[-1][1] += n
             else:
-                runs.append([rng.first + k, 1, kind])
-        summary = render.pages_report(prog, page_summary(prog, pages=rng, free_list=walk_free_list(prog)))
-        page_data = {"num_pages": summary["num_pages"], "scanned": summary["scanned"],
-                     "counts": summary["counts"], "free_list": summary["free_list"],
-                     "fault": summary["fault"], "page_array": summary["page_array"],
-                     "entry_size": prog.layouts.page.size, "page_size": PAGE_SIZE, "runs": runs}
+                runs.append([index, n, kind])
+            index += n
+        counts = {"kernel": 0, "heap": 0, "free": 0, "allocated": 0, "bad": 0}
+        for _, n, kind in runs:
+            counts[kind] += n
+        head = read_free_list_head(prog)
+        page_data = {"num_pages": b.num_pages, "scanned": len(rng.entries), "counts": counts,
+                     "free_list": None if head is None else dict(zip(("head", "tail", "size"), head)),
+                     "fault": rng.fault, "page_array": b.page_array, "entry_size": prog.layouts.page.size,
+                     "page_size": PAGE_SIZE, "runs": runs}
 
-    heap = prog.bounds
     return {
         "meta": dict(meta, pointer_size=prog.pointer_size),
-        "heap": {"start": heap.start, "size": heap.size, "end": heap.end, "header_size": hdr,
-                 "list_head": heap.list_head},
+        "heap": {"start": b.start, "size": b.size, "end": b.end, "header_size": hdr, "list_head": b.list_head},
         "verdict": check_report["verdict"],
         "walk": {"count": walk_report["count"], "complete": walk_report["complete"],
                  "stop": walk_report["stop"]},
@@ -136,10 +145,10 @@ def write_page(path, text):
     return len(text.encode("utf-8"))
 
 
-def write_heap_page(session, path):
+def write_heap_page(session, path, full=False):
     """``kheap map --html FILE``: draw the heap now and write the page; returns a small report."""
     prog = session.program()
-    data = heap_page_data(prog, page_meta(session, prog))
+    data = heap_page_data(prog, page_meta(session, prog), full=full)
     size = write_page(path, html_page.heap_page(data))
     errors = sum(1 for f in data["findings"] if f["severity"] == "error")
     return {"path": str(path), "bytes": size, "verdict": data["verdict"], "segments": len(data["segments"]),
