@@ -425,7 +425,7 @@ def _heap_body(title: str, verdict: str, meta: Dict[str, Any], heap: Dict[str, A
         "<span id=\"zoom-text\" class=\"muted\"></span></div></div>",
         _legend_html([("used", "used"), ("free", "free"), ("corrupt", "corrupt"),
                       ("gap", "not on the list"), ("mark", "named by a finding"),
-                      ("culprit", "likely culprit"), ("warnmark", "warning")]),
+                      ("culprit", "likely culprit"), ("warnmark", "warning"), ("sel", "selected")]),
         "<div id=\"band-view\" class=\"view\"><div id=\"band\" class=\"band\" role=\"img\" "
         "aria-label=\"heap segments\"></div></div>",
         "<noscript><p>The drawings need JavaScript; the findings, statistics and histogram below do not.</p></noscript>",
@@ -618,7 +618,7 @@ section{background:#fff;border:1px solid #e3e5ea;border-radius:8px;padding:12px 
 .blk.mark,.sw.mark{box-shadow:inset 0 0 0 2px #111}.blk.mark:before{content:"";position:absolute;left:0;top:-7px;border:5px solid transparent;border-top-color:#111}
 .blk.culprit,.sw.culprit{box-shadow:inset 0 0 0 2px #f0a020}
 .blk.warnmark,.sw.warnmark{box-shadow:inset 0 -4px 0 0 var(--warn)}
-.blk.sel{outline:3px solid #111;outline-offset:1px;z-index:2}
+.blk.sel,.sw.sel{outline:3px solid #d01ad0;outline-offset:1px;z-index:2}
 .blk.kernel,.sw.kernel{background:var(--kernel)}.blk.heap,.sw.heap{background:var(--heap)}
 .blk.pfree,.sw.pfree{background:var(--pfree)}.blk.allocated,.sw.allocated{background:var(--allocated)}
 .blk.pbad,.sw.pbad{background:var(--pbad)}
