@@ -213,6 +213,10 @@ def heap_page(data: Dict[str, Any]) -> str:
     for k, f in enumerate(findings):
         culprit = f.get("culprit") or None
         at = _segment_at(starts, order, extents, f.get("address"), hdr)
+        origin = (f.get("values") or {}).get("from")
+        if at is None and isinstance(origin, int):
+            # A bad link (outside the heap, a cycle, a fault): mark the segment it leads from.
+            at = _segment_at(starts, order, extents, origin, hdr)
         page_run = None
         if f.get("code", "").startswith("PAGE-") and pages:
             page_run = _page_run_at(runs, _page_index_of(f, pages))
@@ -996,6 +1000,7 @@ function clear(){
   d.appendChild(el('p', 'muted', 'Click a segment for its header, payload, neighbours and the command that shows it in the debugger.'));
 }
 window.kheapPage = {drawn: band.querySelectorAll('.seg').length, select: select, zoom: zoom, clear: clear,
+                    findings: F.map(f => ({code: f.code, sev: f.sev, seg: f.seg, run: f.run})),
                     setScale: m => { mode = m; document.getElementById('scale').value = m; drawHeap(); }};
 document.documentElement.dataset.rendered = String(performance.now());
 """

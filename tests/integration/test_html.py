@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from debuggers import REPO, run_gdb, run_lldb
-from expectations import ARCHES
+from expectations import ARCHES, CORRUPTION_CODES
 
 sys.path.insert(0, str(REPO / "tests"))
 from browser import Chromium, find_chromium  # noqa: E402
@@ -47,6 +47,32 @@ def drawn_segments(page):
     return [tuple(x) for x in page.evaluate("Array.from(document.querySelectorAll('#band .seg'), e => [e.dataset.addr, e.dataset.state])")]
 
 
+def named_segments(walk, check):
+    """Addresses of the segments the page must draw as corrupt: each error finding's segment
+    (the one holding its address, or, for a bad link, the segment the link leads from)."""
+    hdr, end = walk["header_size"], walk["heap"]["end"]
+
+    def holding(address):
+        if not isinstance(address, int):
+            return None
+        for s in walk["segments"]:
+            extent = s["size"] if hdr <= s["size"] and s["address"] + s["size"] <= end else hdr
+            if s["address"] <= address < s["address"] + max(extent, hdr):
+                return s["address"]
+        return None
+
+    out = set()
+    for f in check["findings"]:
+        if f["severity"] != "error" or f["code"].startswith("PAGE-"):
+            continue
+        at = holding(f.get("address"))
+        if at is None:
+            at = holding((f.get("values") or {}).get("from"))
+        if at is not None:
+            out.add(at)
+    return out
+
+
 def assert_page_matches_walk(page, walk, check, pointer_size):
     """Every walked segment drawn once, at its address, in its state (corrupt when an error
     finding names it); the title carries the verdict."""
@@ -54,7 +80,7 @@ def assert_page_matches_walk(page, walk, check, pointer_size):
     width = pointer_size * 2
     drawn = drawn_segments(page)
     assert len(drawn) == walk["count"] == len(walk["segments"])
-    bad = {f["address"] for f in check["findings"] if f["severity"] == "error"}
+    bad = named_segments(walk, check)
     want = sorted((f"0x{s['address']:0{width}x}",
                    "corrupt" if s["state"] == "bad" or s["address"] in bad else s["state"])
                   for s in walk["segments"])
@@ -120,6 +146,40 @@ def test_map_html_from_the_cli_in_chromium(vm_pool, browser, tmp_path, arch, sce
     if scenario == "overflow":
         assert_corrupt_segment_shows_its_findings(page, check, walk["pointer_size"])
     page.screenshot(ARTIFACTS / f"{scenario}-{arch}.png")
+
+
+@pytest.mark.parametrize("scenario", sorted(set(CORRUPTION_CODES) - {"overflow"}))
+def test_every_corruption_is_drawn_where_it_is(vm_pool, browser, tmp_path, scenario):
+    """Each corruption scenario's page: every segment drawn, the expected codes listed, and each
+    error finding drawn on a segment (its address, or the segment whose link leads there) or a
+    page run, unless it names neither (the kernel's counters)."""
+    vm = vm_pool.get("arm", scenario)
+    remote = ["--remote", f"127.0.0.1:{vm.gdb_port}", "--elf", vm.elf]
+    walk = json.loads(kheap("walk", "--json", *remote).stdout)
+    check = json.loads(kheap("check", "--json", *remote).stdout)
+    out = tmp_path / f"{scenario}.html"
+    assert kheap("map", "--html", out, *remote).returncode == 1
+    page = browser.open(out)
+    drawn = assert_page_matches_walk(page, walk, check, 4)
+    findings = page.evaluate("window.kheapPage.findings")
+    assert [f["code"] for f in findings] == [f["code"] for f in check["findings"]]
+    hs, he = walk["heap"]["start"], walk["heap"]["end"]
+    for f, shown in zip(check["findings"], findings):
+        if f["severity"] != "error":
+            continue
+        a, origin = f.get("address"), (f.get("values") or {}).get("from")
+        in_heap = any(isinstance(x, int) and hs <= x < he for x in (a, origin))
+        if f["code"].startswith("PAGE-") and "index" in (f.get("values") or {}):
+            assert shown["run"] is not None, f
+        elif in_heap and walk["segments"]:
+            assert shown["seg"] is not None, f
+            assert "corrupt" in page.evaluate(f"document.querySelector('#band .seg[data-i=\"{shown['seg']}\"]').className")
+    if any(state == "corrupt" for _, state in drawn):
+        page.evaluate("window.kheapPage.clear()")
+        first = next(f for f in findings if f["seg"] is not None and f["sev"] == "error")
+        page.click(f'#band .seg[data-i="{first["seg"]}"]')
+        assert first["code"] in page.evaluate("document.getElementById('detail').textContent")
+    page.screenshot(ARTIFACTS / f"{scenario}-arm.png")
 
 
 def test_target_text_holding_script_does_not_run(vm_pool, browser, tmp_path):
