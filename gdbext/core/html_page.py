@@ -973,7 +973,7 @@ function runText(k){
   for (const f of (D.runmarks[k] || [])) t += '\n' + F[f].code + ': ' + F[f].msg;
   return t;
 }
-function selectRun(k){
+function selectRun(k, scroll = true){
   const d = document.getElementById('detail'); d.textContent = ''; delete d.dataset.i;
   const r = P.runs[k];
   d.appendChild(el('h3', '', 'Pages ' + r[0] + (r[1] > 1 ? '\u2013' + (r[0] + r[1] - 1) : '') + ': ' + r[2]));
@@ -981,7 +981,7 @@ function selectRun(k){
   const cmds = el('div', 'cmds'); cmds.appendChild(el('code', '', 'kheap pages --page ' + r[0])); d.appendChild(cmds);
   for (const e of pageBand.querySelectorAll('.sel')) e.classList.remove('sel');
   for (const e of pageBand.querySelectorAll('[data-i="' + k + '"]')) e.classList.add('sel');
-  document.getElementById('heap').scrollIntoView({block: 'start'});
+  if (scroll) document.getElementById('heap').scrollIntoView({block: 'start'});
 }
 if (pageBand){
   pageBand.addEventListener('mousemove', ev => { const t = ev.target.closest('.blk'); if (!t){ hideTip(); return; } showTip(runText(+t.dataset.i), ev); });
@@ -994,6 +994,7 @@ drawHeap(); drawPages();
 // Start on the first corrupt segment, if any: that is what one opens the page for.
 const firstBad = F.findIndex(f => f.sev === 'error' && f.seg !== null);
 if (firstBad >= 0) select(F[firstBad].seg, true);
+else { const onPage = F.findIndex(f => f.sev === 'error' && f.run !== null); if (onPage >= 0) selectRun(F[onPage].run, false); }
 function clear(){
   selected = null; hideTip(); highlight(null);
   const d = document.getElementById('detail'); d.textContent = ''; delete d.dataset.i;

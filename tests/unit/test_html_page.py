@@ -230,6 +230,28 @@ def test_zoom_and_log_scale_keep_every_segment(browser, tmp_path):
     assert page.exceptions() == []
 
 
+@pytest.mark.parametrize("how", ["null-head", "no-pages", "wiped-page"])
+def test_degenerate_heaps_still_draw(browser, tmp_path, how):
+    k, _ = busy_kernel(8, ">")
+    if how == "null-head":
+        k.set_global("heap_segment_list_head", 0)
+    elif how == "wiped-page":
+        k.set_page(k.heap_start // 4096 + 1, flags=0)
+    prog = k.program()
+    data = html_data.heap_page_data(prog, {"elf": "k.elf"}, pages=how != "no-pages")
+    page = browser.open(write(tmp_path, f"{how}.html", html_page.heap_page(data)))
+    assert page.exceptions() == []
+    assert page.evaluate("document.querySelectorAll('#band .seg').length") == len(data["segments"])
+    if how == "null-head":
+        assert data["segments"] == [] and page.evaluate("document.querySelectorAll('#band .gap').length") >= 1
+        assert "HEAP-HEAD" in page.evaluate("document.getElementById('findings').textContent")
+    if how == "no-pages":
+        assert page.evaluate("document.getElementById('page-band')") is None
+    if how == "wiped-page":
+        assert "PAGE-FLAGS" in page.evaluate("document.getElementById('detail').textContent")
+        assert page.evaluate("document.querySelectorAll('#page-band .mark').length") >= 1
+
+
 def test_watch_timeline_marks_the_double_free(browser, tmp_path):
     k = SyntheticKernel(4, "<")
     w = Watch(word_bits=32)
