@@ -545,14 +545,17 @@ def watch_timeline(data: Dict[str, Any]) -> str:
     lo = min([b[0] - hdr for b in blocks] + [m[1] - hdr for m in marks if m[1]], default=heap.get("start") or 0)
     hi = max([b[0] - hdr + max(b[1], hdr) for b in blocks] + [m[1] for m in marks if m[1]],
              default=heap.get("end") or 0)
+    callers: Dict[str, int] = {}                     # each caller's name stored once
     embedded = {
         "v": DATA_VERSION, "ptr": ptr, "hdr": hdr, "lo": _num(lo), "hi": _num(hi),
         "ops": [[_num(o.get("index")), str(o.get("kind") or ""), _num(o.get("size")), _num(o.get("pointer")),
-                 _num(o.get("result")), str(o.get("effect") or ""), str(o.get("caller") or "")] for o in ops],
+                 _num(o.get("result")), str(o.get("effect") or ""),
+                 callers.setdefault(str(o.get("caller") or ""), len(callers))] for o in ops],
         "blocks": [[_num(b[0]), _num(b[1]), b[4], b[5]] for b in blocks],
         "marks": [[m[0], _num(m[1]), m[2]] for m in marks],
         "bad": bad_row, "badText": bad_text,
     }
+    embedded["callers"] = list(callers)
     n_double = sum(1 for m in marks if m[2] == "double-free")
     what = "no stop" if not stop else f"stopped: {bad_text}"
     title = f"kheap watch: {len(ops)} operations, {len(blocks)} blocks, {what}"
@@ -1019,7 +1022,8 @@ function opText(r){
   let call = o[1] === 'kfree' ? 'kfree(' + hex(o[3]) + ')'
     : o[1] === 'krealloc' ? 'krealloc(' + hex(o[3]) + ', ' + num(o[2]) + ') = ' + hex(o[4])
     : o[1] + '(' + num(o[2]) + ') = ' + hex(o[4]);
-  return '#' + o[0] + ' ' + call + (o[6] ? ' from ' + o[6] : '') + (o[5] ? ' [' + o[5] + ']' : '');
+  const caller = D.callers[o[6]];
+  return '#' + o[0] + ' ' + call + (caller ? ' from ' + caller : '') + (o[5] ? ' [' + o[5] + ']' : '');
 }
 function blockText(b){
   let t = addrText(b[0]) + '  ' + sz(b[1]) + ' (segment)';
