@@ -11,7 +11,6 @@ finding, and target text holding ``<script>`` does not run. Screenshots go to te
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -129,9 +129,6 @@ def test_the_text_map_bounds_its_region_table():
     for p in ptrs[::2]:
         k.kfree(p)
 
-    class S(commands.Session if hasattr(commands, "Session") else object):
-        face = "none"
-
     from gdbext.frontends.session import Session
 
     class Fake(Session):
