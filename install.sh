@@ -18,7 +18,7 @@ venv="$repo/.venv"
 system_python=/usr/bin/python3
 packages=(make gcc libc6-dev python3 python3-venv qemu-system-arm gdb-multiarch
           gcc-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu lldb python3-lldb
-          golang-go qemu-user)
+          golang-go qemu-user chromium)
 lldb_module_src=/usr/lib/llvm-14/lib/python3.11/dist-packages/lldb
 lldb_module_link=/usr/lib/local/lib/python3.11/dist-packages/lldb
 
