@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for kheap: system packages, the lldb Python path fix, a venv
-# that gdb's and lldb's embedded Python can use, and the bundled kernel. Safe to run again:
-# every step checks first and says whether it did something or found it done.
+# that gdb's and lldb's embedded Python can use, the bundled kernel, its build-time variants
+# and the Go target (userland/mazarin). Safe to run again: every step checks first and says
+# whether it did something or found it done.
 #
 #   ./install.sh                 install everything (asks before touching ~/.gdbinit on a tty)
 #   ./install.sh --demo          ... then boot the bundled kernel in QEMU and inspect its heap
@@ -16,7 +17,8 @@ venv="$repo/.venv"
 # must be made from that interpreter or the debuggers cannot import its packages.
 system_python=/usr/bin/python3
 packages=(make gcc libc6-dev python3 python3-venv qemu-system-arm gdb-multiarch
-          gcc-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu lldb python3-lldb)
+          gcc-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu lldb python3-lldb
+          golang-go qemu-user chromium)
 lldb_module_src=/usr/lib/llvm-14/lib/python3.11/dist-packages/lldb
 lldb_module_link=/usr/lib/local/lib/python3.11/dist-packages/lldb
 
@@ -99,7 +101,29 @@ else
     say "kernel: built kernel/build/arm/kernel.elf and kernel/build/aarch64/kernel.elf"
 fi
 
-# 5. Offer to load kheap automatically in gdb and lldb.
+# 5. The kernel's build-time variants (docs/variants.md), each into kernel/build/<variant>/.
+variants=$(make -s -C "$repo/kernel" --no-print-directory list-variants)
+variants=${variants#default }
+stale=()
+for v in $variants; do
+    make -s -C "$repo/kernel" -q VARIANT="$v" 2>/dev/null || stale+=("$v")
+done
+if [ ${#stale[@]} -eq 0 ]; then
+    say "kernel variants: all up to date ($variants)"
+else
+    for v in "${stale[@]}"; do make -s -C "$repo/kernel" VARIANT="$v"; done
+    say "kernel variants: built ${stale[*]} (kernel/build/<variant>/<arch>/kernel.elf)"
+fi
+
+# 6. The Go target: userland/mazarin, both heap layouts, static linux/arm64 for qemu-aarch64.
+if make -s -C "$repo/userland/mazarin" -q 2>/dev/null; then
+    say "Go target: both layouts up to date"
+else
+    make -s -C "$repo/userland/mazarin"
+    say "Go target: built userland/mazarin/build/v1/mazarin.elf and build/v2/mazarin.elf"
+fi
+
+# 7. Offer to load kheap automatically in gdb and lldb.
 gdb_line="source $repo/gdbext/gdbinit.py"
 lldb_line="command script import $repo/gdbext/lldbinit.py"
 if [ "$init_choice" = ask ]; then

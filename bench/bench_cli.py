@@ -9,6 +9,11 @@ Boots the kernel (``stress``: ~5000 segments) with qemu/launcher.py and measures
    Target ratio: at most 1.3.
 2. The whole process: ``.venv/bin/kheap check --remote ... --elf ...`` as a subprocess, wall
    time (target under 0.5 s), and ``python -X importtime`` of the CLI module.
+3. The client against two stubs, one connection each, 1 MiB read ``--repeat`` times: QEMU's
+   system emulator (the heap; pipelined) and qemu-user 7.2 (``qemu-aarch64 -g``, a program's
+   1 MiB array, see tests/integration/qemu_user.py; it waits for every ack, so one request in
+   flight). MiB/s, the time per ``m`` request, and connect + handshake (the pipelining probe
+   included). Skipped with a reason when qemu-aarch64 or the aarch64 compiler is missing.
 
 Nothing is asserted: machines are noisy, these numbers are for people to read. The check and
 the read alternate, and "median of pairs" is the median of each check over the read right after
@@ -23,16 +28,19 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from gdbext.frontends import cli  # noqa: E402
 from gdbext.core.symbols import load_elf_info  # noqa: E402
-from gdbext.targets.rsp import RemoteTarget  # noqa: E402
+from gdbext.targets.rsp import RemoteTarget, TargetError  # noqa: E402
 from qemu.launcher import KernelVM  # noqa: E402
+import qemu_user  # noqa: E402
 
 KHEAP = REPO / ".venv" / "bin" / "kheap"
 
@@ -58,6 +66,52 @@ def raw_heap_read(host, port, start, size):
     elapsed = time.perf_counter() - t0
     assert len(data) == size
     return elapsed
+
+
+def stub_speed(port, address, size, repeat):
+    """One connection: ``size`` bytes at ``address`` read ``repeat`` times, then 200 reads of 16
+    bytes (one ``m`` each: the round trip). (connect s, [read s], ``m`` requests per read,
+    [round trip s], whether the stub pipelines)."""
+    t0 = time.perf_counter()
+    with RemoteTarget("127.0.0.1", port) as target:
+        connect = time.perf_counter() - t0
+        reads = []
+        for _ in range(repeat):
+            sent = target.packets_sent
+            t = time.perf_counter()
+            data = target.read(address, size)
+            reads.append(time.perf_counter() - t)
+            requests = target.packets_sent - sent
+            assert len(data) == size
+        trips = []
+        for i in range(200):
+            t = time.perf_counter()
+            target.read(address + 16 * i, 16)
+            trips.append(time.perf_counter() - t)
+        return connect, reads, requests, trips, getattr(target, "pipelining", True)
+
+
+def print_stub(name, size, result):
+    connect, reads, requests, trips, pipelining = result
+    best_s, med = min(reads), statistics.median(reads)
+    mode = "pipelined" if pipelining else "one request in flight"
+    print(f"  {name:<31}: {size / med / (1 << 20):6.1f} MiB/s median ({size / best_s / (1 << 20):.1f} best)"
+          f" in {requests} m requests ({mode}: {med / requests * 1e6:.1f} us each); one small m "
+          f"{statistics.median(trips) * 1e6:.0f} us; connect {connect * 1000:.1f} ms")
+
+
+def qemu_user_speed(repeat):
+    why = qemu_user.missing()
+    if why:
+        return f"skipped: {why}"
+    with tempfile.TemporaryDirectory(prefix="kheap-bench-") as tmp:
+        elf = qemu_user.build_program(Path(tmp))
+        address, _ = qemu_user.symbols(elf)
+        with qemu_user.QemuUser(elf) as proc:
+            try:
+                return stub_speed(proc.port, address, qemu_user.PATTERN_SIZE, repeat)
+            except TargetError as exc:
+                return f"failed: {exc}"
 
 
 def import_time():
@@ -107,6 +161,8 @@ def main():
                 raise SystemExit(f"kheap check exited {proc.returncode}: {proc.stderr}")
         found = re.search(r"(\d+) segments walked", proc.stdout)
         segments = found.group(1) if found else "?"
+        system = stub_speed(vm.gdb_port, start, size, args.repeat)
+    user = qemu_user_speed(args.repeat)
 
     imports, heaviest = import_time()
     c_best, c_med = best(checks)
@@ -122,6 +178,12 @@ def main():
           f"   (target < 500 ms)")
     print(f"  import gdbext.frontends.cli      : {imports * 1000:7.1f} ms; heaviest: "
           + ", ".join(f"{name} {us / 1000:.1f} ms" for us, name in heaviest))
+    print("RemoteTarget against two stubs (one connection each, 1 MiB per read):")
+    print_stub(f"qemu-system-{args.arch} (the heap)", size, system)
+    if isinstance(user, str):
+        print(f"  {'qemu-user (qemu-aarch64 -g)':<31}: {user}")
+    else:
+        print_stub("qemu-user (qemu-aarch64 -g)", qemu_user.PATTERN_SIZE, user)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ SCENARIOS = (
 )
 SCENARIO_WORD_ADDR = 0x1000
 SCENARIO_MAGIC = 0x4B480000
+# Set in the scenario word: the kernel stops before it builds the page array and the heap
+# (kernel/include/kernel.h): one empty checkpoint tagged "preinit", then KHEAP-READY.
+SCENARIO_FLAG_PREINIT = 0x8000
+
+# Build-time variants of the kernel (kernel/include/variant.h, docs/variants.md); "default" is
+# kernel/build/<arch>/kernel.elf, every other one kernel/build/<variant>/<arch>/kernel.elf.
+VARIANTS = ("default", "bitfield", "tutorial", "tutorial-g3", "reordered", "canary", "renamed")
 
 # Tags each scenario checkpoints with, in order.
 SCENARIO_TAGS = {name: (name,) for name in SCENARIOS}
@@ -92,8 +99,12 @@ def parse_checkpoints(text: str) -> list:
     return found
 
 
-def elf_path(arch: str) -> Path:
-    return KERNEL_DIR / "build" / arch / "kernel.elf"
+def elf_path(arch: str, variant: str = "default") -> Path:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant == "default":
+        return KERNEL_DIR / "build" / arch / "kernel.elf"
+    return KERNEL_DIR / "build" / variant / arch / "kernel.elf"
 
 
 def free_port() -> int:
@@ -128,7 +139,8 @@ class KernelVM:
 
     def __init__(self, arch: str = "arm", scenario: str = "clean", halt: bool = False,
                  gdb_port: int | None = None, serial_path: str | os.PathLike | None = None,
-                 elf: str | os.PathLike | None = None, extra_args=()):
+                 elf: str | os.PathLike | None = None, extra_args=(), variant: str = "default",
+                 preinit: bool = False):
         if arch not in MACHINES:
             raise ValueError(f"arch must be one of {sorted(MACHINES)}, not {arch!r}")
         if scenario not in SCENARIOS:
@@ -136,7 +148,9 @@ class KernelVM:
         self.arch = arch
         self.scenario = scenario
         self.halt = halt
-        self.elf = Path(elf) if elf else elf_path(arch)
+        self.variant = variant
+        self.preinit = preinit                       # stop before the heap exists (see above)
+        self.elf = Path(elf) if elf else elf_path(arch, variant)
         self.gdb_port: int | None = gdb_port
         self._fixed_port = gdb_port is not None
         self._extra_args = list(extra_args)
@@ -160,6 +174,8 @@ class KernelVM:
     def command_line(self) -> list:
         binary, machine = MACHINES[self.arch]
         word = SCENARIO_MAGIC | SCENARIOS.index(self.scenario)
+        if self.preinit:
+            word |= SCENARIO_FLAG_PREINIT
         args = [
             binary, "-M", machine, "-kernel", str(self.elf),
             "-display", "none", "-monitor", "none",
@@ -176,11 +192,12 @@ class KernelVM:
         if self.proc is not None:
             return self
         if not self.elf.is_file():
-            raise LauncherError(f"{self.elf} does not exist: run `make -C kernel` first")
+            make = "make -C kernel" + (f" VARIANT={self.variant}" if self.variant != "default" else "")
+            raise LauncherError(f"{self.elf} does not exist: run `{make}` first")
         binary = MACHINES[self.arch][0]
         if shutil.which(binary) is None:
             raise LauncherError(f"{binary} is not installed (apt-get install qemu-system-arm)")
-        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.arch}-{self.scenario}-")
+        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.variant}-{self.arch}-{self.scenario}-")
         if self._own_serial:
             self.serial_path = Path(self._tmpdir) / "serial.log"
         self.qmp_path = Path(self._tmpdir) / "qmp.sock"
@@ -286,15 +303,19 @@ class KernelVM:
 
     def wait_until_settled(self, timeout: float = 30.0) -> str:
         """Waits for the scenario's end: KHEAP-READY, or KHEAP-PANIC for ``crash``."""
-        pattern = PANIC_PATTERN if self.scenario == "crash" else READY_PATTERN
+        pattern = PANIC_PATTERN if self.scenario == "crash" and not self.preinit else READY_PATTERN
         return self.wait_for(pattern, timeout)
 
     def _fail(self, why: str, text: str) -> None:
         tail = "\n".join(text.splitlines()[-15:])
         stderr = self.stderr_text().strip()
         raise LauncherError(
-            f"{self.arch}/{self.scenario}: {why}\n--- serial tail ---\n{tail}"
+            f"{self._label()}: {why}\n--- serial tail ---\n{tail}"
             + (f"\n--- qemu stderr ---\n{stderr}" if stderr else ""))
+
+    def _label(self) -> str:
+        variant = "" if self.variant == "default" else f"{self.variant}/"
+        return f"{variant}{self.arch}/{self.scenario}" + (" (preinit)" if self.preinit else "")
 
     def checkpoints(self) -> list:
         """Parsed checkpoint dumps printed so far (see parse_checkpoints)."""
@@ -353,25 +374,420 @@ class KernelVM:
             return reply.get("return")
 
     def __repr__(self) -> str:
-        return (f"KernelVM(arch={self.arch!r}, scenario={self.scenario!r}, "
+        variant = "" if self.variant == "default" else f"variant={self.variant!r}, "
+        return (f"KernelVM({variant}arch={self.arch!r}, scenario={self.scenario!r}, "
                 f"gdb_port={self.gdb_port}, running={self.is_running()})")
+
+
+# -- the Go target: userland/mazarin under qemu-user ------------------------------------------
+
+USERLAND_DIR = REPO_ROOT / "userland" / "mazarin"
+GO_LAYOUTS = ("v1", "v2")
+# Must match userland/mazarin/scenarios.go.
+GO_SCENARIOS = ("clean", "stress", "overflow", "backlink", "cycle", "wild", "uaf", "pages", "crash")
+QEMU_USER = "qemu-aarch64"
+CHECKPOINT_FUNCTION = "main.kheapCheckpoint"
+# Keeps the Go runtime from stopping the target on its own: no SIGURG preemption signals
+# (qemu-user reports every signal to the debugger first), no garbage collector (the heap's
+# pointers live outside Go's heap), one P.
+GO_TARGET_ENV = {"GODEBUG": "asyncpreemptoff=1", "GOGC": "off", "GOMAXPROCS": "1"}
+AARCH64_PC_REGNUM = 32       # x0-x30, sp, pc in QEMU's aarch64 register description
+
+
+def find_tool(name: str) -> str | None:
+    """A program from PATH, else from the system directories (a test runner's PATH may be
+    minimal)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+
+
+def go_elf_path(layout: str = "v1") -> Path:
+    if layout not in GO_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(GO_LAYOUTS)}")
+    return USERLAND_DIR / "build" / layout / "mazarin.elf"
+
+
+def elf_symbol(path, name: str) -> int | None:
+    """The value of a .symtab symbol in a little-endian ELF64 file (stdlib only)."""
+    import struct
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise LauncherError(f"{path}: not a little-endian ELF64 file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    wanted = name.encode()
+    for sh_name, sh_type, _, _, offset, size, link, _, _, entsize in sections:
+        if sh_type != 2:                                 # SHT_SYMTAB
+            continue
+        str_offset = sections[link][4]
+        for pos in range(offset, offset + size, entsize or 24):
+            st_name, _, _, _, st_value, _ = struct.unpack_from("<IBBHQQ", data, pos)
+            start = str_offset + st_name
+            if data[start:start + len(wanted) + 1] == wanted + b"\0":
+                return st_value
+    return None
+
+
+def _die_with_parent_kill() -> None:
+    """Like _die_with_parent, with SIGKILL: qemu-user hands SIGTERM to the guest, and with the
+    debugger attached the guest then only stops and reports it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _tcp_listening(port: int) -> bool:
+    """True once something listens on TCP ``port`` (any address), from /proc/net/tcp{,6}:
+    qemu-user's stub must not be probed by connecting (it takes one connection only)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+_live_targets: "weakref.WeakSet[GoTarget]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_targets_at_exit() -> None:
+    for target in list(_live_targets):
+        target.stop()
+
+
+class GoTarget:
+    """userland/mazarin (the Go port of the tutorial heap) under qemu-aarch64's gdbstub.
+
+    Modes (qemu/README.md, "The Go target"):
+
+    - default: the launcher is the stub's one debugger. It continues the program to
+      ``main.kheapCheckpoint`` (after the checkpoint's dump is on stdout), removes its
+      breakpoint and serves the stopped target on ``gdb_port`` (127.0.0.1) to any number of
+      clients in turn (``RspProxy``): gdb, lldb and ``kheap --remote`` all find it stopped at
+      the checkpoint. ``crash`` goes on past the checkpoint to the SIGSEGV in ``kmalloc``.
+    - ``halt=True``: the same, but left at the program's first instruction (nothing of the
+      Go runtime or the heap exists yet).
+    - ``preinit=True``: the program stops at an empty checkpoint before it builds the page
+      array and the heap (list head nil, numPages 0).
+    - ``direct=True``: no proxy: ``gdb_port`` is qemu-user's own stub (``-g PORT``, which
+      listens on every interface). The first client that connects finds the program at its
+      first instruction; once it detaches the program runs to its end and idles, and the stub
+      accepts nobody again.
+
+    ``stop()`` (or leaving the ``with`` block) kills qemu-user and removes the temporary files.
+    """
+
+    arch = "aarch64"
+
+    def __init__(self, layout: str = "v1", scenario: str = "clean", halt: bool = False,
+                 preinit: bool = False, direct: bool = False, gdb_port: int | None = None,
+                 stdout_path: str | os.PathLike | None = None,
+                 elf: str | os.PathLike | None = None, timeout: float = 60.0, extra_args=()):
+        if scenario not in GO_SCENARIOS:
+            raise ValueError(f"unknown Go scenario {scenario!r}; known: {', '.join(GO_SCENARIOS)}")
+        if direct and (halt or preinit):
+            raise ValueError("direct=True leaves the program at its first instruction already")
+        self.layout = layout
+        self.variant = f"mazarin-{layout}"
+        self.scenario = scenario
+        self.halt = halt
+        self.preinit = preinit
+        self.direct = direct
+        self.elf = Path(elf) if elf else go_elf_path(layout)
+        self.gdb_port: int | None = gdb_port
+        self._fixed_port = gdb_port is not None
+        self.timeout = timeout
+        self._extra_args = list(extra_args)
+        self._own_stdout = stdout_path is None
+        self.stdout_path: Path | None = Path(stdout_path) if stdout_path else None
+        self._tmpdir: str | None = None
+        self._stderr_file = None
+        self.proc: subprocess.Popen | None = None
+        self.stub_path: Path | None = None
+        self._upstream: socket.socket | None = None
+        self.proxy = None
+        self.stop_reply: str | None = None        # the stub's stop reply where we left it
+        self.stopped_at: str | None = None        # "entry", "checkpoint" or "signal"
+        self.pc: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "GoTarget":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def command_line(self, stub: str) -> list:
+        args = [find_tool(QEMU_USER) or QEMU_USER, "-g", stub, str(self.elf), self.scenario]
+        if self.preinit:
+            args.append("--preinit")
+        return args + self._extra_args
+
+    def _environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_")}
+        env.update(GO_TARGET_ENV)
+        return env
+
+    def start(self) -> "GoTarget":
+        if self.proc is not None:
+            return self
+        if not self.elf.is_file():
+            raise LauncherError(f"{self.elf} does not exist: run `make -C userland/mazarin` first")
+        if find_tool(QEMU_USER) is None:
+            raise LauncherError(f"{QEMU_USER} is not installed (apt-get install qemu-user)")
+        self._tmpdir = tempfile.mkdtemp(prefix=f"kheap-{self.variant}-{self.scenario}-")
+        if self._own_stdout:
+            self.stdout_path = Path(self._tmpdir) / "stdout.log"
+        _live_targets.add(self)
+        try:
+            if self.direct:
+                self._start_direct()
+            else:
+                self._start_proxied()
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, stub: str) -> None:
+        self._close_stderr()
+        self._stderr_file = open(Path(self._tmpdir) / "qemu.stderr", "wb")
+        with open(self.stdout_path, "wb") as stdout:
+            self.proc = subprocess.Popen(
+                self.command_line(stub), stdin=subprocess.DEVNULL, stdout=stdout,
+                stderr=self._stderr_file, env=self._environment(), start_new_session=True,
+                preexec_fn=_die_with_parent_kill if sys.platform.startswith("linux") else None)
+
+    def _start_direct(self) -> None:
+        for attempt in range(5):
+            if not self._fixed_port:
+                self.gdb_port = free_port()
+            self._spawn(str(self.gdb_port))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if _tcp_listening(self.gdb_port):
+                    self.stopped_at = "entry"
+                    return
+                time.sleep(0.01)
+            err = self.stderr_text()
+            self._kill()
+            if self._fixed_port or attempt == 4:
+                raise LauncherError(f"qemu-user did not open its gdbstub: {err.strip()}")
+
+    def _start_proxied(self) -> None:
+        from qemu.rsp_proxy import RspProxy, StubClient, StubError, stop_thread
+        self.stub_path = Path(self._tmpdir) / "gdbstub.sock"
+        self._spawn(str(self.stub_path))
+        deadline = time.monotonic() + 10
+        while True:
+            # The socket file appears at bind(), a moment before listen(): retry until then.
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._fail("qemu-user did not open its gdbstub socket")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.stub_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                time.sleep(0.01)
+        self._upstream = sock
+        stub = StubClient(sock)
+        try:
+            stub.command("qSupported:swbreak+;hwbreak+;vContSupported+")
+            self.stop_reply = stub.command("?")                 # at the first instruction
+            self.stopped_at = "entry"
+            if not self.halt:
+                self._run_to_checkpoint(stub, stop_thread)
+        except StubError as error:
+            self._fail(str(error))
+        self.proxy = RspProxy(sock, port=self.gdb_port or 0, pending=stub.buf).start()
+        self.gdb_port = self.proxy.port
+
+    def _run_to_checkpoint(self, stub, stop_thread) -> None:
+        address = elf_symbol(self.elf, CHECKPOINT_FUNCTION)
+        if address is None:
+            self._fail(f"{self.elf} has no symbol {CHECKPOINT_FUNCTION}")
+        breakpoint = f"{address:x},4"
+        if stub.command(f"Z0,{breakpoint}") != "OK":
+            self._fail("qemu-user refused a breakpoint")
+        deadline = time.monotonic() + self.timeout
+        resume = "c"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(f"did not reach {CHECKPOINT_FUNCTION} within {self.timeout:.0f}s")
+            reply = stub.command(resume, timeout=left)
+            if reply[:1] in ("W", "X"):
+                self._fail(f"the program ended ({reply}) before its checkpoint")
+            if reply[:1] != "T" and reply[:1] != "S":
+                self._fail(f"unexpected stop reply {reply!r}")
+            signal_number = int(reply[1:3], 16)
+            thread = stop_thread(reply)
+            if thread:
+                stub.command(f"Hg{thread}")
+            # qemu-user 7.2 answers 'p' only to clients that read its target description.
+            registers = bytes.fromhex(stub.command("g"))
+            pc = int.from_bytes(registers[AARCH64_PC_REGNUM * 8:AARCH64_PC_REGNUM * 8 + 8], "little")
+            self.stop_reply, self.pc = reply, pc
+            if signal_number == 5 and pc == address:
+                if self.scenario == "crash" and not self.preinit:
+                    stub.command(f"z0,{breakpoint}")     # go on to the fault
+                    resume = "c"
+                    continue
+                self.stopped_at = "checkpoint"
+                break
+            if self.scenario == "crash" and signal_number == 11:  # SIGSEGV in kmalloc
+                self.stopped_at = "signal"
+                break
+            # Any other signal belongs to the program (the Go runtime): deliver it.
+            resume = f"C{signal_number:02x}"
+        stub.command(f"z0,{breakpoint}")
+
+    def stop(self) -> None:
+        """Kills qemu-user (SIGKILL: it would hand SIGTERM to the guest), stops the proxy and
+        removes the temporary files. Idempotent."""
+        self._kill()
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        if self._upstream is not None:
+            try:
+                self._upstream.close()
+            except OSError:
+                pass
+            self._upstream = None
+        self._close_stderr()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        _live_targets.discard(self)
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.proc = None
+
+    def _close_stderr(self) -> None:
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
+
+    def is_running(self) -> bool:
+        """True while qemu-user runs (the program is stopped at its checkpoint or entry)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- output ----------------------------------------------------------------------------
+    def serial_text(self) -> str:
+        """Everything the program printed on stdout (its serial line)."""
+        try:
+            return self.stdout_path.read_text(errors="replace")
+        except (FileNotFoundError, AttributeError):
+            return ""
+
+    stdout_text = serial_text
+
+    def stderr_text(self) -> str:
+        try:
+            return (Path(self._tmpdir) / "qemu.stderr").read_text(errors="replace")
+        except (FileNotFoundError, TypeError):
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        """Waits until ``pattern`` appears on stdout (a stopped program prints nothing more)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.serial_text()
+            if regex.search(text):
+                return text
+            if not self.is_running():
+                self._fail(f"qemu-user exited while waiting for {pattern!r}", text)
+            if time.monotonic() > deadline:
+                self._fail(f"timed out after {timeout:.0f}s waiting for {pattern!r}", text)
+            time.sleep(0.02)
+
+    def wait_until_settled(self, timeout: float = 30.0) -> str:
+        """start() returns settled (stopped where the mode says); this returns stdout."""
+        if not self.is_running():
+            self._fail("qemu-user is not running", self.serial_text())
+        return self.serial_text()
+
+    def checkpoints(self) -> list:
+        return parse_checkpoints(self.serial_text())
+
+    def _fail(self, why: str, text: str | None = None) -> None:
+        text = self.serial_text() if text is None else text
+        tail = "\n".join(text.splitlines()[-15:])
+        stderr = self.stderr_text().strip()
+        raise LauncherError(
+            f"{self.variant}/{self.scenario}: {why}\n--- stdout tail ---\n{tail}"
+            + (f"\n--- qemu-user stderr (last lines) ---\n" + "\n".join(stderr.splitlines()[-15:])
+               if stderr else ""))
+
+    def __repr__(self) -> str:
+        return (f"GoTarget(layout={self.layout!r}, scenario={self.scenario!r}, "
+                f"gdb_port={self.gdb_port}, stopped_at={self.stopped_at!r}, "
+                f"running={self.is_running()})")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="qemu/run.sh", description="Boot the kheap test kernel in QEMU, in the foreground.")
+        prog="qemu/run.sh",
+        description="Boot the kheap test kernel in QEMU (or run the Go target under "
+                    "qemu-aarch64), in the foreground.")
     parser.add_argument("--arch", choices=sorted(MACHINES), default="arm")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="clean")
+    parser.add_argument("--variant", choices=VARIANTS, default="default",
+                        help="a build-time variant of the kernel (docs/variants.md)")
+    parser.add_argument("--go", choices=GO_LAYOUTS, metavar="LAYOUT", default=None,
+                        help="run the Go target (userland/mazarin) with this heap layout "
+                             "(v1, v2) under qemu-aarch64 instead of booting a kernel")
+    parser.add_argument("--scenario", choices=sorted(set(SCENARIOS) | set(GO_SCENARIOS)),
+                        default="clean")
     parser.add_argument("--gdb-port", type=int, default=None,
                         help="gdbstub port on 127.0.0.1 (default: a free one, printed)")
     parser.add_argument("--halt", action="store_true",
                         help="freeze the CPU at the first instruction until gdb continues")
+    parser.add_argument("--preinit", action="store_true",
+                        help="stop before the page array and the heap are set up")
+    parser.add_argument("--direct", action="store_true",
+                        help="--go: no proxy; the port is qemu-user's own stub and its first "
+                             "client finds the program at its first instruction")
     parser.add_argument("--serial", default=None,
-                        help="write the kernel's serial output to this file (default: terminal)")
+                        help="write the kernel's serial output (the Go target's stdout) to "
+                             "this file (default: terminal)")
     args = parser.parse_args(argv)
 
-    vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
-                  gdb_port=args.gdb_port, serial_path=args.serial)
+    if args.go:
+        if args.scenario not in GO_SCENARIOS:
+            parser.error(f"the Go target has no scenario {args.scenario!r} "
+                         f"(it has {', '.join(GO_SCENARIOS)})")
+        vm = GoTarget(layout=args.go, scenario=args.scenario, halt=args.halt,
+                      preinit=args.preinit, direct=args.direct, gdb_port=args.gdb_port,
+                      stdout_path=args.serial)
+        label = f"mazarin-{args.go}/{args.scenario}"
+    else:
+        if args.scenario not in SCENARIOS:
+            parser.error(f"the kernel has no scenario {args.scenario!r}")
+        if args.direct:
+            parser.error("--direct is for --go")
+        vm = KernelVM(arch=args.arch, scenario=args.scenario, halt=args.halt,
+                      gdb_port=args.gdb_port, serial_path=args.serial, variant=args.variant,
+                      preinit=args.preinit)
+        label = ("" if args.variant == "default" else f"{args.variant}/") + f"{args.arch}/{args.scenario}"
     stopping = []
     # A background job starts with SIGINT ignored; Ctrl-C must always stop us cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -379,12 +795,21 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: stopping.append(1))
     try:
         vm.start()
-        print(f"kheap: {args.arch}/{args.scenario} running, elf {vm.elf}", flush=True)
-        print(f"kheap: gdb port {vm.gdb_port} (target remote 127.0.0.1:{vm.gdb_port})"
-              + (", halted at the first instruction" if args.halt else ""), flush=True)
+        print(f"kheap: {label} running, elf {vm.elf}", flush=True)
+        if args.go and args.direct:
+            where = (", qemu-user's own stub (every interface): its first client finds the "
+                     "program at its first instruction")
+        elif args.go:
+            where = f", stopped {'at its first instruction' if args.halt else 'in ' + CHECKPOINT_FUNCTION}" \
+                + (" (SIGSEGV)" if vm.stopped_at == "signal" else "") \
+                + "; serves one client at a time"
+        else:
+            where = ", halted at the first instruction" if args.halt else ""
+        print(f"kheap: gdb port {vm.gdb_port} (target remote 127.0.0.1:{vm.gdb_port}){where}",
+              flush=True)
         if args.serial:
-            print(f"kheap: serial output in {args.serial}", flush=True)
-        print("kheap: Ctrl-C stops QEMU", flush=True)
+            print(f"kheap: {'stdout' if args.go else 'serial output'} in {args.serial}", flush=True)
+        print(f"kheap: Ctrl-C stops {'qemu-aarch64' if args.go else 'QEMU'}", flush=True)
         shown = 0
         while vm.is_running() and not stopping:
             if not args.serial:
@@ -395,7 +820,7 @@ def main(argv=None) -> int:
                     shown = len(text)
             time.sleep(0.1)
         if not vm.is_running() and not stopping:
-            print(f"kheap: QEMU exited: {vm.stderr_text().strip()}", file=sys.stderr)
+            print(f"kheap: QEMU exited: {vm.stderr_text().strip()[-2000:]}", file=sys.stderr)
             return 1
     except KeyboardInterrupt:
         pass

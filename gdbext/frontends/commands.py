@@ -22,6 +22,7 @@ from gdbext.core.stats import heap_stats
 from gdbext.core.symbols import load_elf_info
 from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
 from gdbext.frontends import describe
+from gdbext.frontends.html_data import write_heap_page, write_watch_page
 from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError, address, count
 from gdbext.frontends.session import SETTINGS, CommandError  # noqa: F401 - faces import SETTINGS here
 
@@ -360,16 +361,31 @@ def _pages(session, args):
 def _map_options(parser):
     parser.add_argument("--cells", type=count, default=1024, metavar="N",
                         help="cells in the block map of the whole heap (default 1024)")
+    parser.add_argument("--regions", type=count, default=40, metavar="N",
+                        help="rows of the region table (default 40, corrupt and uncovered first; 0: all)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="instead, write a picture of the heap and the page array to FILE: one "
+                             "self-contained HTML page (no network) to open in any browser")
+    parser.add_argument("--full", action="store_true",
+                        help="with --html: the findings of 'check --full' (whole page array and free list)")
 
 
-@command("map", "A block map of the whole heap (used, free, corrupt) and one row per region.",
-         "kheap map --cells 512")
+@command("map", "A block map of the whole heap (used, free, corrupt) and one row per region; "
+         "--html FILE draws it as a page.", "kheap map --html heap.html")
 @options(_map_options)
 def _map(session, args):
+    if args.html:
+        return _map_html(session, args.html, args.full)
     prog = session.program()
     result = check(prog, pages=False)
-    report = reports.map_report(prog, result.walk, result.findings, cells=max(1, args.cells))
+    report = reports.map_report(prog, result.walk, result.findings, cells=max(1, args.cells),
+                                regions=args.regions)
     return _outcome(report)
+
+
+def _map_html(session, path, full=False):
+    report = reports.map_page_report(write_heap_page(session, path, full))
+    return _outcome(report, report["errors"] > 0)
 
 
 def _snapshot_options(parser):
@@ -440,6 +456,8 @@ def _watch_options(parser):
                              "are kept for all)")
     parser.add_argument("--no-checkpoint", action="store_true",
                         help="no full check at kheap_checkpoint")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write the recorded operations as a timeline page (one HTML file)")
 
 
 @command("watch", "Record every kmalloc/kcalloc/krealloc/kfree while the kernel runs and stop at "
@@ -451,7 +469,10 @@ def _watch(session, args):
         controller.enable(args.history, args.full_every, checkpoint=not args.no_checkpoint)
     elif args.action == "off":
         controller.disable()
-    return _outcome(reports.watch_report(args.action, controller.status()))
+    report = reports.watch_report(args.action, controller.status())
+    if args.html:
+        report["html"] = write_watch_page(session, controller, args.html)
+    return _outcome(report)
 
 
 def _history_options(parser):

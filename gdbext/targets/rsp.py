@@ -12,6 +12,40 @@ What QEMU 7.2 does (measured, see tests/integration/test_targets_qemu.py):
 - ``D`` resumes the VM; closing the socket without ``D`` leaves it paused.
 So "leave the target as it was" means: detach (resume) only if it was running when we came.
 
+The system emulator's stub takes requests whenever they come and never waits for our acks, so a
+bulk read keeps many ``m`` requests in flight (see :meth:`RemoteTarget._stream`). Other stubs
+do not (measured on qemu-user 7.2, ``qemu-aarch64 -g PORT prog``; see
+tests/integration/test_rsp_stubs.py):
+- qemu-user waits for the ack of every reply by reading one byte from the socket; any byte but
+  ``+`` makes it send the reply again and read the next one. A request that arrives before our
+  ack is eaten that way, a byte at a time, one retransmission per byte. ``QStartNoAckMode`` is
+  neither offered nor accepted (empty reply), so this cannot be switched off; one request in
+  flight is the only safe way. (It reads up to 256 bytes at a time when idle, so a batch that
+  lands in one read is answered, which makes the failure depend on segment boundaries.)
+- its ``qSupported`` adds ``qXfer:auxv:read+`` to the system stub's features; the program waits
+  at its entry point for the debugger and no stop packet comes on connect. After ``D``, or
+  when the socket closes without it, the program runs on with no debugger: the stub answers
+  nothing more. (So "leave it as it was" cannot keep it stopped; kheap never resumes it
+  while connected.)
+- it accepts one debugger in its life: a later connection is accepted by the kernel's listen
+  backlog and then never answered.
+:meth:`RemoteTarget._probe_pipelining` asks at connect which kind of stub this is (one request
+sent before the previous reply is acked: a stub that answers it pipelines; one that sends the
+previous reply again waits for acks), and a stream that meets a reply where the stub's ack of
+a request belongs still falls back to one request in flight for the rest of the connection.
+
+A QEMU system stub already held by another debugger behaves like qemu-user's later connections:
+the TCP connect succeeds at once (the listen backlog) and nothing is ever answered, so the
+handshake times out having received not one byte, and we say the stub is likely busy. QEMU
+accepts the waiting connection when the other debugger leaves, and accepting a connection
+pauses the VM: even one we have closed by then leaves the VM paused.
+
+Timeouts: ``timeout`` bounds one request from its first send to its reply, retransmissions
+after nacks or bad checksums and the continuations of short replies included. A stub whose
+replies are shorter than asked twice in a row with the same length has shown its cap: reads
+are cut to that size and pipelined, so a stub answering a few bytes per ``m`` costs few round
+trips rather than one per reply.
+
 Never a write: every packet goes through :func:`check_read_only`, an allowlist of read-only
 commands, so no code path can send ``M``, ``X``, ``G``, ``P``, ``Z``, ``c`` or ``s``.
 """
@@ -34,9 +68,14 @@ __all__ = ["RemoteTarget", "StopReply", "WriteForbidden", "parse_hostport", "che
            "frame", "decode_payload", "check_read_only", "TargetError", "MemoryFault"]
 
 MAX_RETRIES = 5            # retransmissions of one packet (a '-' from the stub or a bad reply)
-DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every reply
+DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every request, retransmissions included
 HALT_PROBE = 0.5           # silence after our first packet that makes us send \x03
 PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read (see bench/bench_rsp.py)
+MAX_DEPTH = 256            # ... at most, when the stub's replies are small (see _depth)
+STALL_FLUSH = 0.002        # a stream that waits this long sends the acks it owes at once
+PROBE_WAIT = 0.25          # at least this long for the stub's answer to the pipelining probe
+QUIET = 0.05               # at least this much silence means a confused stub has finished
+RESYNC_MARKER = b"?"       # its reply (a stop packet) cannot be mistaken for an ``m`` reply
 
 
 # ``progress(address, chunks_so_far)``: see :meth:`RemoteTarget.read_many`.
@@ -169,11 +208,26 @@ class _Packet:
     ok: bool              # checksum matched
 
 
+class _AckAwaited(Exception):
+    """In a stream, a packet came where the stub's ack of our request belongs: the stub is
+    sending an earlier reply again because it waits for our ack (qemu-user), and the request
+    that should have been acked was eaten."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__("stub waits for acks")
+        self.deadline = deadline
+
+
 class RemoteTarget:
     """One TCP connection to a gdbstub; ``read(address, size)`` is the core's reader protocol.
 
     ``detach``: ``None`` (default) sends ``D`` on close only if the target was running when we
     connected (so it runs again), ``True`` always, ``False`` never (the target stays stopped).
+
+    ``timeout`` bounds every request, retransmissions included (see the module docstring).
+    ``pipelining`` says whether the stub takes requests before the previous reply's ack: probed
+    at connect, and cleared for good if a stream finds out otherwise; bulk reads keep up to
+    ``pipeline`` requests in flight only when it is true.
     """
 
     def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT,
@@ -186,15 +240,19 @@ class RemoteTarget:
         self.pipeline = max(1, int(pipeline))
         self.byteorder = byteorder
         self.packet_size: Optional[int] = None
-        self.chunk_size = 2048             # bytes per ``m``; refined by PacketSize and E22
+        self.chunk_size = 2048             # bytes per ``m``; refined by PacketSize, E22, short replies
         self._max_chunk = max_chunk
         self.features: Dict[str, str] = {}
         self.was_running = False           # it was running when we connected (QEMU or \x03)
         self.last_stop: Optional[StopReply] = None
         self.packets_sent = 0
         self.retransmissions = 0
+        self.pipelining = True             # the stub takes pipelined requests (probed at connect)
         self._ack_mode = True
         self._buf = bytearray()
+        self._received = 0                 # bytes from the stub, ever (0: it never said a word)
+        self._rtt = 0.0                    # one short exchange, measured by the probe
+        self._carry: Optional[Tuple[int, float]] = None   # (address, deadline) a stream hands on
         self._layout: Optional[RegisterLayout] = None
         self._closed = False
         self._sock = self._connect()
@@ -253,6 +311,69 @@ class RemoteTarget:
         if self.features.get("QStartNoAckMode") == "+":
             if self._command(b"QStartNoAckMode") == b"OK":
                 self._ack_mode = False
+        if self._ack_mode:
+            self._probe_pipelining()
+
+    def _probe_pipelining(self) -> None:
+        """Find out whether the stub takes a request while a reply of its own is unacked.
+
+        ``qC`` is sent and answered, and before we ack that answer a second ``qC`` goes out. A
+        stub that pipelines (QEMU's system emulator) acks the second request and answers it. A
+        stub that waits for acks (qemu-user) takes the request's first byte for a bad ack and
+        sends its first answer again, once per byte; we ack, and the marker (``?``) brings the
+        line back in step. A stub that says nothing at all is treated as the latter. Costs two
+        round trips; on a stub that waits for acks, about four.
+        """
+        deadline = time.monotonic() + self.timeout
+        t0 = time.monotonic()
+        self._command(b"qC", deadline=deadline, ack=False)       # its reply stays unacked
+        self._rtt = time.monotonic() - t0
+        self._send_packet(b"qC")
+        wait = min(self.timeout / 2, max(PROBE_WAIT, 20 * self._rtt))
+        tok = self._next_token(min(deadline, time.monotonic() + wait))
+        if tok in (b"+", b"-"):
+            # It took the request (a '-' too: it read it as a packet, with a bad checksum).
+            self._send_raw(b"+")                 # the first answer's ack, late: never waited for
+            if tok == b"+":
+                self._await_reply(b"qC", deadline, self.timeout, acked=True)
+            return
+        self.pipelining = False
+        self._resync(deadline, settle=False)
+
+    def _resync(self, deadline: float, settle: bool = True) -> None:
+        """Bring a stub that waits for acks back in step after it ate requests of ours.
+
+        Acks and drops everything the stub sends until it answers :data:`RESYNC_MARKER`. The
+        marker goes out once the line has been quiet for a while (``settle``; at once when
+        nothing can be queued on the stub's side), and again after every later silence: a stub
+        that was still waiting for an ack may have eaten it. A duplicate answer is harmless: a
+        stop packet nobody asked for is skipped everywhere.
+        """
+        self._send_raw(b"+")                     # for the packet that showed the confusion
+        quiet = min(self.timeout / 4, max(QUIET, 4 * self._rtt))
+        sent = False
+        if not settle:
+            self._send_packet(RESYNC_MARKER)
+            sent = True
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise TargetError(f"stub at {self._where()} waits for an ack after every reply and "
+                                  f"did not get back in step within {self.timeout:g}s")
+            tok = self._next_token(min(deadline, now + quiet))
+            if tok is None:
+                if time.monotonic() < deadline:
+                    self._send_packet(RESYNC_MARKER)
+                    sent = True
+                continue
+            if not isinstance(tok, _Packet):
+                continue
+            self._send_raw(b"+")                 # even a corrupt one: we never want it again
+            if sent and tok.ok:
+                data = decode_payload(tok.payload)
+                if _is_stop(data):
+                    self.last_stop = StopReply.parse(data.decode("ascii", "replace"))
+                    return
 
     def close(self) -> None:
         """Detach if the target should run again (see ``detach``), then drop the connection."""
@@ -304,6 +425,7 @@ class RemoteTarget:
             raise TargetError(f"connection to {self._where()} lost: {exc.strerror or exc}") from None
         if not data:
             raise TargetError(f"connection to {self._where()} closed by the stub")
+        self._received += len(data)
         self._buf += data
         return True
 
@@ -339,20 +461,49 @@ class RemoteTarget:
             if not self._fill(deadline):
                 return None
 
+    def _timed_out(self, payload: bytes, timeout: float, bad: int = 0, nacks: int = 0) -> TargetError:
+        """The one-line error for a request that got no usable reply in time."""
+        what = payload[:24].decode("ascii", "replace")
+        if self._in_handshake and self._received == 0:
+            return TargetError(
+                f"no reply from {self._where()} to {what!r} within {timeout:g}s: the stub accepted "
+                f"the connection but has not sent a byte, so it is likely busy with another debugger "
+                f"(a QEMU gdbstub serves one at a time and pauses the VM when it later takes this "
+                f"connection; qemu-user's takes only its first)")
+        why = []
+        if bad:
+            why.append(f"{bad} with a bad checksum")
+        if nacks:
+            why.append(f"{nacks} nacked")
+        extra = f" ({', '.join(why)})" if why else ""
+        return TargetError(f"no reply from {self._where()} to {what!r} within {timeout:g}s{extra}")
+
     def _command(self, payload: bytes, *, expect_stop: bool = False, halt_probe: bool = False,
-                 timeout: Optional[float] = None) -> bytes:
+                 timeout: Optional[float] = None, deadline: Optional[float] = None,
+                 ack: bool = True) -> bytes:
         """Send one command and return its decoded reply, with acks and bounded retries.
+
+        One deadline (``deadline``, else now + ``timeout``) bounds the whole exchange,
+        retransmissions included. ``ack=False`` leaves the reply unacked (the pipelining probe).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
+        self._send_packet(payload)
+        return self._await_reply(payload, deadline, timeout, expect_stop=expect_stop,
+                                 halt_probe=halt_probe, ack=ack)
+
+    def _await_reply(self, payload: bytes, deadline: float, timeout: float, *, acked: bool = False,
+                     expect_stop: bool = False, halt_probe: bool = False, ack: bool = True) -> bytes:
+        """The reply to ``payload``, already sent (``acked``: and acked by the stub).
 
         Stop packets that arrive when no stop reply is expected are recorded (QEMU's notice
         that it paused a running VM, or the answer to our ``\\x03``) and skipped, as are
         console ``O`` packets.
         """
-        timeout = self.timeout if timeout is None else timeout
-        self._send_packet(payload)
-        acked = not self._ack_mode
+        acked = acked or not self._ack_mode
         retries = bad = 0
         halted = False
-        deadline = time.monotonic() + timeout
         while True:
             wait_until = deadline
             probing = halt_probe and not halted and not acked
@@ -365,8 +516,7 @@ class RemoteTarget:
                     halted = True
                     self._send_raw(b"\x03")
                     continue
-                raise TargetError(f"no reply from {self._where()} to {payload[:24].decode('ascii', 'replace')!r} "
-                                  f"within {timeout:g}s")
+                raise self._timed_out(payload, timeout, bad, retries)
             if tok == b"+":
                 acked = True
                 continue
@@ -377,8 +527,7 @@ class RemoteTarget:
                 self.retransmissions += 1
                 if retries > MAX_RETRIES:
                     raise TargetError(f"stub at {self._where()} rejected {payload[:24]!r} {retries} times")
-                self._send_packet(payload)
-                deadline = time.monotonic() + timeout
+                self._send_packet(payload)   # same deadline: the timeout bounds the whole request
                 continue
             assert isinstance(tok, _Packet)
             if not tok.ok:
@@ -389,22 +538,24 @@ class RemoteTarget:
                 if bad > MAX_RETRIES:
                     raise TargetError(f"{bad} replies with bad checksums from {self._where()}")
                 self._send_raw(b"-")
-                deadline = time.monotonic() + timeout
                 continue
-            if self._ack_mode:
-                self._send_raw(b"+")
             data = decode_payload(tok.payload)
             if _is_console(data):
+                if self._ack_mode:
+                    self._send_raw(b"+")
                 continue                     # target output: not a reply
             if not expect_stop and _is_stop(data):
+                if self._ack_mode:
+                    self._send_raw(b"+")
                 self.last_stop = StopReply.parse(data.decode("ascii", "replace"))
                 if self._in_handshake:
                     self.was_running = True
                 if halted and not acked:
                     # The running target dropped our packet: send it again now it listens.
                     self._send_packet(payload)
-                    deadline = time.monotonic() + timeout
                 continue
+            if self._ack_mode and ack:
+                self._send_raw(b"+")
             return data
 
     # -- commands ------------------------------------------------------------------------------
@@ -507,20 +658,51 @@ class RemoteTarget:
             raise TargetError(f"stub at {self._where()} returned {len(data)} bytes for a {size}-byte read")
         return data
 
-    def _m(self, address: int, size: int) -> Union[bytes, str]:
-        reply = self._command(b"m%x,%x" % (address, size))
+    def _m(self, address: int, size: int, deadline: Optional[float] = None) -> Union[bytes, str]:
+        reply = self._command(b"m%x,%x" % (address, size), deadline=deadline)
         return self._parse_m(reply, address, size)
 
+    def _depth(self) -> int:
+        """How many ``m`` requests a stream keeps in flight.
+
+        ``pipeline`` counts requests of a 2 KiB chunk; a stub that caps its replies lower gets
+        proportionally more of them (up to :data:`MAX_DEPTH`), so the bytes in flight, and the
+        round trips a read costs, stay about the same. A stub that waits for acks gets one: its
+        stream sends each ack and the next request together, ack first, which such a stub
+        reads correctly, and still calls ``progress`` in every wait. (``pipeline=1`` means no
+        stream at all: every request through :meth:`_command`.)
+        """
+        if self.pipeline <= 1 or not self.pipelining:
+            return 1
+        return min(MAX_DEPTH, max(self.pipeline, self.pipeline * 2048 // max(1, self.chunk_size)))
+
     def _read_chunk(self, address: int, size: int) -> bytes:
-        """Read ``size`` <= chunk bytes exactly, or raise MemoryFault at the first bad address."""
+        """A prefix of ``size`` <= chunk bytes, or MemoryFault at the first bad address.
+
+        All of it, unless the stub turns out to cap its replies (the same short length twice in
+        a row): then what has arrived, and the chunk size is that cap, so the caller streams the
+        rest in requests the stub answers whole. One deadline bounds the chunk, the
+        continuations of short replies included (a stream that stopped at this chunk hands its
+        own deadline on, see ``_carry``).
+        """
+        carry, self._carry = self._carry, None
+        deadline = carry[1] if carry and carry[0] == address else time.monotonic() + self.timeout
         out = bytearray()
+        short = 0                            # the length of the previous reply, if it was short
         while len(out) < size:
             cur, want = address + len(out), min(size - len(out), self.chunk_size)
-            got = self._m(cur, want)
+            got = self._m(cur, want, deadline)
             if isinstance(got, bytes):
                 if not got:
                     raise MemoryFault(cur, size - len(out), "the stub returned no data")
                 out += got                   # a short reply: continue where it stopped
+                if len(got) < want:
+                    if len(got) == short:
+                        self.chunk_size = short      # the stub's cap: stream the rest with it
+                        break
+                    short = len(got)
+                else:
+                    short = 0
                 continue
             if got == "E22" and want > 1:
                 # Too big for the stub: halve and remember, QEMU 7.2 caps ``m`` at 2048 bytes.
@@ -626,26 +808,38 @@ class RemoteTarget:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _stream(self, ranges: List[Tuple[int, int]], progress: Optional[Progress] = None) -> List[bytes]:
-        """Read each ``[start, end)`` of ``ranges`` with up to ``pipeline`` requests in flight
+        """Read each ``[start, end)`` of ``ranges`` with up to ``_depth()`` requests in flight
         (a sliding window), and return what was read of each, in order.
 
         A returned prefix shorter than its range means the stream stopped at the first chunk
         that needs care (an error reply, a nack, a bad checksum, a short reply); the later
         ranges then hold whatever came before it, and the caller re-reads the rest serially,
-        where every case is handled. Why this is safe: the stub answers in order, one ack and
-        one reply per request, so the k-th ack and reply belong to the k-th request. A nacked
-        request gets no reply; a reply with a bad checksum is acked (so the stub does not
-        resend it out of order) and re-read. Each reply's ack travels in the same send as new
-        requests, in batches when half the window has been answered: QEMU does not wait for
-        acks, and a send costs more than decoding a 2 KiB reply.
+        where every case is handled, within the deadline the stopped chunk already had
+        (``_carry``): once a request has failed, the replies still in flight are drained within
+        that deadline too, since its second try is answered only after them.
+
+        Why this is safe: the stub answers in order, one ack and one reply per request, so the
+        k-th ack and reply belong to the k-th request. A nacked request gets no reply; a reply
+        with a bad checksum is acked (so the stub does not resend it out of order) and re-read.
+        Each reply's ack travels in the same send as new requests, in batches when half the
+        window has been answered: QEMU does not wait for acks, and a send costs more than
+        decoding a 2 KiB reply. A wait of more than :data:`STALL_FLUSH` sends what is owed at
+        once, so a stub that does wait for acks is never stuck on us; if such a stub shows
+        itself (a packet where the ack of a request belongs: it sent a reply again and ate a
+        request), the stream stops, the line is brought back in step and the connection stays
+        at one request in flight.
         """
         step = self.chunk_size
+        depth = self._depth()
         chunks = ((k, a, min(step, end - a)) for k, (start, end) in enumerate(ranges)
                   for a in range(start, end, step))
         parts: List[List[bytes]] = [[] for _ in ranges]
         pending: deque = deque()
         more = True
         streaming = [0]                     # the range the replies are arriving for
+        unsent: List[bytes] = []            # requests of ``pending`` not yet on the wire
+        owed = [0]                          # acks owed to the stub
+        self._carry = None
 
         def idle() -> None:
             k = streaming[0]
@@ -664,44 +858,74 @@ class RemoteTarget:
             pending.append((k, addr, n, payload))
             return frame(payload)
 
+        def flush() -> None:
+            # Acks first: a stub that waits for one must find it before any new request.
+            if owed[0] or unsent:
+                self._send_raw(b"+" * owed[0] + b"".join(unsent))
+                owed[0] = 0
+                unsent.clear()
+
         first = []
-        while more and len(pending) < self.pipeline:
+        while more and len(pending) < depth:
             first.append(request())
         self._send_raw(b"".join(first))
-        failed = False
-        tail: List[bytes] = []
-        unsent = 0                          # requests queued in ``tail``, not yet on the wire
-        refill = max(1, self.pipeline // 2)
+        failed: Optional[float] = None       # the deadline of the first chunk that failed
+        refill = max(1, depth // 2)
         while pending:
-            if len(pending) - unsent <= 0 or (tail and len(pending) - unsent < refill):
+            if len(pending) - len(unsent) <= 0 or ((unsent or owed[0]) and len(pending) - len(unsent) < refill):
                 # Acks and new requests go out in batches: a send costs more than a decode.
-                self._send_raw(b"".join(tail))
-                tail.clear()
-                unsent = 0
+                flush()
             k, addr, n, payload = pending.popleft()
             streaming[0] = k
-            got, owe_ack = self._stream_reply(addr, n, payload, idle if progress and not failed else None)
+            try:
+                got, owe_ack, deadline = self._stream_reply(
+                    addr, n, payload, idle if progress and failed is None else None, flush, failed)
+            except _AckAwaited as exc:
+                # The stub waits for acks: what was in flight is lost. Never send the rest.
+                self.packets_sent -= len(unsent)
+                unsent.clear()
+                flush()
+                self.pipelining = False
+                self._resync(exc.deadline)
+                if failed is None:
+                    self._carry = (addr, exc.deadline)
+                    failed = exc.deadline
+                pending.clear()
+                break
             if owe_ack:
-                tail.append(b"+")
+                owed[0] += 1
             if got is None or len(got) != n:
-                failed = True               # stop asking; drain what is in flight
-            elif not failed and more:
+                if failed is None:
+                    failed = deadline       # stop asking; drain what is in flight
+                    if got:
+                        parts[k].append(got)         # a short reply: keep it, go on after it
+                    self._carry = (addr + len(got or b""), deadline)
+                    for _ in range(len(unsent)):     # never sent: forget them
+                        pending.pop()
+                    self.packets_sent -= len(unsent)
+                    unsent.clear()
+            elif failed is None and more:
                 req = request()
                 if req:
-                    tail.append(req)
-                    unsent += 1
-            if got is not None and not failed:
+                    unsent.append(req)
+            if got is not None and failed is None:
                 parts[k].append(got)
-        if tail:
-            self._send_raw(b"".join(tail))
+        flush()
         return [p[0] if len(p) == 1 else b"".join(p) for p in parts]
 
     def _stream_reply(self, address: int, size: int, payload: bytes,
-                      idle: Optional[Callable[[], None]] = None) -> Tuple[Optional[bytes], bool]:
-        """The reply to one streamed ``m``: (bytes or None to redo, whether we owe a '+').
+                      idle: Optional[Callable[[], None]] = None,
+                      flush: Optional[Callable[[], None]] = None,
+                      deadline: Optional[float] = None) -> Tuple[Optional[bytes], bool, float]:
+        """The reply to one streamed ``m``: (bytes or None to redo, whether we owe a '+', the
+        deadline it had: ``deadline``, else now + timeout).
 
-        ``idle`` runs once if the reply has not arrived whole, before the first wait for it."""
-        deadline = time.monotonic() + self.timeout
+        ``idle`` runs once if the reply has not arrived whole, before the first wait for it;
+        ``flush`` sends what the stream owes the stub, once the wait has lasted
+        :data:`STALL_FLUSH`. Raises :class:`_AckAwaited` if the stub shows it waits for acks.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         # Fast path, nearly every reply of a bulk read: ``+$<2*size hex digits>#cs`` is in the
         # buffer whole. Anything else (a nack, an error, a short, run-length encoded or
         # corrupt reply, a stop packet) fails one of these tests and takes the general path.
@@ -716,8 +940,15 @@ class RemoteTarget:
             if idle is not None:
                 idle()
                 idle = None
+                continue
+            if flush is not None:
+                if self._fill(min(deadline, time.monotonic() + STALL_FLUSH)):
+                    continue
+                flush()
+                flush = None
+                continue
             if not self._fill(deadline):
-                raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
+                raise self._timed_out(payload, self.timeout)
         if (len(buf) >= need and buf[need - 3] == 0x23 and buf[skip] == 0x24
                 and (not skip or buf[0] == 0x2B)):
             raw = bytes(buf[skip + 1:need - 3])
@@ -728,36 +959,42 @@ class RemoteTarget:
                 data = None                  # not plain hex: '*', '}', 'E', another packet
             if data is not None:
                 del buf[:need]
-                return data, self._ack_mode
+                return data, self._ack_mode, deadline
+        if flush is not None:
+            flush()                          # the general path may wait: owe the stub nothing
         if self._ack_mode:
-            tok = self._next_token(deadline)
-            if tok is None:
-                raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
-            if tok == b"-":
-                self.retransmissions += 1
-                return None, False          # dropped by the stub: re-read serially
-            if tok != b"+":
-                # A packet before the ack: an implicit ack; put it back and read it below.
-                self._unread(tok)
+            while True:
+                tok = self._next_token(deadline)
+                if tok is None:
+                    raise self._timed_out(payload, self.timeout)
+                if tok == b"-":
+                    self.retransmissions += 1
+                    return None, False, deadline    # dropped by the stub: re-read serially
+                if tok == b"+":
+                    break
+                assert isinstance(tok, _Packet)
+                data = decode_payload(tok.payload) if tok.ok else b""
+                if _is_stop(data) or _is_console(data):
+                    self._send_raw(b"+")     # a notification, not a reply: the ack is still to come
+                    continue
+                # A reply where the ack of our request belongs: the stub sent an earlier reply
+                # again because it waits for acks, and ate this request (qemu-user).
+                raise _AckAwaited(deadline)
         while True:
             tok = self._next_token(deadline)
             if tok is None:
-                raise TargetError(f"no reply from {self._where()} to {payload.decode()!r} within {self.timeout:g}s")
+                raise self._timed_out(payload, self.timeout)
             if not isinstance(tok, _Packet):
                 continue                     # a stray ack
             if not tok.ok:
                 if not self._ack_mode:
                     raise TargetError(f"reply with a bad checksum from {self._where()} in no-ack mode")
                 self.retransmissions += 1
-                return None, True
+                return None, True, deadline
             data = decode_payload(tok.payload)
             if _is_stop(data) or _is_console(data):
                 if self._ack_mode:
                     self._send_raw(b"+")
                 continue
             got = self._parse_m(data, address, size)
-            return (got if isinstance(got, bytes) else None), self._ack_mode
-
-    def _unread(self, tok: "_Packet") -> None:
-        cs = b"%02x" % checksum(tok.payload) if tok.ok else b"zz"
-        self._buf[:0] = b"$" + tok.payload + b"#" + cs
+            return (got if isinstance(got, bytes) else None), self._ack_mode, deadline

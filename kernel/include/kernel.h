@@ -17,6 +17,9 @@
 #define SCENARIO_WORD_ADDR 0x1000u
 #define SCENARIO_MAGIC     0x4B480000u          /* "KH" in the top half, id in the low byte */
 #define SCENARIO_MAGIC_MASK 0xFFFF0000u
+/* With this bit set the kernel stops before it builds the page array and the heap: it prints
+ * an empty checkpoint (tag "preinit") and idles, list head NULL and page count 0. */
+#define SCENARIO_FLAG_PREINIT 0x8000u
 
 /* Address no device or RAM answers on either board: a load from it takes an external abort. */
 #define UNASSIGNED_ADDRESS 0xDEAD0000u

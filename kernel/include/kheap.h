@@ -7,8 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "variant.h"
+
 #define HEAP_ALIGN 16
+#if KHEAP_IS(TUTORIAL)
+#define KERNEL_HEAP_SIZE (1024 * 1024)        /* the tutorial's: in no symbol (-g3: .debug_macro) */
+#else
 enum { KERNEL_HEAP_SIZE = 1024 * 1024 };      /* a DWARF enumerator kheap can read */
+#endif
 
 /* Smallest payload a split may leave behind: a free segment must hold something useful. */
 #define HEAP_MIN_PAYLOAD 16
@@ -19,12 +25,45 @@ enum { KERNEL_HEAP_SIZE = 1024 * 1024 };      /* a DWARF enumerator kheap can re
 #endif
 #define HEAP_POISON_BYTE 0xA5
 
+#if KHEAP_IS(BITFIELD)
+/* The tutorial's own header: 12 bytes on ARMv7, 24 on AArch64, not padded, so payloads are
+ * only 4- or 8-byte aligned (segments and sizes stay multiples of 16). */
+typedef struct heap_segment {
+    struct heap_segment *next, *prev;
+    uint8_t is_allocated : 1;
+    uint32_t segment_size : 31;
+} heap_segment_t;
+#elif KHEAP_IS(REORDERED)
+typedef struct heap_segment {
+    uint32_t segment_size;
+    uint32_t is_allocated;
+    struct heap_segment *next;
+    struct heap_segment *prev;
+} __attribute__((aligned(HEAP_ALIGN))) heap_segment_t;
+#elif KHEAP_IS(CANARY)
+#define HEAP_SEGMENT_MAGIC 0x4B48534Du          /* written into every header the allocator makes */
+typedef struct heap_segment {
+    struct heap_segment *next;
+    struct heap_segment *prev;
+    uint32_t is_allocated;
+    uint32_t segment_size;
+    uint32_t magic;                           /* HEAP_SEGMENT_MAGIC; never checked, only kept */
+} __attribute__((aligned(HEAP_ALIGN))) heap_segment_t;
+#else
 typedef struct heap_segment {
     struct heap_segment *next;
     struct heap_segment *prev;
     uint32_t is_allocated;                    /* 0 free, 1 allocated; anything else is corrupt */
     uint32_t segment_size;                    /* bytes, header included, multiple of 16 */
 } __attribute__((aligned(HEAP_ALIGN))) heap_segment_t;
+#endif
+
+/* Every header the allocator lays out gets the variant's constant fields (the canary). */
+#if KHEAP_IS(CANARY)
+#define KHEAP_SEGMENT_INIT(seg) ((seg)->magic = HEAP_SEGMENT_MAGIC)
+#else
+#define KHEAP_SEGMENT_INIT(seg) ((void)(seg))
+#endif
 
 typedef struct heap_stats {
     uint32_t  allocations;      /* blocks handed out (kmalloc, kcalloc, krealloc's new block) */
@@ -37,9 +76,23 @@ typedef struct heap_stats {
     uintptr_t peak_usage;       /* highest current_usage seen */
 } heap_stats_t;
 
+#if KHEAP_IS(TUTORIAL)
+/* The tutorial keeps its list head static in one file and no heap bounds anywhere (the start
+ * is where mem_init put the first segment, the size a #define). The checkpoint dump and the
+ * boot line get them through these functions instead. */
+heap_segment_t *kheap_list_head(void);
+uintptr_t mem_heap_start(void);               /* mem.c: the same arithmetic as mem_init */
+#define KHEAP_LIST_HEAD() kheap_list_head()
+#define KHEAP_START() mem_heap_start()
+#define KHEAP_SIZE() ((uintptr_t)KERNEL_HEAP_SIZE)
+#else
 extern heap_segment_t *heap_segment_list_head;
 extern uintptr_t kernel_heap_start;
 extern uintptr_t kernel_heap_size;
+#define KHEAP_LIST_HEAD() heap_segment_list_head
+#define KHEAP_START() kernel_heap_start
+#define KHEAP_SIZE() kernel_heap_size
+#endif
 extern heap_stats_t heap_stats;
 extern const int32_t heap_poison;
 

@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include "variant.h"
+
 #define PAGE_SIZE 4096u
 
 typedef struct {
@@ -14,7 +16,9 @@ typedef struct {
 } page_flags_t;
 
 typedef struct page {
-    uintptr_t vaddr_mapped;                   /* identity: the page's physical address */
+    uintptr_t vaddr_mapped;                   /* identity: the page's physical address (the
+                                                 tutorial variant: only on kernel and heap
+                                                 pages, 0 on the others) */
     page_flags_t flags;
     struct page *nextpage;                    /* free-page list links (DEFINE_LINK(page)) */
     struct page *prevpage;
@@ -27,9 +31,15 @@ typedef struct {                              /* DEFINE_LIST(page) */
 } page_list_t;
 
 extern char __end;                            /* from the linker script */
+#if KHEAP_IS(TUTORIAL)
+uint32_t mem_num_pages(void);                 /* the tutorial's globals are static in mem.c */
+#define MEM_NUM_PAGES() mem_num_pages()
+#else
 extern page_t *all_pages_array;
 extern uint32_t num_pages;
 extern page_list_t free_pages;
+#define MEM_NUM_PAGES() num_pages
+#endif
 
 /* Builds the page array for ram_bytes of RAM, reserves kernel and heap pages, starts the heap. */
 void mem_init(uintptr_t ram_bytes);

@@ -39,11 +39,11 @@ static void print_stats(void)
 
 static unsigned dump_segments(void)
 {
-    uintptr_t heap_start = kernel_heap_start;
-    uintptr_t heap_end = kernel_heap_start + kernel_heap_size;
-    uintptr_t max_segments = kernel_heap_size / sizeof(heap_segment_t);
+    uintptr_t heap_start = KHEAP_START();
+    uintptr_t heap_end = heap_start + KHEAP_SIZE();
+    uintptr_t max_segments = KHEAP_SIZE() / sizeof(heap_segment_t);
     uintptr_t previous = 0;
-    const heap_segment_t *seg = heap_segment_list_head;
+    const heap_segment_t *seg = KHEAP_LIST_HEAD();
     unsigned count = 0;
 
     while (seg != NULL) {

@@ -10,9 +10,18 @@
 
 #define NOINLINE __attribute__((noinline, used))
 
+#if KHEAP_IS(TUTORIAL)
+static heap_segment_t *heap_segment_list_head;    /* the tutorial's: file-local, no bounds */
+
+heap_segment_t *kheap_list_head(void)
+{
+    return heap_segment_list_head;
+}
+#else
 heap_segment_t *heap_segment_list_head;
 uintptr_t kernel_heap_start;
 uintptr_t kernel_heap_size;
+#endif
 heap_stats_t heap_stats;
 #if KHEAP_POISON
 const int32_t heap_poison = HEAP_POISON_BYTE;
@@ -47,12 +56,15 @@ static void poison_header(heap_segment_t *seg)
 void kheap_init(uintptr_t start, uintptr_t size)
 {
     heap_segment_t *first = (heap_segment_t *)start;
+#if !KHEAP_IS(TUTORIAL)
     kernel_heap_start = start;
     kernel_heap_size = size;
+#endif
     first->next = NULL;
     first->prev = NULL;
     first->is_allocated = 0;
     first->segment_size = (uint32_t)size;
+    KHEAP_SEGMENT_INIT(first);
     kheap_poison_payload(first);
     heap_segment_list_head = first;
     memset(&heap_stats, 0, sizeof(heap_stats));
@@ -110,6 +122,7 @@ static heap_segment_t *take_segment(size_t bytes)
         rest->prev = best;
         rest->is_allocated = 0;
         rest->segment_size = best->segment_size - (uint32_t)need;
+        KHEAP_SEGMENT_INIT(rest);
         if (rest->next != NULL)
             rest->next->prev = rest;                /* the tutorial forgets this one */
         best->next = rest;

@@ -10,7 +10,7 @@
 
 static const struct scenario *choose_scenario(uint32_t word)
 {
-    uint32_t id = word & ~SCENARIO_MAGIC_MASK;
+    uint32_t id = word & ~(SCENARIO_MAGIC_MASK | SCENARIO_FLAG_PREINIT);
     if ((word & SCENARIO_MAGIC_MASK) == SCENARIO_MAGIC && id < scenario_count)
         return &scenarios[id];
     return &scenarios[0];                       /* absent or unknown: clean */
@@ -36,17 +36,24 @@ void kernel_main(void)
     uart_puts(ram_source);
     uart_puts(" scenario_word=");
     uart_put_hex(word, 8);
+    uart_puts(" variant=" KHEAP_VARIANT_NAME);
     uart_putc('\n');
+
+    if ((word & SCENARIO_MAGIC_MASK) == SCENARIO_MAGIC && (word & SCENARIO_FLAG_PREINIT)) {
+        kheap_checkpoint("preinit");            /* nothing set up yet: an empty dump */
+        uart_puts("KHEAP-READY scenario=preinit\n");
+        return;
+    }
 
     mem_init(ram);
     uart_puts("KHEAP-LAYOUT end=");
     uart_put_ptr((uintptr_t)&__end);
     uart_puts(" num_pages=");
-    uart_put_dec(num_pages);
+    uart_put_dec(MEM_NUM_PAGES());
     uart_puts(" heap_start=");
-    uart_put_ptr(kernel_heap_start);
+    uart_put_ptr(KHEAP_START());
     uart_puts(" heap_size=");
-    uart_put_dec(kernel_heap_size);
+    uart_put_dec(KHEAP_SIZE());
     uart_puts(" poison=");
     uart_puts(heap_poison < 0 ? "off" : "0xa5");
     uart_putc('\n');

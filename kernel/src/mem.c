@@ -4,9 +4,27 @@
 #include "kheap.h"
 #include "lib.h"
 
+#if KHEAP_IS(TUTORIAL)
+/* As in the tutorial's mem.c: file-local. */
+static page_t *all_pages_array;
+static uint32_t num_pages;
+static page_list_t free_pages;
+
+uint32_t mem_num_pages(void)
+{
+    return num_pages;
+}
+
+uintptr_t mem_heap_start(void)
+{
+    uintptr_t array_end = (uintptr_t)&__end + num_pages * sizeof(page_t);
+    return (array_end + PAGE_SIZE - 1) & ~(uintptr_t)(PAGE_SIZE - 1);
+}
+#else
 page_t *all_pages_array;
 uint32_t num_pages;
 page_list_t free_pages;
+#endif
 
 static void list_append(page_list_t *list, page_t *page)
 {
@@ -70,7 +88,12 @@ void mem_init(uintptr_t ram_bytes)
     memset(&free_pages, 0, sizeof(free_pages));
     for (i = 0; i < num_pages; i++) {
         page_t *page = &all_pages_array[i];
+#if KHEAP_IS(TUTORIAL)
+        /* The tutorial identity-maps only what the kernel uses: its image and the heap. */
+        page->vaddr_mapped = i < kernel_pages + heap_pages ? i * PAGE_SIZE : 0;
+#else
         page->vaddr_mapped = i * PAGE_SIZE;
+#endif
         page->flags.allocated = 0;
         page->flags.kernel_page = 0;
         page->flags.kernel_heap_page = 0;
@@ -97,8 +120,17 @@ void *alloc_page(void)
         return NULL;
     list_remove(&free_pages, page);
     page->flags.allocated = 1;
+#if KHEAP_IS(TUTORIAL)
+    /* The tutorial's alloc_page: the address from the page's index, vaddr_mapped left 0. */
+    {
+        void *address = (void *)((uintptr_t)(page - all_pages_array) * PAGE_SIZE);
+        memset(address, 0, PAGE_SIZE);
+        return address;
+    }
+#else
     memset((void *)page->vaddr_mapped, 0, PAGE_SIZE);
     return (void *)page->vaddr_mapped;
+#endif
 }
 
 /* Trusts its caller, like the tutorial's: freeing a page that is not from alloc_page (the

@@ -18,7 +18,7 @@ static void *tutorial_kmalloc(uint32_t bytes)
     bytes += sizeof(heap_segment_t);
     bytes += bytes % 16 ? 16 - (bytes % 16) : 0;
 
-    for (curr = heap_segment_list_head; curr != NULL; curr = curr->next) {
+    for (curr = KHEAP_LIST_HEAD(); curr != NULL; curr = curr->next) {
         diff = (int)curr->segment_size - (int)bytes;
         if (!curr->is_allocated && diff < best_diff && diff >= 0) {
             best = curr;
@@ -35,6 +35,7 @@ static void *tutorial_kmalloc(uint32_t bytes)
         best->next->next = curr;
         best->next->prev = best;
         best->next->segment_size = best->segment_size - bytes;
+        KHEAP_SEGMENT_INIT(best->next);
         best->segment_size = bytes;
         /* (missing: curr->prev = best->next) */
     }
@@ -77,7 +78,7 @@ static void tutorial_free_counted(void *ptr)
 
     kheap_account_free(kheap_segment_of(ptr));
     tutorial_kfree(ptr);
-    for (seg = heap_segment_list_head; seg != NULL; seg = seg->next) {
+    for (seg = KHEAP_LIST_HEAD(); seg != NULL; seg = seg->next) {
         if ((uintptr_t)seg <= header && header < (uintptr_t)seg + seg->segment_size) {
             kheap_poison_payload(seg);
             break;

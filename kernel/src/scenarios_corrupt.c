@@ -12,6 +12,9 @@
  * header size, so every "object link" it returns is really the object's heap header: list
  * writes through it land on the heap's next/prev fields (same offsets in both structs). */
 struct app_link {
+    char before_links[offsetof(heap_segment_t, next)];   /* empty unless a variant's header
+                                                             puts next/prev further in: the
+                                                             application copied that layout */
     struct app_link *next;
     struct app_link *prev;
 };

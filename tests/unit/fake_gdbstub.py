@@ -5,12 +5,19 @@ misbehaves on request: packet-size limits (``E22``), unmapped ranges (``E14``), 
 checksums, run-length-encoded replies, nacks, garbage, silence, hang-ups and a running target
 that only listens to ``\\x03``. Every packet it receives is logged so tests can prove that no
 write was ever sent.
+
+Stubs other than QEMU's system emulator: ``stop_and_wait`` behaves as qemu-user 7.2's stub
+does (it waits for the ack of every reply by reading single bytes from the socket and sends the
+reply again for every byte that is not ``+``, so a pipelined request is eaten), ``short_reads``
+as a stub with a tiny packet buffer, ``m_delay`` with ``corrupt_m`` or ``nack_m`` as a slow
+stub on a bad line, and ``latency`` as a link with a round trip.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -95,6 +102,11 @@ class StubConfig:
     threads: int = 1
     short_reads: int = 0              # answer ``m`` with at most N bytes (legal short reply)
     fpa_block: bool = False           # 32-bit g with the legacy FPA registers (no-xml QEMU)
+    stop_and_wait: bool = False       # qemu-user: wait for each reply's ack, resend per other byte
+    m_delay: float = 0.0              # seconds before every answer to an ``m`` (and its resends)
+    corrupt_m: bool = False           # every ``m`` reply, resends included, has a bad checksum
+    nack_m: bool = False              # every ``m`` packet is answered '-' (after ``m_delay``)
+    latency: float = 0.0              # seconds between receiving bytes and acting on them
 
 
 class FakeGdbStub:
@@ -108,6 +120,8 @@ class FakeGdbStub:
         self.detached = False
         self.connections = 0
         self.m_requests = 0
+        self.swallowed = 0                    # bytes eaten while waiting for an ack (stop_and_wait)
+        self.rounds = 0                       # receives that brought bytes: the client's round trips
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", 0))
@@ -163,6 +177,7 @@ class _Session:
         self.running = self.cfg.running
         self.buf = bytearray()
         self.last = b""
+        self.last_delay = 0.0
         self.packets = 0
         self.replies = 0
         self.thread = 1
@@ -170,28 +185,55 @@ class _Session:
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)
 
-    def reply(self, payload: bytes, encode: bool = True) -> None:
+    def reply(self, payload: bytes, encode: bool = True, m: bool = False) -> None:
         self.replies += 1
-        body = rle_encode(payload) if (self.cfg.rle and encode) else payload
+        cfg = self.cfg
+        body = rle_encode(payload) if (cfg.rle and encode) else payload
         good = b"$%s#%02x" % (body, checksum(body))
+        bad = b"$%s#%02x" % (body, (checksum(body) + 1) & 0xFF)
         self.last = good
-        if self.cfg.noise:
+        self.last_delay = cfg.m_delay if m else 0.0
+        if self.last_delay:
+            time.sleep(self.last_delay)
+        if cfg.noise:
             self.send(b"\r\nnoise\x00")
-        if self.cfg.corrupt_every and self.replies % self.cfg.corrupt_every == 0:
-            bad = b"$%s#%02x" % (body, (checksum(body) + 1) & 0xFF)
-            if self.cfg.corrupt_every == 1:
+        if (cfg.corrupt_every and self.replies % cfg.corrupt_every == 0) or (cfg.corrupt_m and m):
+            if cfg.corrupt_every == 1 or (cfg.corrupt_m and m):
                 self.last = bad           # a broken line: retransmissions are corrupt too
-            self.send(bad)
+            sent = bad
         else:
-            self.send(good)
+            sent = good
+        self.send(sent)
+        if cfg.stop_and_wait and self.ack:
+            self.wait_for_ack()
+
+    def wait_for_ack(self) -> None:
+        """qemu-user's put_packet: read single bytes until a '+', resending the reply for every
+        other one (as ``last``: a corrupt reply was line noise, unless the line is broken).
+        Bytes already taken into ``buf`` are not looked at: QEMU reads them from the socket."""
+        while True:
+            c = self.conn.recv(1)
+            if not c:
+                raise OSError("closed while waiting for an ack")
+            self.stub.raw += c
+            if c == b"+":
+                return
+            self.stub.swallowed += 1
+            if self.last_delay:
+                time.sleep(self.last_delay)
+            self.send(self.last)
 
     def run(self) -> None:
         if self.cfg.unsolicited_stop:
             self.reply(b"T02thread:01;")
         while True:
-            data = self.conn.recv(65536)
+            # qemu-user reads at most 256 bytes at a time while it waits for a command.
+            data = self.conn.recv(256 if self.cfg.stop_and_wait else 65536)
             if not data:
                 return
+            self.stub.rounds += 1
+            if self.cfg.latency:
+                time.sleep(self.cfg.latency)
             self.stub.raw += data
             self.buf += data
             if not self.process():
@@ -220,6 +262,8 @@ class _Session:
             if c == ord("-"):
                 del buf[:1]
                 if self.last:
+                    if self.last_delay:
+                        time.sleep(self.last_delay)
                     self.send(self.last)
                 continue
             if c != ord("$"):
@@ -237,6 +281,11 @@ class _Session:
                 self.send(b"-")
                 continue
             if self.cfg.nack_every and self.packets % self.cfg.nack_every == 0:
+                self.send(b"-")
+                continue
+            if self.cfg.nack_m and payload.startswith(b"m"):
+                if self.cfg.m_delay:
+                    time.sleep(self.cfg.m_delay)
                 self.send(b"-")
                 continue
             if self.cfg.close_after is not None and self.packets > self.cfg.close_after:
@@ -297,12 +346,12 @@ class _Session:
             if cfg.garbage_every and self.stub.m_requests % cfg.garbage_every == 0:
                 self.reply(b"zz-not-hex")
             elif size > cfg.max_read:
-                self.reply(b"E22")
+                self.reply(b"E22", m=True)
             else:
                 if cfg.short_reads:
                     size = min(size, cfg.short_reads)
                 data = self.memory(addr, size)
-                self.reply(b"E14" if data is None else data.hex().encode())
+                self.reply(b"E14" if data is None else data.hex().encode(), m=True)
         elif p.startswith(b"qXfer:features:read:") and cfg.xml:
             annex, span = p[len(b"qXfer:features:read:"):].rsplit(b":", 1)
             off, length = (int(x, 16) for x in span.split(b","))

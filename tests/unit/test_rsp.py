@@ -284,7 +284,8 @@ def test_silent_stub_times_out():
 
 
 def test_stub_that_hangs_up():
-    with stub(close_after=3) as s, connect(s) as t:
+    with stub() as s, connect(s) as t:
+        s.config.close_after = len(s.received) + 1      # the handshake's packets, then one read
         t.read(BASE, 4)
         with pytest.raises(TargetError, match="closed|lost") as e:
             t.read(BASE, 4)
@@ -324,6 +325,112 @@ def test_connect_timeout():
         for f in fillers:
             f.close()
         server.close()
+
+
+# -- stubs other than QEMU's system emulator ----------------------------------------------------
+MARGIN = 0.45        # what a deadline may be overshot by on this shared 2-core machine
+
+
+def m_packets(s: FakeGdbStub):
+    return [p for p in s.received if p.startswith(b"m")]
+
+
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_a_stub_that_waits_for_acks_is_read_one_request_at_a_time(pipeline):
+    """qemu-user's stub eats a request sent before the previous reply's ack: found at connect,
+    the connection keeps one request in flight and reads exactly what a pipelining stub gives."""
+    seen = []
+    with stub(stop_and_wait=True) as s, connect(s, pipeline=pipeline) as t:
+        t0 = time.monotonic()
+        assert t.read(BASE, 64 * 1024) == IMAGE[:64 * 1024]
+        assert not t.pipelining
+        got = t.read_many([(BASE + 0x100, 0x3000), (BASE + 0x8000, 0x1800)],
+                          progress=lambda a, chunks: seen.append((a, len(chunks))))
+        assert got == [IMAGE[0x100:0x3100], IMAGE[0x8000:0x9800]]
+        assert t.registers()["r1"] == 0x11 + 0x1000
+        assert time.monotonic() - t0 < 1.0
+        # Only the probe's request was eaten; every read was asked for once.
+        assert s.swallowed == len(frame(b"qC"))
+        reads = m_packets(s)
+        assert len(reads) == 32 + 6 + 3 and len(set(reads[:32])) == 32
+    assert (pipeline > 1) == bool(seen)            # a stream of depth 1 still reports progress
+    assert_never_wrote(s)
+
+
+def test_a_stub_that_pipelines_keeps_pipelining():
+    with stub() as s, connect(s, pipeline=16) as t:
+        assert t.pipelining and t._depth() == 16
+        sends = []
+        real = t._send_raw
+        t._send_raw = lambda data: (sends.append(data), real(data))[1]
+        assert t.read(BASE, 64 * 1024) == IMAGE[:64 * 1024]
+        assert sends[0].count(b"$m") == 16
+        assert t.pipelining
+
+
+@pytest.mark.parametrize("pipeline", [4, 16, 64])
+@pytest.mark.parametrize("corrupt", [0, 3])
+def test_a_stream_that_meets_a_stub_waiting_for_acks_falls_back(pipeline, corrupt, monkeypatch):
+    """The safety net behind the probe: the first packet where an ack belongs stops the
+    stream, the line is brought back in step, and what was eaten is read again serially."""
+    monkeypatch.setattr(RemoteTarget, "_probe_pipelining", lambda self: None, raising=False)
+    with stub(stop_and_wait=True, corrupt_every=corrupt) as s, connect(s, pipeline=pipeline) as t:
+        t0 = time.monotonic()
+        assert t.read(BASE, 64 * 1024) == IMAGE[:64 * 1024]
+        assert not t.pipelining and s.swallowed > 0
+        assert t.read_many([(BASE, 0x5000), (BASE + 0x9000, 0x800)]) == [IMAGE[:0x5000], IMAGE[0x9000:0x9800]]
+        assert t.read(BASE + 3, 10) == IMAGE[3:13]
+        assert time.monotonic() - t0 < 1.5
+    assert_never_wrote(s)
+
+
+@pytest.mark.parametrize("size,pipeline", [(4, 1), (64 * 1024, 1), (64 * 1024, 16)])
+@pytest.mark.parametrize("fault", ["corrupt_m", "nack_m"])
+def test_the_timeout_bounds_a_request_and_its_retransmissions(fault, size, pipeline):
+    """A stub that answers 0.6 s late with a bad checksum (or a nack), every time: the client
+    retransmits, but gives up when the request's 1 s are over, not 1 s after the last try."""
+    with stub(m_delay=0.6, **{fault: True}) as s, connect(s, timeout=1.0, pipeline=pipeline) as t:
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="within 1s") as e:
+            t.read(BASE, size)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0 + MARGIN, f"gave up after {elapsed:.2f}s"
+        assert "\n" not in str(e.value)
+
+
+def test_a_retransmission_that_arrives_in_time_is_taken():
+    with stub(m_delay=0.2, corrupt_every=2) as s, connect(s, timeout=1.0, pipeline=1) as t:
+        for i in range(3):
+            assert t.read(BASE + 16 * i, 16) == IMAGE[16 * i:16 * i + 16]
+        assert t.retransmissions >= 2
+
+
+def test_tiny_replies_cost_few_round_trips():
+    """A stub that answers at most 7 bytes per ``m`` behind a 2 ms link: once the cap is
+    known, reads are cut to it and pipelined; serially they would cost ~2300 round trips."""
+    with stub(short_reads=7, latency=0.002) as s, connect(s, pipeline=16) as t:
+        rounds = s.rounds
+        t0 = time.monotonic()
+        data = t.read(BASE + 1, 16 * 1024)
+        elapsed = time.monotonic() - t0
+        assert data == IMAGE[1:16 * 1024 + 1]
+        assert t.chunk_size == 7
+        reads = m_packets(s)
+        assert len(reads) == len(set(reads))         # no chunk asked for twice
+        assert s.rounds - rounds < 60, s.rounds - rounds
+        assert elapsed < 1.0, f"{elapsed:.2f}s"
+        got = t.read_many([(BASE, 700), (BASE + 5000, 30)])
+        assert got == [IMAGE[:700], IMAGE[5000:5030]]
+
+
+def test_a_stub_held_by_another_debugger_is_called_busy():
+    with stub() as s, connect(s) as first:
+        t0 = time.monotonic()
+        with pytest.raises(TargetError, match="likely busy with another debugger") as e:
+            connect(s, timeout=1.0, halt_probe=0.2)
+        assert time.monotonic() - t0 < 1.0 + MARGIN
+        assert "\n" not in str(e.value) and "no reply" in str(e.value)
+        assert first.read(BASE, 16) == IMAGE[:16]     # the first debugger is undisturbed
 
 
 # -- modes and state -----------------------------------------------------------------------
@@ -431,9 +538,10 @@ def test_memory_read_speed_is_per_packet_not_per_byte():
 @given(holes=st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 3000)), max_size=3),
        reads=st.lists(st.tuples(st.integers(-100, 42000), st.integers(0, 12000)), min_size=1, max_size=4),
        pipeline=st.sampled_from([1, 3, 16]), corrupt=st.sampled_from([0, 4]),
-       nack=st.sampled_from([0, 5]), max_read=st.sampled_from([2048, 600]))
-@settings(max_examples=60, deadline=None)
-def test_reads_match_a_model(holes, reads, pipeline, corrupt, nack, max_read):
+       nack=st.sampled_from([0, 5]), max_read=st.sampled_from([2048, 600]),
+       short=st.sampled_from([0, 0, 100, 7]), stop_and_wait=st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_reads_match_a_model(holes, reads, pipeline, corrupt, nack, max_read, short, stop_and_wait):
     """Whatever the stub's flaws, a read returns the image's bytes or faults at the first hole."""
     image = IMAGE[:40000]
     unmapped = [(BASE + a, BASE + a + n) for a, n in holes]
@@ -442,7 +550,8 @@ def test_reads_match_a_model(holes, reads, pipeline, corrupt, nack, max_read):
         return BASE <= addr < BASE + len(image) and not any(a <= addr < b for a, b in unmapped)
 
     with stub(image=image, unmapped=unmapped, corrupt_every=corrupt, nack_every=nack,
-              max_read=max_read) as s, connect(s, pipeline=pipeline) as t:
+              max_read=max_read, short_reads=short, stop_and_wait=stop_and_wait) as s, \
+            connect(s, pipeline=pipeline) as t:
         for off, size in reads:
             addr = BASE + off
             bad = next((a for a in range(addr, addr + size) if not readable(a)), None)
@@ -557,3 +666,34 @@ def test_a_check_over_the_remote_protocol_equals_one_over_plain_memory(corruptio
     assert remote.findings == plain.findings
     assert list(remote.walk.headers()) == list(plain.walk.headers())
     assert (corruption == "none") == (remote.findings == [])
+
+
+@pytest.mark.parametrize("corruption", ["none", "back link"])
+@pytest.mark.parametrize("knobs", [{"stop_and_wait": True}, {"short_reads": 7},
+                                   {"stop_and_wait": True, "short_reads": 100}],
+                         ids=["waits-for-acks", "7-byte-replies", "both"])
+def test_a_check_through_other_stubs_equals_one_over_plain_memory(knobs, corruption):
+    """Same result through a stub that waits for acks (qemu-user) or caps its replies."""
+    from gdbext.core.memory import BlockCache
+    from gdbext.core.program import Program
+    from gdbext.core.check import check
+    from heapbuilder import SyntheticKernel
+
+    k = SyntheticKernel(4, "<", heap_size=32 * 1024, num_pages=4096)
+    ptrs = [k.kmalloc(16 + 40 * (i % 7)) for i in range(150)]
+    for p in ptrs[::3]:
+        k.kfree(p)
+    if corruption == "back link":
+        segs = [s[0] for s in k.segments()]
+        k.set_seg(segs[100], prev=segs[10])
+    plain = check(k.program(block_size=4096))
+    with stub(image=bytes(k.mem), base=k.image_base, **knobs) as s, connect(s, pipeline=16) as t:
+        t0 = time.monotonic()
+        remote = check(Program(k.elf_info(), BlockCache(t, 4096)))
+        elapsed = time.monotonic() - t0
+        assert t.pipelining == (not knobs.get("stop_and_wait"))
+    assert remote.findings == plain.findings
+    assert list(remote.walk.headers()) == list(plain.walk.headers())
+    assert (corruption == "none") == (remote.findings == [])
+    assert elapsed < 5, f"{elapsed:.1f}s"
+    assert_never_wrote(s)

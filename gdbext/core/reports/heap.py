@@ -13,7 +13,7 @@ from .base import (ERROR, FREE, HEADING, NOTE, OK, PLAIN, STATE_TOKEN, USED, WAR
                    heap_line, renders, report_base, stop_text)
 
 __all__ = ["info_report", "walk_report", "check_report", "stats_report", "find_report", "map_report",
-           "verdict_line", "MAP_LEGEND"]
+           "verdict_line", "MAP_LEGEND", "map_page_report"]
 
 
 def info_report(prog: Program) -> Dict[str, Any]:
@@ -79,11 +79,14 @@ def find_report(prog: Program, address: int, match: Any) -> Dict[str, Any]:
 MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "corrupt", " ": "not on the list"}
 
 
-def map_report(prog: Program, walk: Any, findings: Sequence[Finding] = (), cells: int = 1024) -> Dict[str, Any]:
+def map_report(prog: Program, walk: Any, findings: Sequence[Finding] = (), cells: int = 1024,
+               regions: int = 0) -> Dict[str, Any]:
     """``kheap map``: one row per run of same-state segments and a block map of the whole heap.
 
     Each map cell covers ``cell_size`` bytes: ``#`` all used, ``.`` all free, ``+`` both,
     ``!`` a corrupt segment (bad flag or a finding at it), blank: covered by no segment.
+    ``regions``: keep at most that many rows (corrupt and uncovered first, then the largest, in
+    address order) and count the rest (a fragmented heap has thousands); 0 keeps all.
     """
     d = report_base("map", prog)
     hs, he = walk.heap_start, walk.heap_end
@@ -93,26 +96,36 @@ def map_report(prog: Program, walk: Any, findings: Sequence[Finding] = (), cells
     ncells = -(-size // cell_size)
     used_b = bytearray(ncells)   # bit 1 used, 2 free, 4 corrupt
     bad_addrs = {f.address for f in findings if f.severity == "error" and f.address is not None}
-    regions: List[Dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = []
     cursor = hs
     for block in prog.allocator.blocks(walk, he):
         state = "bad" if block.address in bad_addrs else block.state
         start, end = max(block.address, hs), min(block.address + block.extent, he)
         if start > cursor:
-            _add_region(regions, cursor, start, "uncovered", 0)
+            _add_region(rows, cursor, start, "uncovered", 0)
         if end > start:
-            _add_region(regions, start, end, state, 1)
+            _add_region(rows, start, end, state, 1)
             bit = 1 if state == "used" else 2 if state == "free" else 4
             for c in range((start - hs) // cell_size, (end - 1 - hs) // cell_size + 1):
                 used_b[c] |= bit
         cursor = max(cursor, end)
     if cursor < he:
-        _add_region(regions, cursor, he, "uncovered", 0)
+        _add_region(rows, cursor, he, "uncovered", 0)
     chars = "".join("!" if b & 4 else "+" if b == 3 else "#" if b == 1 else "." if b == 2 else " "
                     for b in used_b)
-    d.update({"cell_size": cell_size, "cells": chars, "legend": dict(MAP_LEGEND), "regions": regions,
-              "stop": walk.stop_json()})
+    shown = _bounded(rows, regions)
+    d.update({"cell_size": cell_size, "cells": chars, "legend": dict(MAP_LEGEND), "regions": shown,
+              "regions_total": len(rows), "regions_not_shown": len(rows) - len(shown), "stop": walk.stop_json()})
     return clean(d)
+
+
+def _bounded(rows: List[Dict[str, Any]], limit: int) -> List[Dict[str, Any]]:
+    """At most ``limit`` region rows (0: all): corrupt and uncovered first, then the largest,
+    in address order."""
+    if not limit or len(rows) <= limit:
+        return rows
+    rank = sorted(range(len(rows)), key=lambda i: (rows[i]["state"] in ("used", "free"), -rows[i]["bytes"], i))
+    return [rows[i] for i in sorted(rank[:limit])]
 
 
 def _add_region(regions: List[Dict[str, Any]], start: int, end: int, state: str, count: int) -> None:
@@ -257,6 +270,8 @@ def _render_map(r: Dict[str, Any], out: Text) -> None:
     rows = [[(out.addr(g["start"]), PLAIN), (out.addr(g["end"]), PLAIN), (str(g["bytes"]), PLAIN),
              (g["state"], STATE_TOKEN.get(g["state"], PLAIN)), (str(g["segments"]), PLAIN)] for g in r["regions"]]
     out.table(["start", "end", "bytes", "state", "segments"], rows)
+    if r.get("regions_not_shown"):
+        out.line(f"  ... {r['regions_not_shown']} more regions not shown (--regions 0 shows all)")
     if r["stop"]["reason"] != "end":
         out.line(stop_text(r["stop"], out), ERROR)
     out.notes(r.get("notes", []))
@@ -271,3 +286,16 @@ def verdict_line(report: Dict[str, Any]) -> str:
         line += f"; first: {first['code']} at 0x{(first.get('address') or 0):x}: {first['message']}"
         line += " - see 'kheap check'"
     return line
+
+
+def map_page_report(written: Dict[str, Any]) -> Dict[str, Any]:
+    """``kheap map --html FILE``: where the page went and what it shows."""
+    d = report_base("map-html")
+    d.update(written)
+    return clean(d)
+
+
+@renders("map-html")
+def _render_map_page(r: Dict[str, Any], out: Text) -> None:
+    out.line(f"kheap map: wrote {r['path']} ({r['bytes']} bytes): heap {r['verdict'].upper()}, "
+             f"{r['segments']} segments, {r['errors']} errors, {r['warnings']} warnings; open it in a browser")

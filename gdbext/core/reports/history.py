@@ -64,7 +64,6 @@ def watch_report(action: str, status: Dict[str, Any]) -> Dict[str, Any]:
     return clean(d)
 
 
-@renders("watch")
 def _render_watch(report: Dict[str, Any], out: Text) -> None:
     if report["action"] == "on":
         sites = report.get("return_sites", {})
@@ -88,6 +87,14 @@ def _render_watch(report: Dict[str, Any], out: Text) -> None:
     if report.get("last_stop"):
         stop = report["last_stop"]
         out.line(f"  last stop: {stop['reason']}: {', '.join(f['code'] for f in stop['findings'])}")
+
+
+@renders("watch")
+def _render_watch_and_page(report: Dict[str, Any], out: Text) -> None:
+    _render_watch(report, out)
+    page = report.get("html")
+    if page:
+        out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {page['operations']} operations)")
 
 
 def history_report(pointer_size: int, target: Optional[int], operations: List[Any], matched: int,

@@ -1,0 +1,3 @@
+module kheap/userland/mazarin
+
+go 1.19
