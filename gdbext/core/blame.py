@@ -87,11 +87,26 @@ def _symbol_range(prog: Any, address: int) -> Optional[Tuple[int, int, str]]:
     return word, prog.pointer_size, f"{name}+0x{word - sym.address:x}"
 
 
+def _page_range(prog: Any, address: int) -> Optional[Tuple[int, int, str]]:
+    """The ``page_t`` entry of the page array holding ``address``."""
+    try:
+        b = prog.bounds
+    except Exception:  # noqa: BLE001 - no bounds: no page array either
+        return None
+    size = prog.layouts.page.size
+    if b.page_array is None or not b.num_pages or not size:
+        return None
+    if not b.page_array <= address < b.page_array + b.num_pages * size:
+        return None
+    index = (address - b.page_array) // size
+    return b.page_array + index * size, size, f"page_t {index} of the page array"
+
+
 def _range_of_address(prog: Any, address: int) -> Tuple[int, int, str]:
     allocator = prog.allocator
     rng = allocator.range_at(prog, address) if hasattr(allocator, "range_at") else None
     if rng is None:
-        rng = _symbol_range(prog, address)
+        rng = _page_range(prog, address) or _symbol_range(prog, address)
     if rng is None:
         rng = (address, prog.pointer_size, f"the word at {prog.fmt(address)}")
     return rng
@@ -101,7 +116,7 @@ def _range_of_finding(prog: Any, finding: Any) -> Optional[Tuple[int, int, str]]
     allocator = prog.allocator
     rng = allocator.blame_range(prog, finding) if hasattr(allocator, "blame_range") else None
     if rng is None and finding.address is not None:
-        rng = _symbol_range(prog, finding.address) or \
+        rng = _page_range(prog, finding.address) or _symbol_range(prog, finding.address) or \
             (finding.address, prog.pointer_size, f"the word at {prog.fmt(finding.address)}")
     return rng
 
@@ -239,23 +254,26 @@ class Writers:
             unit = self.code.unit_of(address)
             if unit is not None:
                 self.allocator_units.add(unit)
-        self._by_pc: Dict[int, Tuple[Optional[str], Optional[str], bool, bool]] = {}
+        self._by_pc: Dict[int, Tuple[Optional[str], Optional[str], Optional[str], bool, bool]] = {}
 
-    def _about(self, pc: int) -> Tuple[Optional[str], Optional[str], bool, bool]:
-        """(function+off, file:line, is a library routine, is the allocator's code)."""
+    def _about(self, pc: int) -> Tuple[Optional[str], Optional[str], Optional[str], bool, bool]:
+        """(function+off, the function inlined there, file:line, is a library routine, is the
+        allocator's code)."""
         got = self._by_pc.get(pc)
         if got is None:
             function = self.elf.symbolize(pc)
             name, _ = split_symbol(function)
+            inlined = self.code.inlined_at(pc)
             unit = self.code.unit_of(pc)
             allocator = (unit in self.allocator_units) if unit is not None and self.allocator_units \
                 else name in self.allocator_names
-            got = (function, self.code.line_at(pc), name in LIBRARY_FUNCTIONS, allocator)
+            library = (inlined or name) in LIBRARY_FUNCTIONS
+            got = (function, inlined, self.code.line_at(pc), library, allocator)
             self._by_pc[pc] = got
         return got
 
     def is_library(self, pc: int) -> bool:
-        return self._about(pc)[2]
+        return self._about(pc)[3]
 
     def backtrace(self, hit: Hit, limit: int = 32) -> Tuple[List[Frame], str]:
         regs = dict(hit.registers, pc=hit.pc)
@@ -263,9 +281,10 @@ class Writers:
 
     def describe(self, hit: Hit, frames: bool = False) -> Dict[str, Any]:
         """One write as JSON-ready data; ``frames`` adds the whole backtrace."""
-        function, source, library, allocator = self._about(hit.pc)
+        function, inlined, source, library, allocator = self._about(hit.pc)
         out: Dict[str, Any] = {"number": hit.number, "pc": hit.pc, "function": function,
-                               "source": source, "thread": hit.thread, "value": hit.value.hex(),
+                               "inlined": inlined, "source": source, "thread": hit.thread,
+                               "value": hit.value.hex(),
                                "seconds": round(hit.seconds, 6)}
         caller = None
         backtrace: List[Frame] = []
@@ -274,17 +293,25 @@ class Writers:
             backtrace, why = self.backtrace(hit, 32 if frames else 4)
         if library:
             for frame in backtrace[1:]:
-                name, _ = split_symbol(frame.function)
-                if name is not None and name not in LIBRARY_FUNCTIONS:
+                if frame.name is not None and frame.name not in LIBRARY_FUNCTIONS:
                     caller = frame
                     break
             if caller is not None:
-                allocator = self._about(caller.pc - 1)[3]
+                allocator = self._about(caller.pc - 1)[4]
         out["caller"] = caller.to_json() if caller is not None else None
         out["allocator"] = bool(allocator)
         if frames:
             out["backtrace"] = [f.to_json() for f in backtrace]
             out["backtrace_end"] = why
+            # The code the allocator (or a library routine) worked for: its first caller that is
+            # neither (kfree called from scenario_double_free).
+            out["requested_by"] = None
+            if allocator or library:
+                for frame in backtrace[1:]:
+                    about = self._about(frame.pc - 1)
+                    if not about[3] and not about[4] and frame.name not in LIBRARY_FUNCTIONS:
+                        out["requested_by"] = frame.to_json()
+                        break
         return out
 
 

@@ -42,9 +42,15 @@ class Frame:
     pc: int
     function: Optional[str]
     source: Optional[str]
+    inlined: Optional[str] = None       # the innermost function inlined at pc, if any
 
     def to_json(self) -> Dict[str, object]:
-        return {"pc": self.pc, "function": self.function, "source": self.source}
+        return {"pc": self.pc, "function": self.function, "source": self.source, "inlined": self.inlined}
+
+    @property
+    def name(self) -> Optional[str]:
+        """The function the code is written in: the inlined one, else the symbol's."""
+        return self.inlined or split_symbol(self.function)[0]
 
 
 def split_symbol(text: Optional[str]) -> Tuple[Optional[str], int]:
@@ -76,6 +82,7 @@ class CodeInfo:
         self._tables: Dict[int, Tuple[List[int], list, int]] = {}
         self.has_lines = False
         self.has_cfi = False
+        self._inlines: Optional[List[Tuple[int, int, str]]] = None   # (low, high, name), loaded on demand
         self._load()
 
     # -- loading -------------------------------------------------------------------------------
@@ -198,6 +205,56 @@ class CodeInfo:
     def unit_name(self, unit: Optional[int]) -> Optional[str]:
         return self._unit_names.get(unit) if unit is not None else None
 
+    def _load_inlines(self) -> List[Tuple[int, int, str]]:
+        out: List[Tuple[int, int, str]] = []
+        try:
+            from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
+            from elftools.elf.elffile import ELFFile
+
+            with open(self.path, "rb") as f:
+                elf = ELFFile(f)
+                if not elf.has_dwarf_info():
+                    return out
+                dwarf = elf.get_dwarf_info()
+                lists = dwarf.range_lists()
+                for cu in dwarf.iter_CUs():
+                    top = cu.get_top_DIE()
+                    cu_base = top.attributes["DW_AT_low_pc"].value if "DW_AT_low_pc" in top.attributes else 0
+                    for die in cu.iter_DIEs():
+                        if die.tag != "DW_TAG_inlined_subroutine":
+                            continue
+                        name = _origin_name(die)
+                        if name is None:
+                            continue
+                        attrs = die.attributes
+                        if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
+                            low = attrs["DW_AT_low_pc"].value
+                            high = attrs["DW_AT_high_pc"]
+                            end = high.value if high.form == "DW_FORM_addr" else low + high.value
+                            out.append((low, end, name))
+                        elif "DW_AT_ranges" in attrs and lists is not None and \
+                                attrs["DW_AT_ranges"].form != "DW_FORM_rnglistx":
+                            base = cu_base
+                            for entry in lists.get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+                                if isinstance(entry, BaseAddressEntry):
+                                    base = entry.base_address
+                                elif isinstance(entry, RangeEntry):
+                                    shift = 0 if entry.is_absolute else base
+                                    out.append((entry.begin_offset + shift, entry.end_offset + shift, name))
+        except Exception:  # noqa: BLE001 - inline names are a nicety: none rather than a failure
+            return out
+        return out
+
+    def inlined_at(self, address: int) -> Optional[str]:
+        """The innermost function inlined at ``address`` (DWARF inlined subroutines), or None."""
+        if self._inlines is None:
+            self._inlines = self._load_inlines()
+        best = None
+        for low, high, name in self._inlines:
+            if low <= address < high and (best is None or high - low < best[1] - best[0]):
+                best = (low, high, name)
+        return best[2] if best else None
+
     def _row(self, address: int) -> Optional[dict]:
         i = bisect.bisect_right(self._fde_starts, address) - 1
         if i < 0:
@@ -236,7 +293,7 @@ class CodeInfo:
         name, off = split_symbol(symbolize(look))
         function = None if name is None else (name if off + (1 if caller else 0) == 0
                                                else f"{name}+0x{off + (1 if caller else 0):x}")
-        return Frame(pc, function, self.line_at(look))
+        return Frame(pc, function, self.line_at(look), self.inlined_at(look))
 
     def unwind(self, arch: str, pc: int, registers: Dict[str, int],
                read: Callable[[int, int], bytes], limit: int = MAX_FRAMES) -> Tuple[List[Frame], str]:
@@ -306,6 +363,22 @@ class CodeInfo:
             previous_cfa = cfa
             regs, pc = new, ra
         return frames, f"{limit} frames"
+
+
+def _origin_name(die: object) -> Optional[str]:
+    """The name of an inlined subroutine: its abstract origin's (or that one's specification)."""
+    for _ in range(4):
+        attrs = die.attributes                    # type: ignore[attr-defined]
+        if "DW_AT_name" in attrs:
+            value = attrs["DW_AT_name"].value
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        for key in ("DW_AT_abstract_origin", "DW_AT_specification"):
+            if key in attrs:
+                die = die.get_DIE_from_attribute(key)  # type: ignore[attr-defined]
+                break
+        else:
+            return None
+    return None
 
 
 _cache: Dict[str, Tuple[Tuple[float, int], CodeInfo]] = {}

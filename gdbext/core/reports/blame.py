@@ -80,10 +80,17 @@ def blame_report(prog: Any, run: Any, writers: Optional[Writers] = None) -> Dict
     return clean(d)
 
 
+def _function(w: Dict[str, Any]) -> str:
+    """``name+0xoff``, or ``inlined (in name+0xoff)`` for inlined code."""
+    if w.get("inlined"):
+        return f"{w['inlined']} (inlined in {w.get('function') or '??'})"
+    return w.get("function") or "??"
+
+
 def _writer_line(w: Dict[str, Any], out: Text) -> str:
-    where = f"{out.addr(w['pc'])} {w.get('function') or '??'}"
+    where = f"{out.addr(w['pc'])} {_function(w)}"
     if w.get("caller"):
-        where += f" (from {w['caller'].get('function') or '??'})"
+        where += f" (from {_function(w['caller'])})"
     return where
 
 
@@ -105,19 +112,22 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
     last = r.get("last_writer")
     if last:
         out.add("last write: ", HEADING).add(f"{last['number']} of {last['of']}, ")
-        out.add(f"{out.addr(last['pc'])} {last.get('function') or '??'}", ERROR if not last["allocator"] else PLAIN)
+        out.add(f"{out.addr(last['pc'])} {_function(last)}", ERROR if not last["allocator"] else PLAIN)
         out.line(f" at {last['source']}" if last.get("source") else "")
         if last.get("instruction"):
             out.line(f"    {last['instruction']}")
         if last.get("caller"):
             c = last["caller"]
-            out.line(f"  called from {c.get('function') or '??'}" + (f" at {c['source']}" if c.get("source") else ""))
+            out.line(f"  called from {_function(c)}" + (f" at {c['source']}" if c.get("source") else ""))
         out.line(f"  by {'the allocator' if last['allocator'] else 'code outside the allocator'}"
                  + (f", thread {last['thread']}" if last.get("thread") else ""))
+        if last.get("requested_by"):
+            q = last["requested_by"]
+            out.line(f"  on behalf of {_function(q)}" + (f" at {q['source']}" if q.get("source") else ""))
         out.line(f"  value after it: {_value_text(last['value'], order)}")
         out.line("  backtrace:")
         for i, frame in enumerate(last.get("backtrace") or []):
-            out.line(f"    #{i:<2} {out.addr(frame['pc'])} {frame.get('function') or '??'}"
+            out.line(f"    #{i:<2} {out.addr(frame['pc'])} {_function(frame)}"
                      + (f" at {frame['source']}" if frame.get("source") else ""))
         if last.get("backtrace_end"):
             out.line(f"    (ends: {last['backtrace_end']})", NOTE)
