@@ -91,6 +91,8 @@ class CodeInfo:
             from elftools.elf.elffile import ELFFile
         except ImportError:                # pragma: no cover - pyelftools is a dependency
             return
+        if not self.path or not os.path.isfile(self.path):
+            return                         # a synthetic ElfInfo (tests): symbols only
         with open(self.path, "rb") as f:
             elf = ELFFile(f)
             self.entry = elf.header.e_entry
@@ -207,6 +209,8 @@ class CodeInfo:
 
     def _load_inlines(self) -> List[Tuple[int, int, str]]:
         out: List[Tuple[int, int, str]] = []
+        if not self.path or not os.path.isfile(self.path):
+            return out
         try:
             from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
             from elftools.elf.elffile import ELFFile
@@ -387,9 +391,12 @@ _lock = threading.Lock()
 
 def code_info(elf: object) -> CodeInfo:
     """The :class:`CodeInfo` of an ElfInfo's file, parsed once per (path, mtime, size)."""
-    path = os.path.abspath(elf.path)               # type: ignore[attr-defined]
-    st = os.stat(path)
-    key = (st.st_mtime, st.st_size)
+    path = os.path.abspath(elf.path or "")         # type: ignore[attr-defined]
+    try:
+        st = os.stat(path)
+        key = (st.st_mtime, st.st_size)
+    except OSError:
+        key = (0.0, -1)                            # no file behind it: symbols only
     with _lock:
         hit = _cache.get(path)
         if hit is not None and hit[0] == key and hit[1].elf is elf:
