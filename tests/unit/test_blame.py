@@ -74,20 +74,20 @@ def test_every_family_code_names_bytes():
     prog = k.program()
     a, b = k.segments()[1][0], k.segments()[2][0]
     head = k.symbols["heap_segment_list_head"]
-    cases = {
-        ("HEAP-BACKLINK", a, {"prev": b, "expected_prev": b}): field_range(k, b, "next"),
-        ("HEAP-BACKLINK", a, {"prev": 0x10, "expected_prev": b}): field_range(k, a, "prev"),
-        ("HEAP-GAP", a, {}): field_range(k, a, "next"),
-        ("HEAP-OVERLAP", a, {}): field_range(k, a, "next"),
-        ("HEAP-SIZE", a, {}): field_range(k, a, "segment_size"),
-        ("HEAP-CYCLE", a, {"from": b}): field_range(k, b, "next"),
-        ("HEAP-UNREADABLE", 0x10, {"from": b}): field_range(k, b, "next"),
-        ("HEAP-HEAD", 0, {}): (head, 4),
-        ("HEAP-COVERAGE", a, {}): (a, k.hdr),
-        ("HEAP-ALIGN", a, {}): (a, k.hdr),
-        ("HEAP-UNMERGED", a, {}): (a, k.hdr),
-    }
-    for (code, address, values), want in cases.items():
+    cases = [
+        ("HEAP-BACKLINK", a, {"prev": b, "expected_prev": b}, field_range(k, b, "next")),
+        ("HEAP-BACKLINK", a, {"prev": 0x10, "expected_prev": b}, field_range(k, a, "prev")),
+        ("HEAP-GAP", a, {}, field_range(k, a, "next")),
+        ("HEAP-OVERLAP", a, {}, field_range(k, a, "next")),
+        ("HEAP-SIZE", a, {}, field_range(k, a, "segment_size")),
+        ("HEAP-CYCLE", a, {"from": b}, field_range(k, b, "next")),
+        ("HEAP-UNREADABLE", 0x10, {"from": b}, field_range(k, b, "next")),
+        ("HEAP-HEAD", 0, {}, (head, 4)),
+        ("HEAP-COVERAGE", a, {}, (a, k.hdr)),
+        ("HEAP-ALIGN", a, {}, (a, k.hdr)),
+        ("HEAP-UNMERGED", a, {}, (a, k.hdr)),
+    ]
+    for code, address, values, want in cases:
         got = prog.allocator.blame_range(prog, Finding(code, "error", address, "m", values))
         assert got[:2] == want, (code, values, got)
     assert prog.allocator.blame_range(prog, Finding("PAGE-FLAGS", "error", 0x1000, "m")) is None
