@@ -608,9 +608,9 @@ class Tally:
 # -- poison -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
-def _poison_run(poison: int, size: int) -> memoryview:
+def _poison_run(poison: int, size: int) -> bytes:
     """``size`` poison bytes, kept between checks: a fresh 1 MiB costs 256 page faults."""
-    return memoryview(bytes([poison]) * size)
+    return bytes([poison]) * size
 
 
 def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) -> List[Finding]:
@@ -637,7 +637,8 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) ->
         # payload inside what was read.
         keep = list(map(and_, map(gt, sizes, repeat(off)), map(le, map(add, addresses, sizes), repeat(limit))))
         addresses, sizes = list(compress(addresses, keep)), list(compress(sizes, keep))
-    run = _poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length()))
+    poison_run = _poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length()))
+    run = memoryview(poison_run)
     # A payload of size - off bytes from a + off.
     lengths = list(map(sub, sizes, repeat(off)))
     starts = list(map(add, addresses, repeat(off - hs)))
@@ -645,7 +646,8 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) ->
     view = memoryview(buf)
     # Every free payload is all poison when their bytes put end to end are (one join, one compare).
     joined = b"".join(map(view.__getitem__, map(slice, starts, ends)))
-    if run[:len(joined)] == joined if len(joined) <= len(run) else joined.count(poison) == len(joined):
+    # (bytes.startswith is a memcmp; comparing memoryviews would go byte by byte.)
+    if poison_run.startswith(joined) if len(joined) <= len(poison_run) else joined.count(poison) == len(joined):
         return []
     intact = map(buf.startswith, map(run.__getitem__, map(slice, lengths)), starts, ends)
     damaged = compress(zip(addresses, sizes), map(not_, intact))
