@@ -69,7 +69,8 @@ class BlameTarget:
     def watch(self, address: int, size: int) -> None:
         raise NotImplementedError
 
-    def unwatch(self) -> None:
+    def unwatch(self) -> int:
+        """Remove the watchpoint (``--max-hits``); returns how many were removed."""
         raise NotImplementedError
 
     def break_at(self, address: int) -> None:
@@ -120,6 +121,7 @@ def stack_copy(target: BlameTarget, sp: int) -> Tuple[int, bytes]:
 
 def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, Any], bool]:
     """Run one ``kheap blame``; returns (report, failed)."""
+    target.check_can_blame()              # a live QEMU it can reset, before anything else
     prog = session.program()
     address = None
     if args.address is not None:
@@ -143,7 +145,6 @@ def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, A
         before = target.read(plan.address, plan.size)
     except MemoryFault as fault:
         raise CommandError(f"kheap blame: cannot read the bytes to watch: {fault}") from None
-    target.check_can_blame()
     where = prog.elf.symbolize(until) or ""
     question = (f"kheap blame restarts the kernel (QEMU system_reset) and runs it again to "
                 f"{prog.fmt(until)} {where} watching {plan.size} byte{'s' if plan.size != 1 else ''} at "
@@ -161,6 +162,7 @@ def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, A
     started = time.monotonic()
     ended = "error"
     removed: Dict[str, int] = {}
+    unwatched = 0
     reset = False
     failure: Optional[BaseException] = None
     try:
@@ -170,7 +172,7 @@ def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, A
         target.break_at(until)
         ended = target.run(on_hit)
         if ended == "max-hits":
-            target.unwatch()
+            unwatched = target.unwatch() or 0
             if target.run(None) == "until":
                 ended = "max-hits-until"
     except BaseException as error:  # noqa: BLE001 - cleaned up below, then re-raised
@@ -178,6 +180,7 @@ def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, A
     finally:
         try:
             removed = target.cleanup()
+            removed["watchpoints"] = removed.get("watchpoints", 0) + unwatched
         except Exception as error:  # noqa: BLE001
             if failure is None:
                 failure = error

@@ -126,12 +126,12 @@ class CliBlameTarget(BlameTarget):
             self.rsp.insert_point(2, address, size)
 
     def _unwatch_all(self):
-        for address, size in self.watches:
-            self.rsp.remove_point(2, address, size)
+        return sum(bool(self.rsp.remove_point(2, address, size)) for address, size in self.watches)
 
     def unwatch(self):
-        self._unwatch_all()
+        removed = self._unwatch_all()
         self.watches = []
+        return removed
 
     def break_at(self, address):
         self._until = address

@@ -126,9 +126,9 @@ class GdbBlameTarget(BlameTarget):
             raise CommandError(f"cannot set a watchpoint on {size} bytes at {address:#x}: {error}") from None
 
     def unwatch(self):
-        for wp in self.watchpoints:
-            _delete(wp)
+        removed = sum(_delete(wp) for wp in self.watchpoints)
         self.watchpoints = []
+        return removed
 
     def break_at(self, address):
         try:

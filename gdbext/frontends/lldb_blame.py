@@ -117,9 +117,9 @@ class LldbBlameTarget(BlameTarget):
         self.watchpoints.append(wp)
 
     def unwatch(self):
-        for wp in self.watchpoints:
-            self.target.DeleteWatchpoint(wp.GetID())
+        removed = sum(bool(self.target.DeleteWatchpoint(wp.GetID())) for wp in self.watchpoints)
         self.watchpoints = []
+        return removed
 
     def break_at(self, address):
         self._until = address

@@ -341,7 +341,8 @@ class ScriptedTarget(BlameTarget):
 
     def unwatch(self):
         self.calls.append("unwatch")
-        self.set["watchpoints"] = 0
+        removed, self.set["watchpoints"] = self.set["watchpoints"], 0
+        return removed
 
     def break_at(self, address):
         self.calls.append("break")
@@ -425,6 +426,11 @@ def test_a_refusal_runs_nothing():
     with pytest.raises(CommandError, match="not run"):
         run_blame(ScriptSession(k), target, args())
     assert target.calls == ["check", "confirm"]
+    clean, _ = busy_kernel(4, "<")
+    target = ScriptedTarget(clean, [])
+    with pytest.raises(CommandError):
+        run_blame(ScriptSession(clean), target, args(yes=True))
+    assert target.calls == ["check"]
 
 
 def test_errors_and_ctrl_c_remove_everything_and_say_what_happened():
