@@ -82,7 +82,7 @@ class CodeInfo:
         self._tables: Dict[int, Tuple[List[int], list, int]] = {}
         self.has_lines = False
         self.has_cfi = False
-        self._inlines: Optional[List[Tuple[int, int, str]]] = None   # (low, high, name), loaded on demand
+        self._inlines: Dict[int, List[Tuple[int, int, str]]] = {}  # unit -> (low, high, name)
         self._load()
 
     # -- loading -------------------------------------------------------------------------------
@@ -207,7 +207,8 @@ class CodeInfo:
     def unit_name(self, unit: Optional[int]) -> Optional[str]:
         return self._unit_names.get(unit) if unit is not None else None
 
-    def _load_inlines(self) -> List[Tuple[int, int, str]]:
+    def _load_inlines(self, unit: int) -> List[Tuple[int, int, str]]:
+        """The inlined subroutines of one compile unit: (low, high, name)."""
         out: List[Tuple[int, int, str]] = []
         if not self.path or not os.path.isfile(self.path):
             return out
@@ -216,45 +217,47 @@ class CodeInfo:
             from elftools.elf.elffile import ELFFile
 
             with open(self.path, "rb") as f:
-                elf = ELFFile(f)
-                if not elf.has_dwarf_info():
-                    return out
-                dwarf = elf.get_dwarf_info()
+                dwarf = ELFFile(f).get_dwarf_info()
                 lists = dwarf.range_lists()
-                for cu in dwarf.iter_CUs():
-                    top = cu.get_top_DIE()
-                    cu_base = top.attributes["DW_AT_low_pc"].value if "DW_AT_low_pc" in top.attributes else 0
-                    for die in cu.iter_DIEs():
-                        if die.tag != "DW_TAG_inlined_subroutine":
-                            continue
-                        name = _origin_name(die)
-                        if name is None:
-                            continue
-                        attrs = die.attributes
-                        if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
-                            low = attrs["DW_AT_low_pc"].value
-                            high = attrs["DW_AT_high_pc"]
-                            end = high.value if high.form == "DW_FORM_addr" else low + high.value
-                            out.append((low, end, name))
-                        elif "DW_AT_ranges" in attrs and lists is not None and \
-                                attrs["DW_AT_ranges"].form != "DW_FORM_rnglistx":
-                            base = cu_base
-                            for entry in lists.get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
-                                if isinstance(entry, BaseAddressEntry):
-                                    base = entry.base_address
-                                elif isinstance(entry, RangeEntry):
-                                    shift = 0 if entry.is_absolute else base
-                                    out.append((entry.begin_offset + shift, entry.end_offset + shift, name))
+                cu = dwarf.get_CU_at(unit)
+                top = cu.get_top_DIE()
+                cu_base = top.attributes["DW_AT_low_pc"].value if "DW_AT_low_pc" in top.attributes else 0
+                for die in cu.iter_DIEs():
+                    if die.tag != "DW_TAG_inlined_subroutine":
+                        continue
+                    name = _origin_name(die)
+                    if name is None:
+                        continue
+                    attrs = die.attributes
+                    if "DW_AT_low_pc" in attrs and "DW_AT_high_pc" in attrs:
+                        low = attrs["DW_AT_low_pc"].value
+                        high = attrs["DW_AT_high_pc"]
+                        end = high.value if high.form == "DW_FORM_addr" else low + high.value
+                        out.append((low, end, name))
+                    elif "DW_AT_ranges" in attrs and lists is not None and \
+                            attrs["DW_AT_ranges"].form != "DW_FORM_rnglistx":
+                        base = cu_base
+                        for entry in lists.get_range_list_at_offset(attrs["DW_AT_ranges"].value, cu=cu):
+                            if isinstance(entry, BaseAddressEntry):
+                                base = entry.base_address
+                            elif isinstance(entry, RangeEntry):
+                                shift = 0 if entry.is_absolute else base
+                                out.append((entry.begin_offset + shift, entry.end_offset + shift, name))
         except Exception:  # noqa: BLE001 - inline names are a nicety: none rather than a failure
             return out
         return out
 
     def inlined_at(self, address: int) -> Optional[str]:
-        """The innermost function inlined at ``address`` (DWARF inlined subroutines), or None."""
-        if self._inlines is None:
-            self._inlines = self._load_inlines()
+        """The innermost function inlined at ``address`` (DWARF inlined subroutines), or None.
+        Each compile unit's are read the first time an address of it is asked about."""
+        unit = self.unit_of(address)
+        if unit is None:
+            return None
+        inlines = self._inlines.get(unit)
+        if inlines is None:
+            inlines = self._inlines[unit] = self._load_inlines(unit)
         best = None
-        for low, high, name in self._inlines:
+        for low, high, name in inlines:
             if low <= address < high and (best is None or high - low < best[1] - best[0]):
                 best = (low, high, name)
         return best[2] if best else None

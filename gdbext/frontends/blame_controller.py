@@ -37,10 +37,11 @@ _FILE_LINE = re.compile(r"(.+):(\d+)")
 
 
 class BlameTarget:
-    """The hooks a face provides. ``on_hit(pc, registers, value, thread)`` -> bool is how ``run``
-    reports a write: ``pc`` the storing instruction, ``registers`` at least ``sp``, ``lr`` and
-    ``fp``, ``value`` the watched bytes after the store; False means stop watching
-    (``--max-hits``)."""
+    """The hooks a face provides. ``on_hit(pc, registers, value, thread, stack=None)`` -> bool is
+    how ``run`` reports a write: ``pc`` the storing instruction, ``registers`` at least ``sp``,
+    ``lr`` and ``fp``, ``value`` the watched bytes after the store, ``stack`` a copy of the stack
+    as ``(sp, bytes)`` if the face read it already (else it is read with :meth:`read`); False
+    means stop watching (``--max-hits``)."""
 
     face = "none"
     notes: Tuple[str, ...] = ()
@@ -154,10 +155,12 @@ def run_blame(session: Any, target: BlameTarget, args: Any) -> Tuple[Dict[str, A
     writers = Writers(prog)
     recorder = Recorder(plan, args.max_hits, target.progress, keep_stack=writers.is_library)
 
-    def on_hit(pc: int, registers: Dict[str, int], value: bytes, thread: Optional[int] = None) -> bool:
+    def on_hit(pc: int, registers: Dict[str, int], value: bytes, thread: Optional[int] = None,
+               stack: Optional[Tuple[int, bytes]] = None) -> bool:
         sp = registers.get("sp")
-        base, stack = stack_copy(target, sp) if sp is not None else (0, b"")
-        return recorder.record(pc, registers, value, thread, base, stack)
+        if stack is None:
+            stack = stack_copy(target, sp) if sp is not None else (0, b"")
+        return recorder.record(pc, registers, value, thread, stack[0], stack[1])
 
     started = time.monotonic()
     ended = "error"

@@ -20,6 +20,7 @@ import sys
 import threading
 
 from gdbext.core.memory import MemoryFault
+from gdbext.core.blame import STACK_WINDOW
 from gdbext.frontends.blame_controller import NEEDS_QEMU, BlameTarget
 from gdbext.frontends.session import CommandError
 from gdbext.targets import TargetError
@@ -163,6 +164,8 @@ class CliBlameTarget(BlameTarget):
                 signal.signal(signal.SIGINT, previous)
 
     def _run(self, on_hit):
+        """Each write costs three sends: ``g`` and the watchpoints' removal with the step, the
+        stack copy, the bytes after the store and the watchpoints back, then ``c``."""
         rsp = self.rsp
         while True:
             if self._interrupted:
@@ -171,22 +174,34 @@ class CliBlameTarget(BlameTarget):
             stop = rsp.wait_stop(poll=self._poll)
             if self._asked_stop or (self._interrupted and stop.signal == 2):
                 return "interrupted"
-            watched = any(k in stop.info for k in ("watch", "awatch", "rwatch"))
-            pc, registers = self._registers()
-            if not watched:
+            if not any(k in stop.info for k in ("watch", "awatch", "rwatch")):
+                pc, _ = self._registers()
                 return "until" if pc == self._until else "stopped"
             # QEMU stops before the store: step over it without the watchpoint, then read.
-            self._unwatch_all()
-            rsp.step()
-            self._rewatch()
+            removals = [b"z2,%x,%x" % w for w in self.watches]
+            g = rsp.batch([b"g"] + removals, resume=b"s")[0]
+            rsp.wait_stop(timeout=rsp.timeout)
+            regs = rsp.decode_registers(g)
+            pc = regs.get("pc")
+            registers = {key: regs.get(name) for key, name in self.names.items()}
             address, size = self._range
-            value = rsp.read(address, size)
-            keep = on_hit(pc, registers, value, _thread_number(stop.thread)) if on_hit else True
+            sp = registers.get("sp")
+            reads = [b"m%x,%x" % (address, size)]
+            if sp is not None:
+                reads.append(b"m%x,%x" % (sp, STACK_WINDOW))
+            replies = rsp.batch(reads + [b"Z2,%x,%x" % w for w in self.watches])
+            value = replies[0]
+            if not isinstance(value, bytes) or len(value) != size:
+                value = rsp.read(address, size)
+            stack = None
+            if sp is not None:
+                copy = replies[1]
+                stack = (sp, copy) if len(copy) == STACK_WINDOW and not copy.startswith(b"E") else None
+            keep = on_hit(pc, registers, value, _thread_number(stop.thread), stack) if on_hit else True
             if not keep:
                 return "max-hits"
-            after, _ = self._registers()
-            if after == self._until:
-                return "until"
+            if pc is not None and pc + 4 == self._until:
+                return "until"                  # the store was the last instruction before it
 
     def cleanup(self):
         rsp = self.rsp

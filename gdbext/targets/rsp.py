@@ -658,7 +658,9 @@ class RemoteTarget:
         return self.register_layout().arch
 
     def _g(self) -> bytes:
-        reply = self._command(b"g")
+        return self._parse_g(self._command(b"g"))
+
+    def _parse_g(self, reply: bytes) -> bytes:
         if reply.startswith(b"E") and len(reply) == 3:
             raise TargetError(f"stub at {self._where()} cannot read registers ({reply.decode()})")
         try:
@@ -676,7 +678,11 @@ class RemoteTarget:
         if thread is not None:
             if self._command(b"Hg" + thread.encode("ascii")) != b"OK":
                 raise TargetError(f"stub at {self._where()} has no thread {thread!r}")
-        g = self._g()
+        return self.decode_registers(self._g())
+
+    def decode_registers(self, g: bytes) -> Dict[str, int]:
+        """The registers of a ``g`` reply (already hex-decoded: see :meth:`batch`)."""
+        layout = self.register_layout()
         if not layout.fits(len(g)):
             # The description and the packet disagree (QEMU sends the FPA block until a client
             # has read target.xml): trust the packet's size.
@@ -770,6 +776,35 @@ class RemoteTarget:
                 self.running = False
                 self.last_stop = StopReply.parse(data.decode("ascii", "replace"))
                 return self.last_stop
+
+    def batch(self, payloads: List[bytes], resume: Optional[bytes] = None) -> List[bytes]:
+        """Several commands in one send, their replies in order; ``resume`` (``c`` or ``s``) goes
+        last in the same send and its stop comes from :meth:`wait_stop`. Only while the target
+        is stopped: any byte reaching a running QEMU stops it. A ``g`` reply comes back
+        hex-decoded (for :meth:`decode_registers`), an ``m`` reply as bytes."""
+        if not self.pipelining:
+            out = [self._command(p) for p in payloads]
+        else:
+            deadline = time.monotonic() + self.timeout
+            frames = []
+            for p in payloads:
+                (check_run_control if self._run_control else check_read_only)(p)
+                frames.append(frame(p))
+            self.packets_sent += len(frames)
+            self._send_raw(b"".join(frames))
+            out = [self._await_reply(p, deadline, self.timeout) for p in payloads]
+        if resume is not None:
+            self._send_packet(resume)
+            self.running = True
+        decoded = []
+        for p, reply in zip(payloads, out):
+            if p == b"g":
+                decoded.append(self._parse_g(reply))
+            elif p[:1] == b"m" and not (reply.startswith(b"E") and len(reply) == 3):
+                decoded.append(bytes.fromhex(reply.decode("ascii", "replace")))
+            else:
+                decoded.append(reply)
+        return decoded
 
     def step(self, timeout: Optional[float] = None) -> StopReply:
         """One instruction of the CPU that last stopped."""
