@@ -12,7 +12,8 @@ A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``t
 ``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
 ``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)`` and
-``links_into(walk, address, span)``.
+``links_into(walk, address, span)``; optionally, for ``kheap blame``, ``blame_range(prog,
+finding)`` and ``range_at(prog, address)`` (the bytes a finding names, the field at an address).
 """
 
 from __future__ import annotations

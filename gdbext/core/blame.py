@@ -310,7 +310,8 @@ class Writers:
                 for frame in backtrace[1:]:
                     about = self._about(frame.pc - 1)
                     if not about[3] and not about[4] and frame.name not in LIBRARY_FUNCTIONS:
-                        out["requested_by"] = frame.to_json()
+                        if caller is None or frame.pc != caller.pc:      # not said twice
+                            out["requested_by"] = frame.to_json()
                         break
         return out
 
