@@ -107,6 +107,12 @@ class StubConfig:
     corrupt_m: bool = False           # every ``m`` reply, resends included, has a bad checksum
     nack_m: bool = False              # every ``m`` packet is answered '-' (after ``m_delay``)
     latency: float = 0.0              # seconds between receiving bytes and acting on them
+    # QEMU's system emulator as kheap blame drives it: qRcmd answers the monitor's output as O
+    # packets then OK (None: no qRcmd, as qemu-user); Z/z keep a set of points; each ``c`` stops
+    # with the next run_script entry (its stop reply, the registers there, the store the next
+    # ``s`` makes: (address, bytes) or None), and runs forever (until \x03) when none is left.
+    monitor: Optional[Dict[str, str]] = None
+    run_script: Optional[List[Tuple[bytes, Dict[str, int], Optional[Tuple[int, bytes]]]]] = None
 
 
 class FakeGdbStub:
@@ -181,6 +187,10 @@ class _Session:
         self.packets = 0
         self.replies = 0
         self.thread = 1
+        self.mem = bytearray(self.cfg.image)
+        self.points: set = set()
+        self.script = list(self.cfg.run_script or [])
+        self.store: Optional[Tuple[int, bytes]] = None
 
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)
@@ -307,7 +317,7 @@ class _Session:
         for start, end in cfg.unmapped:
             if addr < end and start < addr + size:
                 return None
-        return cfg.image[lo:hi]
+        return bytes(self.mem[lo:hi])
 
     def regs_bytes(self) -> bytes:
         cfg = self.cfg
@@ -384,6 +394,35 @@ class _Session:
                 self.reply(b"OK")
             else:
                 self.reply(b"E22")
+        elif p.startswith(b"qRcmd,") and cfg.monitor is not None:
+            command = bytes.fromhex(p[6:].decode()).decode()
+            for line in filter(None, cfg.monitor.get(command, "").splitlines(keepends=True)):
+                self.reply(b"O" + line.encode().hex().encode())
+            self.reply(b"OK")
+        elif p[:1] in (b"Z", b"z") and cfg.run_script is not None:
+            point = tuple(p[1:].split(b","))
+            if p[:1] == b"Z":
+                self.points.add(point)
+                self.reply(b"OK")
+            elif point in self.points:
+                self.points.discard(point)
+                self.reply(b"OK")
+            else:
+                self.reply(b"E22")
+        elif p == b"c" and cfg.run_script is not None:
+            if not self.script:
+                self.running = True       # runs on until \x03
+                return True
+            stop, registers, self.store = self.script.pop(0)
+            cfg.registers.update(registers)
+            self.reply(stop)
+        elif p == b"s" and cfg.run_script is not None:
+            if self.store is not None:
+                address, data = self.store
+                self.mem[address - cfg.base:address - cfg.base + len(data)] = data
+                self.store = None
+            cfg.registers["pc"] = cfg.registers.get("pc", 0) + 4
+            self.reply(b"T05thread:%02x;" % self.thread)
         elif p == b"D":
             self.stub.detached = True
             self.reply(b"OK")

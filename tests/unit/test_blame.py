@@ -534,3 +534,38 @@ def test_a_read_only_connection_refuses_run_control(synthetic_elf):
             assert target.insert_point(2, 0x1000, 4) is False      # the fake stub has none
         finally:
             target.close()
+
+
+def test_cli_blame_end_to_end_on_a_scripted_qemu(capsys, synthetic_elf):
+    """The whole CLI path against the fake stub playing QEMU: the monitor, Z2/Z0, a watchpoint
+    stop before each store, the step over it, the stop point; then everything removed."""
+    elf, k = synthetic_elf
+    seg = [a for a, _, alloc in k.segments()][2]
+    address, size = field_range(k, seg, "is_allocated")
+    final = k.read(address, size)                     # 3: what check sees
+    until = k.symbols["kfree"] + 0x10
+    watch = b"T05thread:01;watch:%08x;" % address
+    script = [
+        (watch, {"pc": k.symbols["kmalloc"] + 8, "sp": 0x7f00, "lr": 0, "r11": 0}, (address, b"\x01\0\0\0")),
+        (watch, {"pc": k.symbols["uart_puts"] + 4, "sp": 0x7f00, "lr": 0, "r11": 0}, (address, final)),
+        (b"T05thread:01;", {"pc": until}, None),
+    ]
+    config = StubConfig(image=bytes(k.mem), base=k.image_base, arch="arm", registers={"pc": until},
+                        monitor={"info status": "VM status: paused\r\n"}, run_script=script)
+    with FakeGdbStub(config) as stub:
+        status = cli.main(["blame", "--json", "--remote", stub.address, "--elf", str(elf), "--timeout", "3"])
+        sent = [p for p in stub.received]
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["verdict"] == "found" and report["hits"] == 2 and report["deterministic"]
+    assert report["last_writer"]["function"] == "uart_puts+0x4" and report["last_writer"]["of"] == 2
+    assert report["writes"][0]["function"] == "kmalloc+0x8" and report["writes"][0]["value"] == "01000000"
+    assert report["removed"] == {"watchpoints": 1, "breakpoints": 1}
+    assert report["stop"]["same_place"]
+    assert b"qRcmd," + b"system_reset".hex().encode() in sent
+    watchpoint = b"%x,%x" % (address, size)
+    assert sent.count(b"Z2," + watchpoint) == 3 and sent.count(b"z2," + watchpoint) == 3
+    assert sent.count(b"Z0,%x,4" % until) == 1 and sent.count(b"z0,%x,4" % until) == 1
+    assert sent.count(b"s") == 2
+    assert not any(p[:1] in (b"M", b"X", b"G", b"P") for p in sent)
