@@ -94,7 +94,7 @@ class GdbBlameTarget(BlameTarget):
     def stop_location(self):
         thread = gdb.selected_thread()
         try:
-            pc = gdb.selected_frame().pc()
+            pc = gdb.newest_frame().pc()          # the thread's pc, whichever frame is selected
         except gdb.error:
             pc = None
         return pc, thread.num if thread else None
