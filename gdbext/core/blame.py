@@ -64,10 +64,37 @@ class BlamePlan:
     what: str
     finding: Optional[Dict[str, Any]] = None       # code, severity, address, message
     origin: str = "finding"                        # 'finding' | 'address'
+    fields: Tuple[Tuple[int, int, str], ...] = ()  # (offset, size, name) of a struct's members
 
     def to_json(self) -> Dict[str, Any]:
         return {"address": self.address, "size": self.size, "what": self.what,
-                "finding": self.finding, "origin": self.origin}
+                "finding": self.finding, "origin": self.origin,
+                "fields": [list(f) for f in self.fields]}
+
+
+def _struct_fields(layout: Any) -> Tuple[Tuple[int, int, str], ...]:
+    """(offset, size, name) of a kernel struct's byte-sized members (bit-fields left out)."""
+    out = []
+    for f in getattr(layout, "fields", ()):
+        if getattr(f, "bit_size", None) is None and f.size:
+            out.append((f.offset, f.size, f.name))
+    return tuple(out)
+
+
+def _fields_of(prog: Any, address: int, size: int) -> Tuple[Tuple[int, int, str], ...]:
+    """The members of the kernel struct the range is exactly (heap_stats, a page_t), if any."""
+    try:
+        stats = prog.elf.address_of("heap_stats")
+        if address == stats and size == prog.layouts.stats.size:
+            return _struct_fields(prog.layouts.stats)
+        b = prog.bounds
+        page = prog.layouts.page
+        if (b.page_array is not None and size == page.size and b.page_array <= address
+                and (address - b.page_array) % page.size == 0):
+            return _struct_fields(page.struct)
+    except Exception:  # noqa: BLE001 - names are a nicety
+        pass
+    return ()
 
 
 def _symbol_range(prog: Any, address: int) -> Optional[Tuple[int, int, str]]:
@@ -138,7 +165,9 @@ def plan_blame(prog: Any, address: Optional[int] = None, size: Optional[int] = N
             rng = _range_of_finding(prog, finding)
             if rng is not None:
                 start, length, what = rng
-                return BlamePlan(start, size or length, what, _finding_json(finding), "finding")
+                length = size or length
+                return BlamePlan(start, length, what, _finding_json(finding), "finding",
+                                 _fields_of(prog, start, length))
         if errors:
             raise BlameError(f"the first error finding ({errors[0].code}) names no bytes to watch: "
                              "give ADDR")
@@ -150,7 +179,7 @@ def plan_blame(prog: Any, address: Optional[int] = None, size: Optional[int] = N
             what = f"{size} byte{'s' if size != 1 else ''} at {prog.fmt(address)} ({what})"
         else:
             what = f"{size} byte{'s' if size != 1 else ''} at {prog.fmt(address)}"
-    return BlamePlan(start, length, what, None, "address")
+    return BlamePlan(start, length, what, None, "address", _fields_of(prog, start, length))
 
 
 def blame_command(plan: BlamePlan, pointer_size: int) -> str:

@@ -30,6 +30,29 @@ def _value_text(hexed: Optional[str], byteorder: str = "little") -> str:
     return words + extra
 
 
+def _changes(before: Optional[bytes], after: bytes, fields: List[List[Any]], word: int = 4) -> List[List[Any]]:
+    """The members (else 4-byte words) that differ between two values of the watched bytes:
+    [offset, old, new, name] (old and new in hex; name None for a plain word)."""
+    if before is None or len(before) != len(after):
+        return []
+    spans = [(f[0], f[1], f[2]) for f in fields] or [(i, word, None) for i in range(0, len(after), word)]
+    return [[off, before[off:off + n].hex(), after[off:off + n].hex(), name]
+            for off, n, name in spans if before[off:off + n] != after[off:off + n]]
+
+
+def _change_text(w: Dict[str, Any], order: str) -> str:
+    """A wide value as the words this write changed (``+12: 0x78``), a narrow one whole."""
+    data = bytes.fromhex(w["value"])
+    if len(data) <= 8 or w.get("changes") is None:
+        return _value_text(w["value"], order)
+    if not w["changes"]:
+        return "(no change)"
+    parts = [f"{name or f'+{off}'}: {int.from_bytes(bytes.fromhex(new), order):#x}"
+             for off, _, new, name in w["changes"][:4]]
+    more = len(w["changes"]) - 4
+    return ", ".join(parts) + (f" (+{more} more words)" if more > 0 else "")
+
+
 def blame_report(prog: Any, run: Any, writers: Optional[Writers] = None) -> Dict[str, Any]:
     """The ``blame`` report. ``run``: a :class:`~gdbext.core.blame.BlameRun`."""
     writers = writers or Writers(prog)
@@ -42,6 +65,12 @@ def blame_report(prog: Any, run: Any, writers: Optional[Writers] = None) -> Dict
         last["instruction"] = run.instruction
         last["of"] = len(hits)
     writes = [writers.describe(h) for h in (hits[:-1] if last is not None else hits)]
+    # What each write changed, member by member, from the value the write before it left.
+    d_fields = [list(f) for f in run.plan.fields]
+    previous: Optional[bytes] = None
+    for w, hit in zip(writes + ([last] if last is not None else []), hits):
+        w["changes"] = _changes(previous, hit.value, d_fields) if previous is not None else None
+        previous = hit.value
     if run.ended != "until":
         verdict = "incomplete"
     elif not hits:
@@ -125,6 +154,8 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
             q = last["requested_by"]
             out.line(f"  on behalf of {_function(q)}" + (f" at {q['source']}" if q.get("source") else ""))
         out.line(f"  value after it: {_value_text(last['value'], order)}")
+        if len(bytes.fromhex(last["value"])) > 8 and last.get("changes"):
+            out.line(f"  it changed: {_change_text(last, order)}")
         out.line("  backtrace:")
         for i, frame in enumerate(last.get("backtrace") or []):
             out.line(f"    #{i:<2} {out.addr(frame['pc'])} {_function(frame)}"
@@ -143,7 +174,7 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
             who = "allocator" if w["allocator"] else "other"
             out.add(f"  {w['number']:>5}  ").add(_writer_line(w, out).ljust(width))
             out.add(f"  {who:<9}", PLAIN if w["allocator"] else WARNING)
-            out.line(f"  {_value_text(w['value'], order)}")
+            out.line(f"  {_change_text(w, order)}")
     if r["ended"] in ("max-hits", "max-hits-until"):
         out.line(f"stopped watching after {r['max_hits']} writes (--max-hits): the last writer is not known; "
                  "run again with a larger --max-hits or an earlier --until", WARNING)
