@@ -204,6 +204,9 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
                      "there again when it runs on)")
         else:
             out.line(f"the target is stopped where it was ({place})")
+    elif r["ended"] in ("until", "max-hits-until") and after["pc"] == r["until"]["address"]:
+        out.line(f"the target is stopped at the stop point asked for ({place}); before blame it was at "
+                 f"{out.addr(stop['before']['pc'])} {stop['before'].get('function') or ''}".rstrip())
     else:
         out.line(f"the target is stopped at {place}, not where it was "
                  f"({out.addr(stop['before']['pc'])} {stop['before'].get('function') or ''})".rstrip(), WARNING)
