@@ -357,3 +357,20 @@ def test_lldb_stops_on_ctrl_c_and_removes_everything(start_vm):
         term.expect("detached")
     finally:
         term.close()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_gdb_takes_expressions_and_a_stop_point(start_vm, arch):
+    vm = start_vm(arch, "overflow")
+    run = run_gdb(vm.elf, vm.gdb_port, [
+        "kheap blame heap_segment_list_head->next --until kheap_checkpoint --json",
+        "print $pc", "kheap blame $pc --size 4 --until checkpoint.c:1 --json"])
+    report = run.json(0)
+    # The list head's next is the clobbered header: all of it, and strcpy's store is the last.
+    assert report["watch"]["origin"] == "address" and report["watch"]["size"] == (16 if arch == "arm" else 32)
+    assert report["watch"]["what"].startswith("the header of the segment at")
+    assert name_of(report["last_writer"]) == "strcpy" and report["deterministic"]
+    assert report["until"]["function"] == "kheap_checkpoint"
+    assert "kheap_checkpoint" in run.output(1)
+    said = run.output(2) + run.steps[2].error                   # checkpoint.c:1 has no code
+    assert "--until checkpoint.c:1" in said and "cannot evaluate" in said and said.count("\n") == 1
