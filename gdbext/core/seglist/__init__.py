@@ -15,7 +15,8 @@ from ..findings import Finding
 from .layout import SEGMENT_NAMES, SegmentLayout
 from .rules import (OWN_FIELD_CODES, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
                     validate_heap, validate_poison, validate_segments)
-from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, Segment, for_each_segment, segment_state, walk_heap
+from .walk import (STOP_BAD_HEAD, STOP_END, Header, HeapWalk, Segment, for_each_segment, layout_of, list_extent,
+                   segment_state, walk_heap)
 
 __all__ = ["SegmentList", "SEGMENT_LIST", "Header", "HeapWalk", "Segment", "SegmentMatch", "SegmentLayout",
            "SEGMENT_NAMES", "walk_heap", "for_each_segment", "find_segment", "validate_heap", "validate_poison", "validate_segments",
@@ -49,20 +50,20 @@ class SegmentList:
 
     def header_of_payload(self, prog: Any, pointer: int) -> Optional[Header]:
         """The header a payload pointer (as kmalloc returned it) belongs to, read as is."""
-        h, _ = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        h, _ = check_header_at(prog, pointer - layout_of(prog).payload_offset)
         return h
 
     def check_payload(self, prog: Any, pointer: int) -> Tuple[Optional[Header], List[Finding]]:
         """The header of a payload pointer and what the rule finds wrong with its own fields
         (a neighbour's broken link is check's news, not a reason to distrust this block)."""
-        h, problems = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        h, problems = check_header_at(prog, pointer - layout_of(prog).payload_offset)
         return h, [p for p in problems if p.code in OWN_FIELD_CODES]
 
     def describe_header(self, prog: Any, address: Optional[int], raw: bytes) -> str:
         """A header's raw bytes in one line, for pretty printers and type summaries."""
-        layout = prog.layouts.segment
+        layout = layout_of(prog)
         if len(raw) < layout.decode_size:
-            return f"<heap_segment_t: {len(raw)} bytes, need {layout.decode_size}>"
+            return f"<{layout.struct.name}: {len(raw)} bytes, need {layout.decode_size}>"
         nxt, prev, is_allocated, size = layout.unpack_from(raw, 0)
         state = segment_state(is_allocated)
         parts = [state if state != "bad" else f"bad is_allocated={is_allocated}", f"size={size}"]
@@ -76,7 +77,7 @@ class SegmentList:
                 parts.append("outside the heap")
         link = lambda value: "NULL" if value == 0 else prog.fmt(value)  # noqa: E731
         parts += [f"next={link(nxt)}", f"prev={link(prev)}"]
-        return "heap_segment_t {" + ", ".join(parts) + "}"
+        return layout.struct.name + " {" + ", ".join(parts) + "}"
 
     def figures(self, walk: HeapWalk, histogram: bool = False) -> HeapFigures:
         """Used/free/bad counts and bytes, the largest free segment, and with ``histogram`` the

@@ -15,12 +15,13 @@ of chasing pointers through a heap that no longer fits in the CPU's caches.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, replace
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..memory import MemoryFault
+from ..names import Fact
 
-__all__ = ["Header", "Segment", "HeapWalk", "walk_heap", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
+__all__ = ["Header", "Segment", "HeapWalk", "walk_heap", "layout_of", "list_extent", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
            "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP", "STOP_BAD_HEAD"]
 
 STOP_END = "end"              # a NULL next: the list ended normally
@@ -114,6 +115,7 @@ class HeapWalk:
     _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
     _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
     _figures: Any = dc_field(default=None, repr=False)      # the family's figures, once counted
+    alignment: int = 16                                      # segments' and sizes' alignment
 
     @property
     def complete(self) -> bool:
@@ -166,7 +168,7 @@ def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] =
     data; raises :class:`~gdbext.core.program.ProgramError` only when the heap cannot be located.
     """
     bounds = prog.bounds
-    layout = prog.layouts.segment
+    layout = layout_of(prog)
     hs, he, hdr = bounds.start, bounds.end, layout.header_size
     bound = bounds.size // max(hdr, 1) + 1
     if max_steps is not None:
@@ -179,7 +181,7 @@ def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] =
 
     def stop(reason: str, address: Optional[int], frm: Optional[int], detail: str) -> HeapWalk:
         walk = HeapWalk(addresses, reason, address, frm, detail, hs, he, hdr, layout.payload_offset,
-                        head, bound, raw, layout)
+                        head, bound, raw, layout, alignment=layout.alignment.value)
         if layout.extra_fields and addresses:
             walk._extra = _read_extra(prog, layout, addresses)
         return walk
@@ -227,6 +229,98 @@ def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] =
             seen.add(nxt)
         frm, addr = addr, nxt
     return stop(STOP_BOUND, addr, frm, f"more than {bound} segments: the heap cannot hold that many")
+
+
+# -- what the ELF may not say: the payload offset, the list's extent ---------------------------------
+
+PROBE_SEGMENTS = 64           # headers followed from the head when looking for a back pointer
+PROBE_USED = 8                # used segments whose payloads are looked at
+PROBE_SPAN = 64               # bytes past the header where the back pointer may sit
+
+
+def layout_of(prog: Any) -> Any:
+    """The header layout for ``prog``: the ELF's, with the payload offset learnt from memory
+    when the ELF gives none (no payload-offset constant).
+
+    A layout that 16-aligns payloads and stores the header's address just before the payload
+    (Mazarin's later layout, ``segmentOf(payload) = *(payload - 8)``) shows it in every used
+    segment: the offset ``k`` past the header where ``*(header + k - P) == header`` in all of
+    the first used segments is the payload offset. Without such a word the payload follows
+    the header (``sizeof``). The answer is kept in ``prog.layouts`` until the program's memory
+    is dropped; when memory cannot be read yet the ELF's layout is used and nothing is kept."""
+    layout = prog.layouts.segment
+    if layout.payload_known:
+        return layout
+    from ..program import ProgramError      # program -> families -> this package
+    try:
+        fact = _probe_payload(prog, layout)
+    except (ProgramError, MemoryFault):      # no bounds or no memory yet: the ELF's layout, not kept
+        return layout
+    resolved = layout.with_payload(fact)
+    prog.layouts = replace(prog.layouts, segment=resolved)
+    return resolved
+
+
+def _probe_payload(prog: Any, layout: Any) -> Fact:
+    b = prog.bounds
+    hs, he, hdr, p = b.start, b.end, layout.header_size, prog.pointer_size
+    order = prog.byteorder
+    head = b.list_head
+    used: List[Tuple[int, int]] = []
+    address, seen = head, 0
+    while address and hs <= address and address + layout.decode_size <= he and seen < PROBE_SEGMENTS \
+            and len(used) < PROBE_USED:
+        nxt, _, flag, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+        if flag == 1 and hdr + p <= size:
+            used.append((address, size))
+        seen += 1
+        if nxt <= address:
+            break
+        address = nxt
+    common: Optional[set] = None
+    for a, size in used:
+        span = min(size, hdr + PROBE_SPAN)
+        try:
+            data = prog.read(a, span)
+        except MemoryFault:
+            continue
+        found = {k for k in range(hdr + p, span + 1, p)
+                 if int.from_bytes(data[k - p:k], order) == a}
+        common = found if common is None else common & found
+    if common and (len(used) >= 2 or seen < PROBE_SEGMENTS):
+        k = min(common)
+        return Fact(k, "inferred", None,
+                    f"the header's address is stored at payload - {p} in the {len(used)} used segment"
+                    f"{'s' if len(used) != 1 else ''} looked at")
+    return Fact(hdr, "sizeof", layout.struct.name,
+                "no payload-offset constant in the ELF and no header address stored before the payload "
+                f"of the {len(used)} used segment{'s' if len(used) != 1 else ''} looked at")
+
+
+def list_extent(prog: Any, head: int, start: int, limit: int) -> Optional[int]:
+    """Where the segment list from ``head`` ends (the last segment's address + size), following
+    ``next`` while it ascends, at most ``limit`` bytes past ``start``; None when the list does
+    not look like one (a header outside that range, a size that is not positive). Used to
+    infer the heap's size when the ELF does not say it (no bounds exist yet)."""
+    layout = prog.layouts.segment
+    hdr = layout.header_size
+    address, end, steps = head, None, limit // max(hdr, 1) + 1
+    try:
+        while address and steps:
+            if not start <= address <= start + limit - hdr:
+                return None
+            nxt, _, _, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+            if size < hdr or address + size > start + limit:
+                return None
+            end = address + size
+            if nxt == 0:
+                return end
+            if nxt <= address:
+                return None
+            address, steps = nxt, steps - 1
+    except MemoryFault:
+        return None
+    return None
 
 
 def for_each_segment(prog: Any) -> Iterator[Segment]:
