@@ -233,7 +233,7 @@ class PageLayout:
                 self.flag_bits[name] = (shift, bf.bit_size or 1)
             if has_bitfields:
                 self.heap_bit = get("flags.kernel_heap_page") is not None
-                self.flag_source = f"{sl.source} bit-fields of {flags.name}" if sl.source == "dwarf" else \
+                self.flag_source = f"DWARF bit-fields of {flags.name}" if sl.source == "dwarf" else \
                     "default bit-fields"
             else:
                 self.flag_source = "assumed: bit 0 allocated, bit 1 kernel page, bit 2 kernel heap page"

@@ -188,6 +188,20 @@ class ElfInfo:
             return sym.size
         return default
 
+    def _layouts_used(self) -> Dict[str, object]:
+        """The layouts this kernel uses (no ``page_list_t`` when its free list is a bare pointer,
+        no ``heap_stats_t`` without ``heap_stats``), each as ``StructLayout.describe``."""
+        out: Dict[str, object] = {"segment": self.layouts.segment.struct.describe(),
+                                  "page": self.layouts.page.struct.describe()}
+        free = self.variable_type("free_pages")
+        if self.symbol("free_pages") is not None and not (free is not None and free[0].endswith("*")):
+            out["page_list"] = self.layouts.page_list.describe()
+        elif self.symbol("free_pages") is None and self.layouts.page_list.source != "default":
+            out["page_list"] = self.layouts.page_list.describe()
+        if self.symbol("heap_stats") is not None or self.layouts.stats.source != "default":
+            out["stats"] = self.layouts.stats.describe()
+        return out
+
     def describe(self) -> Dict[str, object]:
         return {
             "path": self.path, "class": self.elf_class, "pointer_size": self.pointer_size,
@@ -198,12 +212,7 @@ class ElfInfo:
             "names": {n: self.symbol_name(n) for n in KERNEL_SYMBOLS
                       if self.symbol_name(n) not in (None, n)},
             "constants": {k: v for k, v in self.constants.items() if k == "KERNEL_HEAP_SIZE"},
-            "layouts": {
-                "segment": self.layouts.segment.struct.describe(),
-                "page": self.layouts.page.struct.describe(),
-                "page_list": self.layouts.page_list.describe(),
-                "stats": self.layouts.stats.describe(),
-            },
+            "layouts": self._layouts_used(),
             "notes": list(self.notes),
         }
 

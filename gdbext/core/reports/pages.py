@@ -17,6 +17,9 @@ def pages_report(prog: Program, summary: PageSummary, findings: Sequence[Finding
     d = report_base("pages", prog)
     d.update(summary.to_json())
     d["page_array"] = prog.bounds.page_array
+    name = prog.elf.symbol_name("free_pages")
+    if name not in (None, "free_pages"):
+        d["free_list_name"] = name
     d["findings"] = [f.to_json() for f in findings]
     return clean(d)
 
@@ -29,7 +32,9 @@ def _render_pages(r: Dict[str, Any], out: Text) -> None:
     fl = r.get("free_list")
     if fl:
         stop = fl["stop"]
-        out.line(f"free_pages: head {out.addr(fl['head'])} tail {out.addr(fl['tail'])} size {fl['size']}, "
+        shape = (f"head {out.addr(fl['head'])} tail {out.addr(fl['tail'])} size {fl['size']}"
+                 if fl.get("tail") is not None else f"head {out.addr(fl['head'])} (a head pointer only)")
+        out.line(f"{r.get('free_list_name') or 'free_pages'}: {shape}, "
                  f"{fl['walked']} walked" + ("" if stop["reason"] == "end" else
                                             f", stopped: {stop['reason']} at {out.addr(stop['address'])}"))
     for f in r.get("findings", []):

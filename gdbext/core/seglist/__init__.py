@@ -79,6 +79,24 @@ class SegmentList:
         parts += [f"next={link(nxt)}", f"prev={link(prev)}"]
         return layout.struct.name + " {" + ", ".join(parts) + "}"
 
+    def list_end(self, prog: Any, head: int, start: int, limit: int) -> Optional[int]:
+        """Where the list from ``head`` ends (:func:`list_extent`), for a heap whose size the ELF
+        does not give."""
+        return list_extent(prog, head, start, limit)
+
+    def facts(self, prog: Any) -> Dict[str, Any]:
+        """What ``kheap info`` shows of the header: its type and fields by role (the names
+        matched), the payload offset and the alignment, each with its source."""
+        layout = layout_of(prog)
+        return {
+            "segment_type": {"value": layout.header_size, "source": "DWARF type" if layout.source == "dwarf" else "default",
+                             "name": layout.struct.name, "fields": layout.field_names(),
+                             "extra_fields": [f.name for f in layout.extra_fields],
+                             "bitfields": layout.bitfields},
+            "payload_offset": layout.payload.to_json(),
+            "alignment": layout.alignment.to_json(),
+        }
+
     def figures(self, walk: HeapWalk, histogram: bool = False) -> HeapFigures:
         """Used/free/bad counts and bytes, the largest free segment, and with ``histogram`` the
         size histogram (a check needs only the totals)."""
