@@ -297,7 +297,7 @@ class Program:
         for canon, value in (("num_pages", num_pages), ("all_pages_array", page_array),
                              ("kernel_heap_start", k_start)):
             if value is not None and elf.symbol_name(canon):
-                seen.append(f"{elf.symbol_name(canon)} = {value if canon == 'num_pages' else self.fmt(value)}")
+                seen.append(f"{elf.symbol_name(canon)} = " + (str(value) if canon == "num_pages" else "NULL" if value == 0 else self.fmt(value)))
         return ("the heap is not initialised yet (" + ", ".join(seen) + "): the kernel has not set up its "
                 "page array and heap; stop it later (after its memory init) and try again")
 
