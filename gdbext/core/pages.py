@@ -19,7 +19,7 @@ from .layout import PAGE_SIZE
 from .memory import MemoryFault
 from .program import Program
 
-__all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "PageConvention", "page_convention",
+__all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "PageConvention", "page_convention", "kind_at",
            "parse_page_convention", "PAGE_CONVENTIONS", "read_pages", "for_each_page",
            "walk_free_list", "page_summary", "page_kind", "expected_kind", "read_free_list_head",
            "KIND_KERNEL", "KIND_HEAP", "KIND_FREE", "KIND_ALLOCATED", "KIND_BAD", "validate_pages", "pages_checked"]

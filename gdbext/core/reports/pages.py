@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence
 
 from ..findings import Finding
-from ..pages import Page, PageSummary
+from ..layout import PAGE_SIZE
+from ..pages import Page, PageSummary, kind_at, page_convention
 from ..program import Program
 from .base import PLAIN, STATE_TOKEN, Text, clean, finding_lines, renders, report_base
 
@@ -46,6 +47,8 @@ def page_report(prog: Program, page: Page) -> Dict[str, Any]:
     """``kheap pages --page N``: one ``page_t`` with its flags by name."""
     d = report_base("page", prog)
     d.update({"page": page.to_json(), "flags": prog.layouts.page.flag_names(page.flags_word)})
+    b = prog.bounds
+    d["page"]["kind"] = kind_at(page_convention(prog), page.index, page.kind, b.start // PAGE_SIZE, -(-b.end // PAGE_SIZE))
     return clean(d)
 
 
