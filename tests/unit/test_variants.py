@@ -442,3 +442,12 @@ def test_info_text_says_where_each_fact_came_from():
     assert "where each fact came from" in text
     assert "DWARF constant main.KERNEL_HEAP_SIZE" in text and "symbol main.heapSegmentListHead" in text
     assert "DWARF constant main.payloadOffset" in text and "DWARF type main.heapSegment" in text
+
+
+def test_cli_page_convention_option_is_checked_in_one_line(capsys):
+    from gdbext.frontends.cli import main
+    status = main(["check", "--page-convention", "sideways", "--raw", "/dev/null", "--base", "0",
+                   "--elf", "/nonexistent.elf"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "unknown page convention 'sideways'" in err
+    assert "internal error" not in err
