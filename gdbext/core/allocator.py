@@ -11,8 +11,10 @@ A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``t
 ``walk(prog)`` (a walk with ``addresses``, ``segments``, ``complete``, ``stop_reason``,
 ``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
-``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)`` and
-``links_into(walk, address, span)``.
+``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)``,
+``links_into(walk, address, span)``, ``list_end(prog, head, start, limit)`` (where its list
+ends, for a heap whose size the ELF does not give) and ``facts(prog)`` (its layout's facts and
+their sources, for ``kheap info``).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class CliSession(Session):
         self.apply_setting("color", opts.color)
         if opts.debug:
             self.apply_setting("debug", True)
-        for name in ("heap-start", "heap-size", "list-head", "block-size"):
+        for name in ("heap-start", "heap-size", "list-head", "block-size", "page-convention"):
             value = getattr(opts, name.replace("-", "_"), None)
             if value is not None:
                 self.apply_setting(name, value)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from gdbext.core.memory import BlockCache
+from gdbext.core.pages import parse_page_convention
 from gdbext.core.program import Overrides, Program
 from gdbext.core.snapshot import Snapshot, SnapshotError
 from gdbext.core.symbols import load_elf_info
@@ -56,6 +57,10 @@ SETTINGS = (
     ("heap-size", "PARAM_STRING", "Heap size override (empty: from the ELF).", ""),
     ("list-head", "PARAM_STRING", "Address of the first segment override (empty: from the ELF).",
      ""),
+    ("page-convention", "PARAM_STRING",
+     "Page conventions the page array is held to: auto (from the ELF; where it cannot tell, either), "
+     "identity or mapped-only (vaddr_mapped), heap-bit or no-heap-bit (heap pages' flags); "
+     "comma-separated, e.g. mapped-only,no-heap-bit.", "auto"),
     ("debug", "PARAM_BOOLEAN", "Whether kheap shows Python tracebacks of its own bugs.", False),
 )
 
@@ -75,6 +80,12 @@ def _parse_setting(name, value):
         if text not in ("auto", "on", "off", "always", "never"):
             raise CommandError(f"kheap color: expected auto, on or off, not {value!r}")
         return {"always": "on", "never": "off"}.get(text, text)
+    if name == "page-convention":
+        try:
+            parse_page_convention(value)
+        except ValueError as error:
+            raise CommandError(f"kheap page-convention: {error}") from None
+        return None if value in (None, "", "auto") else str(value).replace(" ", "").lower()
     if value in (None, "", "auto"):
         return None
     try:
@@ -144,7 +155,8 @@ class Session:
     def overrides(self):
         return Overrides(heap_start=self._settings["heap-start"],
                          heap_size=self._settings["heap-size"],
-                         list_head=self._settings["list-head"])
+                         list_head=self._settings["list-head"],
+                         page_convention=self._settings["page-convention"])
 
     def program(self):
         """The Program for this stop: built once, reused until the target may have changed."""
