@@ -31,8 +31,8 @@ def add_global_options(parser, json_option=True, with_help=True):
                         help="the kernel ELF the target runs (symbols and DWARF layouts); "
                              "a 'kheap dump' file remembers it")
     target.add_argument("--remote", metavar="HOST:PORT",
-                        help="a live gdbstub, e.g. QEMU's -gdb tcp::1234 (read-only; the target is "
-                             "left running or stopped as it was found)")
+                        help="a live gdbstub, e.g. QEMU's -gdb tcp::1234 (read-only, but 'blame' "
+                             "restarts the kernel; the target is left running or stopped as it was found)")
     target.add_argument("--core", metavar="FILE", action="append",
                         help="a QEMU dump-guest-memory core or a 'kheap dump' file; 'check' takes "
                              "it several times, or a directory, and checks every dump in parallel")

@@ -280,6 +280,15 @@ class CliSession(Session):
         self._stop = StopPlace(pc=pc, function=function, frames=[], registers=registers, thread=thread)
         return self._stop
 
+    def blame_target(self):
+        from gdbext.frontends.cli_blame import CliBlameTarget
+
+        return CliBlameTarget(self)
+
+    def forget_stop(self):
+        """The target ran: where it stopped must be read again."""
+        self._stop = None
+
     def color_wanted(self):
         setting = self.current_settings()["color"]
         if setting == "auto":

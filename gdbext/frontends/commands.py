@@ -21,6 +21,7 @@ from gdbext.core.snapshot import diff_snapshots, take_snapshot
 from gdbext.core.stats import heap_stats
 from gdbext.core.symbols import load_elf_info
 from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
+from gdbext.core.blame import DEFAULT_MAX_HITS
 from gdbext.frontends import describe
 from gdbext.frontends.html_data import write_heap_page, write_watch_page
 from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError, address, count
@@ -525,3 +526,34 @@ def _leaks(session, args):
     if args.mark:
         return _outcome(reports.leaks_report(prog.pointer_size, watch.set_mark(), [], args.blocks, mark_set=True))
     return _outcome(reports.leaks_report(prog.pointer_size, watch.mark, watch.leaks(), args.blocks))
+
+
+# kheap blame (gdb, lldb, CLI: re-runs the kernel from reset with a watchpoint; see core/blame.py)
+def _blame_options(parser):
+    parser.add_argument("address", metavar="ADDR", nargs="?",
+                        help="the bytes to watch (default: those the first error finding of a fresh "
+                             "check names: a header field, a payload's overwritten bytes); in a "
+                             "debugger any expression")
+    parser.add_argument("--size", type=count, default=0, metavar="N",
+                        help="bytes to watch from ADDR (default: the header field or global object "
+                             "there, else one word)")
+    parser.add_argument("--until", metavar="LOCATION",
+                        help="where the re-run stops: a function, FILE:LINE or an address (default: "
+                             "where the target is stopped now)")
+    parser.add_argument("--max-hits", type=count, default=DEFAULT_MAX_HITS, metavar="N",
+                        help=f"stop watching after N writes, then run on to the stop point (default "
+                             f"{DEFAULT_MAX_HITS}; 0: no limit)")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="restart the kernel without asking (nobody is asked when no person is at "
+                             "the terminal)")
+
+
+@command("blame", "Which instruction wrote the bytes a finding names: restarts the kernel (QEMU "
+         "system_reset), watches every write up to where it is stopped now.",
+         "kheap blame --until kheap_checkpoint")
+@options(_blame_options)
+def _blame(session, args):
+    from gdbext.frontends.blame_controller import run_blame
+
+    report, failed = run_blame(session, session.blame_target(), args)
+    return _outcome(report, failed)

@@ -40,6 +40,7 @@ class GdbSession(Session):
         super().__init__()
         self._generation = 0
         self._watch = None
+        self.from_tty = False       # the running command was typed at the terminal
 
     # The target ---------------------------------------------------------------------------
     def _live_inferior(self):
@@ -123,6 +124,11 @@ class GdbSession(Session):
         except (gdb.error, RuntimeError):
             return False
 
+    def blame_target(self):
+        from gdbext.frontends.gdb_blame import GdbBlameTarget
+
+        return GdbBlameTarget(self, interactive=self.from_tty)
+
     def watch_controller(self):
         if self._watch is None:
             from gdbext.frontends.gdb_watch import WatchController
@@ -195,7 +201,11 @@ class KheapSubcommand(gdb.Command):
         except gdb.error as error:
             gdb.write(f"kheap {self._command.name}: {error}\n", gdb.STDERR)
             return
-        _run(self._command.name, argv)
+        _SESSION.from_tty = bool(from_tty)
+        try:
+            _run(self._command.name, argv)
+        finally:
+            _SESSION.from_tty = False
 
 
 def _run(name, argv):

@@ -129,6 +129,11 @@ class LldbSession(Session):
             return value.AddressOf().GetValueAsUnsigned() & _MASK64
         return value.GetValueAsUnsigned() & _MASK64
 
+    def blame_target(self):
+        from gdbext.frontends.lldb_blame import LldbBlameTarget
+
+        return LldbBlameTarget(self)
+
     def watch_controller(self):
         if self._watch is None:
             from gdbext.frontends.lldb_watch import WatchController

@@ -127,6 +127,11 @@ class Session:
         """The face's ``kheap watch`` machinery (breakpoints need a debugger: gdb has one)."""
         raise CommandError(f"kheap watch needs breakpoints in a running kernel: not available in {self.face}")
 
+    def blame_target(self):
+        """The face's ``kheap blame`` machinery (a live QEMU it can reset and watch)."""
+        raise CommandError("kheap blame needs a live QEMU target it can reset: not available in "
+                           f"{self.face}")
+
     def check_alive(self, program):
         """Raise CommandError if the target behind a cached Program has gone (faces with a
         live connection override this with one tiny uncached read)."""

@@ -133,5 +133,17 @@ class SegmentList:
                     out.append({"segment": a, "field": name, "value": value, "offset": address - value})
         return out
 
+    def blame_range(self, prog: Any, finding: Finding) -> Optional[Tuple[int, int, str]]:
+        """``(address, size, what)``: the bytes whose last writer explains ``finding`` (the
+        field a code names, a free payload's overwritten bytes), or None (``kheap blame``)."""
+        from .blame import blame_range
+        return blame_range(prog, finding)
+
+    def range_at(self, prog: Any, address: int) -> Optional[Tuple[int, int, str]]:
+        """``(address, size, what)``: the header field holding ``address`` (the whole header at
+        its first byte), or None outside headers (``kheap blame ADDR``)."""
+        from .blame import range_at
+        return range_at(prog, address)
+
 
 SEGMENT_LIST = SegmentList()
