@@ -11,8 +11,9 @@ A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``t
 ``walk(prog)`` (a walk with ``addresses``, ``segments``, ``complete``, ``stop_reason``,
 ``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
-``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)`` and
-``links_into(walk, address, span)``.
+``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)``,
+``payload_ranges(walk, blocks)`` (the bytes each block hands its owner: the reachability scan
+of :mod:`gdbext.core.reach` reads those) and ``links_into(walk, address, span)``.
 """
 
 from __future__ import annotations
