@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from .memory import MemoryFault
 
 __all__ = ["StackRegion", "CoreState", "RootRange", "Roots", "StackSpecError", "stack_regions",
-           "parse_stack_spec", "gather_roots", "scan_words", "HeapIndex", "LeakScan", "leak_scan",
+           "parse_stack_spec", "plan_roots", "gather_roots", "scan_words", "HeapIndex", "LeakScan", "leak_scan",
            "Refs", "find_refs", "dangling", "SP_NAMES"]
 
 SP_NAMES = ("sp", "r13", "x31", "rsp", "esp")
@@ -247,13 +247,11 @@ def _subtract(ranges: List[Tuple[int, int]], holes: Iterable[Tuple[int, int]]) -
     return ranges
 
 
-def gather_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] = None) -> Roots:
-    """The roots of this moment (module docstring), read through ``prog``'s memory.
-
-    ``cores``: every core the face knows (registers, and frames where it can unwind);
-    ``stack_spec``: the ``stacks`` setting (None: from the ELF's symbols). Ranges that cannot be
-    read are kept with what could be read; :attr:`Roots.missing` lists them.
-    """
+def plan_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] = None) -> Roots:
+    """The roots of this moment (module docstring) without reading them: every range to scan,
+    each stack and what part of it is live, the cores, and notes. ``cores``: every core the
+    face knows (registers, and frames where it can unwind); ``stack_spec``: the ``stacks``
+    setting (None: from the ELF's symbols; raises :class:`StackSpecError`)."""
     elf = prog.elf
     notes: List[str] = []
     if stack_spec:
@@ -265,22 +263,23 @@ def gather_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str
                           "(set kheap stacks TOP:SIZE)")
     cores = [c for c in cores if c.registers]
     with_sp = [c for c in cores if c.sp is not None]
-    sections = [s for s in elf.sections if s.writable and s.flags & 0x2 and s.size]
+    sections = [s for s in elf.sections if s.writable and s.size]
     if not sections:
         notes.append("no writable sections in the ELF: only stacks and registers are roots")
     try:
         heap = (prog.heap_start, prog.heap_end)
     except Exception:  # noqa: BLE001 - bounds unknown: the walk says so
         heap = (0, 0)
-    spans = [(s.address, s.address + s.size, s.name) for s in sections]
     holes = [(r.low, r.top) for r in regions] + [heap]
     wanted: List[RootRange] = []
-    for lo, hi, name in spans:
-        for a, b in _subtract([(lo, hi)], holes):
-            wanted.append(RootRange("section", name, a, b))
+    for s in sections:
+        for a, b in _subtract([(s.address, s.address + s.size)], holes):
+            wanted.append(RootRange("section", s.name, a, b))
     stacks = []
     for r in regions:
-        inside = [c for c in with_sp if r.low <= c.sp <= r.top]
+        # sp == top: an empty stack; sp == low would be a full one, and is far more likely the
+        # empty stack whose top this low is (stacks are often laid out back to back).
+        inside = [c for c in with_sp if r.low < c.sp <= r.top]
         entry: Dict[str, Any] = {"name": r.name, "low": r.low, "top": r.top, "source": r.source,
                                  "cpus": [c.cpu for c in inside]}
         if inside:
@@ -301,14 +300,22 @@ def gather_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str
         notes.append("no core's registers: every stack is scanned whole, dead frames too (a block "
                      "only a dead frame points to is not reported)")
     for c in with_sp:
-        if not any(r.low <= c.sp <= r.top for r in regions) and regions:
+        # A core whose sp is 0 never set one up (a parked secondary core): nothing to say.
+        if c.sp and regions and not any(r.low < c.sp <= r.top for r in regions):
             notes.append(f"cpu {c.cpu}: sp {prog.fmt(c.sp)} is in no known stack: its stack is "
                          "not scanned (set kheap stacks if it has one)")
-    memory = prog.memory
-    memory.prefetch_ranges([(r.start, r.end - r.start) for r in wanted])
-    for r in wanted:
-        r.data = memory.read_prefix(r.start, r.end - r.start)
     return Roots(wanted, list(cores), stacks, notes)
+
+
+def gather_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] = None) -> Roots:
+    """:func:`plan_roots`, read through ``prog``'s memory (one pipelined request on a live
+    link). Ranges that cannot be read keep what could be read; :attr:`Roots.missing` lists them."""
+    roots = plan_roots(prog, cores, stack_spec)
+    memory = prog.memory
+    memory.prefetch_ranges([(r.start, r.end - r.start) for r in roots.ranges])
+    for r in roots.ranges:
+        r.data = memory.read_prefix(r.start, r.end - r.start)
+    return roots
 
 
 # -- the word scan -------------------------------------------------------------------------------
@@ -618,6 +625,7 @@ def dangling(prog: Any, roots: Roots, walk: Any = None) -> Tuple[HeapIndex, List
     owners = _owners([h["value"] for h in holders], fstarts, fends)
     for h, k in zip(holders, owners):
         if k >= 0:
+            h["into"] = "payload"
             h["target_offset"] = h["value"] - fstarts[k]
             by_block.setdefault(ix.free[k], []).append(h)
     return ix, sorted(by_block.items())

@@ -161,6 +161,28 @@ class LldbSession(Session):
                          function=frames[0]["function"] if frames else None,
                          frames=frames, registers=registers, thread=thread.GetIndexID())
 
+    def core_states(self, frame_limit=64):
+        """Every core (a thread of QEMU's gdbstub): general registers and frames with SP."""
+        from gdbext.core.reach import CoreState
+
+        process = self._process()
+        cores = []
+        for index in range(process.GetNumThreads()):
+            thread = process.GetThreadAtIndex(index)
+            registers, frames = {}, []
+            if thread.GetNumFrames():
+                for register_set in thread.GetFrameAtIndex(0).GetRegisters():
+                    if "general" not in (register_set.GetName() or "").lower():
+                        continue
+                    for register in register_set:
+                        registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
+            for level in range(min(thread.GetNumFrames(), frame_limit)):
+                frame = thread.GetFrameAtIndex(level)
+                frames.append({"pc": frame.GetPC(), "function": frame.GetFunctionName() or "??",
+                               "sp": frame.GetSP() & _MASK64})
+            cores.append(CoreState(thread.GetIndexID(), registers, frames))
+        return cores
+
 
 _SESSION = LldbSession()
 
