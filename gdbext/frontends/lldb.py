@@ -98,11 +98,12 @@ class LldbSession(Session):
     def _probe(self, process):
         # After QEMU dies a stopped lldb still says "stopped" (it does not read its socket) and
         # serves ReadMemory from its own caches (code from the ELF file, data per stop), so ask
-        # the stub itself: '?' is read-only and costs one round trip.
+        # the stub itself: 'qC' is read-only and costs one round trip. (Not '?': its stop reply
+        # leaves lldb 14 waiting for one more, and the next 'process continue' never returns.)
         interpreter = process.GetTarget().GetDebugger().GetCommandInterpreter()
         ret = lldb.SBCommandReturnObject()
-        interpreter.HandleCommand("process plugin packet send ?", ret)
-        # A live stub always answers '?' with a stop reply (T05...); a dead link gives nothing.
+        interpreter.HandleCommand("process plugin packet send qC", ret)
+        # A live stub always answers 'qC' (QC<thread>); a dead link gives nothing.
         response = ""
         for line in (ret.GetOutput() or "").splitlines():
             if line.strip().startswith("response:"):

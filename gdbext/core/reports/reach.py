@@ -15,8 +15,12 @@ DEFAULT_PREFIX = 16
 
 
 def _first_bytes(data: bytes) -> Dict[str, Any]:
+    """The bytes in hex, and as escaped text when they read as text: mostly printable, or
+    starting with a C string of at least 4 characters (what follows its NUL is shown escaped)."""
+    string = data.split(b"\0", 1)[0]
     text = data.rstrip(b"\0")
-    printable = bool(text) and printable_ratio(text) >= 0.75
+    printable = (len(string) >= 4 and printable_ratio(string) == 1.0) or \
+        (bool(text) and printable_ratio(text) >= 0.75)
     return {"first_bytes": data.hex(), "text": escape_bytes(data, len(data)) if printable else None}
 
 
