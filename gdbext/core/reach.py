@@ -33,8 +33,11 @@ import re
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field as dc_field
-from itertools import repeat
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from array import array
+from itertools import chain, compress, repeat
+from math import gcd
+from operator import add as add_op, floordiv as floordiv_op, gt as gt_op, lt as lt_op, mul as mul_op, ne as ne_op, sub as sub_op
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .memory import MemoryFault
 
@@ -322,72 +325,91 @@ def gather_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str
 _FORMATS = {4: "I", 8: "Q"}
 
 
+def _table(value: Any) -> bytes:
+    return bytes(value(b) for b in range(256))
+
+
+_NONZERO = _table(lambda b: 1 if b else 0)
+
+
+def _prefilter(data: Any, skip: int, P: int, byteorder: str, lo: int, hi: int, n: int) -> Optional[bytes]:
+    """``n`` bytes, one per word: nonzero when the word may lie in ``[lo, hi)`` (a superset,
+    exact on the bytes it looks at), 0 when it cannot; None when no byte narrows it down.
+
+    ``K`` is the highest byte where ``lo`` and ``hi - 1`` differ. Bytes ``K`` and ``K - 1``
+    together must lie between theirs (so neither zeros nor small integers pass), and the byte
+    above ``K`` must equal theirs. Each byte is a column (one byte per word: a strided slice of
+    ``bytes``), classified by ``bytes.translate``; columns combine as big integers, all in C."""
+    top = (lo ^ (hi - 1)).bit_length() - 1
+    K = top // 8 if top >= 0 else 0
+    end = skip + n * P
+
+    def column(k: int) -> int:
+        off = skip + (k if byteorder == "little" else P - 1 - k)
+        return data[off:end:P]
+
+    def flags(k: int, value: Any) -> int:
+        return int.from_bytes(column(k).translate(_table(value)), "little")
+
+    byte = lambda v, k: (v >> (8 * k)) & 0xFF  # noqa: E731
+    lo_k, hi_k = byte(lo, K), byte(hi - 1, K)
+    if K == 0:
+        mask = flags(0, lambda b: 1 if lo_k <= b <= hi_k else 0)
+    else:
+        # Byte K: 1 at lo's value, 2 between, 4 at hi's; byte K-1: 1 if not below lo's, 2, and
+        # 4 if not above hi's. Their AND is nonzero exactly when the two bytes are in range.
+        lo_j, hi_j = byte(lo, K - 1), byte(hi - 1, K - 1)
+        mask = flags(K, lambda b: 1 if b == lo_k else 2 if lo_k < b < hi_k else 4 if b == hi_k else 0) & \
+            flags(K - 1, lambda b: 2 | (1 if b >= lo_j else 0) | (4 if b <= hi_j else 0))
+    if K + 1 < P and mask:
+        want = byte(lo, K + 1)
+        mask &= flags(K + 1, lambda b: 7 if b == want else 0)
+    return mask.to_bytes(n, "little").translate(_NONZERO) if mask else b""
+
+
 def scan_words(data: Any, base: int, pointer_size: int, byteorder: str, lo: int,
                hi: int) -> Tuple[List[int], List[int]]:
     """``(slots, values)``: the address and value of each pointer-aligned word of ``data``
     (which starts at ``base``) whose value lies in ``[lo, hi)``, in address order.
 
-    How, without a Python step per word: the bytes above the highest bit where ``lo`` and
-    ``hi - 1`` differ must equal theirs, and that byte must lie between theirs. Each such byte
-    is taken as a column (one byte per word: a strided slice), turned into 0/1 by
-    ``bytes.translate``, and the columns are ANDed as big integers; only words whose mask byte
-    is set are decoded (``memoryview.cast``) and compared exactly.
+    No Python step per word: :func:`_prefilter` marks the words whose top bytes allow the range,
+    only those are decoded (``memoryview.cast``) and compared exactly (``range.__contains__``).
     """
     P = pointer_size
-    if hi <= lo or not data:
+    if hi <= lo or not len(data):
         return [], []
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
     skip = -base % P
     n = (len(data) - skip) // P
     if n <= 0:
         return [], []
-    mv = memoryview(data)
-    if mv.format != "B" or mv.ndim != 1:
-        mv = mv.cast("B")
-    mv = mv[skip:skip + n * P]
     start = base + skip
-    diff = lo ^ (hi - 1)
-    top_byte = (diff.bit_length() - 1) // 8 if diff else 0
-    mask_int = -1
-    for k in range(top_byte, P):
-        lo_k, hi_k = (lo >> (8 * k)) & 0xFF, ((hi - 1) >> (8 * k)) & 0xFF
-        if k > top_byte:
-            hi_k = lo_k                    # above the highest differing byte, lo and hi agree
-        if lo_k == 0 and hi_k == 0xFF:
-            continue
-        offset = k if byteorder == "little" else P - 1 - k
-        column = mv[offset::P].tobytes()
-        table = bytes(1 if lo_k <= b <= hi_k else 0 for b in range(256))
-        column = column.translate(table)
-        bits = int.from_bytes(column, "little")
-        mask_int = bits if mask_int == -1 else mask_int & bits
-        if not mask_int:
+    mask = _prefilter(data, skip, P, byteorder, lo, hi, n)
+    if mask is None:
+        index: Sequence[int] = range(n)
+    else:
+        hits = mask.count(1)
+        if not hits:
             return [], []
-    if mask_int == -1:
-        index = range(n)
+        if hits * 16 > n:
+            index = list(compress(range(n), mask))
+        else:
+            index = []
+            add = index.append
+            find = mask.find
+            i = find(1)
+            while i >= 0:
+                add(i)
+                i = find(1, i + 1)
+    mv = memoryview(data)[skip:skip + n * P]
+    if byteorder == sys.byteorder and P in _FORMATS:
+        values = list(map(mv.cast(_FORMATS[P]).__getitem__, index))
     else:
-        mask = mask_int.to_bytes(n, "little")
-        index = []
-        add = index.append
-        find = mask.find
-        i = find(1)
-        while i >= 0:
-            add(i)
-            i = find(1, i + 1)
-    if not index:
-        return [], []
-    native = byteorder == sys.byteorder and P in _FORMATS
-    if native:
-        words = mv.cast(_FORMATS[P])
-        values = list(map(words.__getitem__, index))
-    else:
-        raw = mv.tobytes()
-        values = [int.from_bytes(raw[i * P:i * P + P], byteorder) for i in index]
-    slots, out = [], []
-    for i, v in zip(index, values):
-        if lo <= v < hi:
-            slots.append(start + i * P)
-            out.append(v)
-    return slots, out
+        values = [int.from_bytes(mv[i * P:i * P + P], byteorder) for i in index]
+    keep = list(map(range(lo, hi).__contains__, values))
+    kept = list(compress(index, keep))
+    return list(map(add_op, repeat(start), map(mul_op, kept, repeat(P)))), list(compress(values, keep))
 
 
 # -- the heap as the allocator gives it -------------------------------------------------------
@@ -399,32 +421,30 @@ class HeapIndex:
         allocator = prog.allocator
         self.prog = prog
         self.walk = walk
-        blocks = sorted(allocator.blocks(walk, prog.heap_end), key=lambda b: b.address)
-        ranges = allocator.payload_ranges(walk, blocks)
+        blocks = allocator.blocks(walk, prog.heap_end)
+        addrs = [b.address for b in blocks]
+        if any(map(gt_op, addrs, addrs[1:])):
+            blocks = sorted(blocks, key=lambda b: b.address)
+            addrs = [b.address for b in blocks]
         self.blocks = blocks
-        self.starts = [b.address for b in blocks]
-        ends = [b.address + b.extent for b in blocks]
+        self.starts = addrs
         # A corrupt size may overlap the next block: each block ends where the next begins.
-        for i in range(len(blocks) - 1):
-            if ends[i] > self.starts[i + 1]:
-                ends[i] = self.starts[i + 1]
-        self.ends = ends
-        payloads = []
-        for (ps, pe), end in zip(ranges, ends):
-            pe = min(pe, end)
-            payloads.append((min(ps, pe), pe))
-        self.payloads = payloads
-        self.used = [i for i, b in enumerate(blocks) if b.state == "used"]
-        self.free = [i for i, b in enumerate(blocks) if b.state == "free"]
-        self.bad = [i for i, b in enumerate(blocks) if b.state not in ("used", "free")]
+        self.ends = ends = list(map(min, map(add_op, addrs, (b.extent for b in blocks)), [*addrs[1:], 1 << 64]))
+        ranges = allocator.payload_ranges(walk, blocks)
+        self.pends = pends = list(map(min, (pe for _, pe in ranges), ends))
+        self.pstarts = pstarts = list(map(min, (ps for ps, _ in ranges), pends))
+        self.payloads = list(zip(pstarts, pends))
+        states = [b.state for b in blocks]
+        self.used = list(compress(range(len(blocks)), map("used".__eq__, states)))
+        self.free = list(compress(range(len(blocks)), map("free".__eq__, states)))
+        self.bad = [i for i, st in enumerate(states) if st not in ("used", "free")]
         self.heap_start = prog.heap_start
         self.buffer = prog.heap_bytes()
         self.readable_end = self.heap_start + len(self.buffer)
 
     def ranges_of(self, which: List[int]) -> Tuple[List[int], List[int]]:
-        starts = [self.payloads[i][0] for i in which]
-        ends = [self.payloads[i][1] for i in which]
-        return starts, ends
+        """The payload starts and ends of the blocks at positions ``which``."""
+        return list(map(self.pstarts.__getitem__, which)), list(map(self.pends.__getitem__, which))
 
     def payload(self, index: int, size: Optional[int] = None) -> bytes:
         ps, pe = self.payloads[index]
@@ -447,9 +467,39 @@ class HeapIndex:
 
 
 def _owners(values: List[int], starts: List[int], ends: List[int]) -> List[int]:
-    """For each value, the position in ``starts``/``ends`` of the range holding it, or -1."""
-    idx = list(map(bisect_right, repeat(starts, len(values)), values))
-    return [j - 1 if j and v < ends[j - 1] else -1 for j, v in zip(idx, values)]
+    """For each value, the position in ``starts``/``ends`` of the range holding it, or -1
+    (``bisect`` and the comparisons mapped in C: no Python step per value)."""
+    after = list(map(bisect_right, repeat(starts, len(values)), values))   # position + 1
+    inside = map(lt_op, values, map([0, *ends].__getitem__, after))        # below that end?
+    return list(map(sub_op, map(mul_op, after, inside), repeat(1)))
+
+
+MAX_GRANULES = 1 << 24
+
+
+def _owner_map(starts: List[int], ends: List[int], lo: int, hi: int) -> Callable[[List[int]], List[int]]:
+    """A function: values in ``[lo, hi)`` -> the position of the range holding each, or -1.
+
+    When every boundary is a multiple of a granule of 8 bytes or more (heap allocators align
+    blocks), a table of one entry per granule answers with three C-level maps per value;
+    otherwise :func:`_owners` bisects."""
+    g = gcd(lo, hi, *starts, *ends)
+    if g < 8 or (hi - lo) // g > MAX_GRANULES:
+        return lambda values: _owners(values, starts, ends)
+    owners, counts, at = [], [], lo
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        if b <= a:
+            continue
+        owners += (-1, k)
+        counts += ((a - at) // g, (b - a) // g)
+        at = b
+    owners.append(-1)
+    counts.append((hi - at) // g)
+    table = array("i", chain.from_iterable(map(repeat, owners, counts)))
+
+    def lookup(values: List[int]) -> List[int]:
+        return list(map(table.__getitem__, map(floordiv_op, map(sub_op, values, repeat(lo)), repeat(g))))
+    return lookup
 
 
 @dataclass
@@ -475,8 +525,25 @@ def _heap_candidates(ix: HeapIndex, lo: int, hi: int) -> Tuple[List[int], List[i
     return scan_words(ix.buffer, ix.heap_start, prog.pointer_size, prog.byteorder, lo, hi)
 
 
+def _sources(slots: List[int], starts: List[int], ends: List[int]) -> List[int]:
+    """For each slot (ascending), the position of the range holding it, or -1: one merge."""
+    out = []
+    add = out.append
+    j, n = 0, len(starts)
+    for s in slots:
+        while j < n and ends[j] <= s:
+            j += 1
+        add(j if j < n and starts[j] <= s else -1)
+    return out
+
+
 def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
-    """Mark every used block reachable from ``roots``; see the module docstring."""
+    """Mark every used block reachable from ``roots``; see the module docstring.
+
+    The heap is scanned once, whole (:func:`scan_words`); each candidate word is placed in the
+    used payload holding it (one merge: both are in address order) and the one its value
+    points into (``bisect``); the edges between payloads make a graph, walked from the blocks
+    the roots point into."""
     walk = walk if walk is not None else prog.allocator.walk(prog)
     ix = HeapIndex(prog, walk)
     P, order = prog.pointer_size, prog.byteorder
@@ -488,10 +555,17 @@ def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
         return LeakScan(ix, roots, reached, bytearray(), unread, 0, 0)
     lo, hi = min(ustarts), max(uends)
     slots, values = _heap_candidates(ix, lo, hi)
-    dst = _owners(values, ustarts, uends)
-    # The candidates of the used block k are slots[first[k]:last[k]] (slots ascend).
+    owners = _owner_map(ustarts, uends, lo, hi)
+    src = _sources(slots, ustarts, uends)
+    inside = list(map((-1).__lt__, src))
+    src = list(compress(src, inside))
+    dst = owners(list(compress(values, inside)))
+    # The edges, grouped by source (sources ascend): block -> dst[first:last].
+    keep = list(map((-1).__lt__, dst))
+    src, dst = list(compress(src, keep)), list(compress(dst, keep))
+    firsts = [0, *compress(range(1, len(src)), map(ne_op, src[1:], src))] if src else []
+    edges = dict(zip(map(src.__getitem__, firsts), map(dst.__getitem__, map(slice, firsts, [*firsts[1:], len(src)]))))
     stack: List[int] = []
-    words = 0
     root_hits = 0
 
     def mark(targets: Iterable[int]) -> int:
@@ -504,30 +578,27 @@ def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
                     stack.append(d)
         return hits
 
+    words = 0
     for r in roots.ranges:
         words += len(r.data) // P
         _, vals = scan_words(r.data, r.start, P, order, lo, hi)
-        root_hits += mark(_owners(vals, ustarts, uends))
+        root_hits += mark(owners(vals))
     for core in roots.cores:
         vals = [v for v in core.registers.values() if lo <= v < hi]
-        root_hits += mark(_owners(vals, ustarts, uends))
+        root_hits += mark(owners(vals))
+    get, pop, push = edges.get, stack.pop, stack.append
     while stack:
-        k = stack.pop()
-        ps, pe = ustarts[k], uends[k]
-        words += (pe - ps) // P
-        first = bisect_left(slots, ps)
-        last = bisect_left(slots, pe, first)
-        if first < last:
-            mark(dst[first:last])
+        for d in get(pop(), ()):
+            if not reached[d]:
+                reached[d] = 1
+                push(d)
+    words += sum(map(sub_op, compress(uends, reached), compress(ustarts, reached))) // P
     indirect = bytearray(nused)
-    for k in range(nused):
-        if reached[k]:
-            continue
-        first = bisect_left(slots, ustarts[k])
-        last = bisect_left(slots, uends[k], first)
-        for d in dst[first:last]:
-            if d >= 0 and d != k and not reached[d]:
-                indirect[d] = 1
+    for k, out in edges.items():
+        if not reached[k]:
+            for d in out:
+                if d != k and not reached[d]:
+                    indirect[d] = 1
     return LeakScan(ix, roots, reached, indirect, unread, root_hits, words)
 
 

@@ -134,8 +134,7 @@ def _faces(vm_pool, tmp_path, arch, scenario):
     os.unlink(core)
     vm.qmp("stop")
     lldb = run_lldb(vm.elf, vm.gdb_port, ["kheap leaks --scan --json", "kheap refs --dangling --json"])
-    if lldb.steps and lldb.steps[0].output:
-        out["lldb"] = (lldb.json(0), lldb.json(1))
+    out["lldb"] = (lldb.json(0), lldb.json(1))
     return vm, out
 
 
@@ -147,7 +146,6 @@ def test_healthy_heaps_lose_exactly_what_the_kernel_forgot_in_every_face(vm_pool
     expected = stress_lost(vm) if scenario == "stress" else []
     if scenario == "stress":
         assert len(expected) >= 8
-    assert "gdb" in faces and "cli" in faces and "kdump" in faces and "qemu-core" in faces
     for face, (scan, dangling) in faces.items():
         assert lost_payloads(scan) == expected, face
         assert scan["walk"]["complete"] and not scan["roots"]["ranges"][0]["missing"], face

@@ -105,7 +105,7 @@ class SegmentList:
         ``blocks`` as :meth:`blocks` gave them, in their order (empty when the extent holds
         only a header)."""
         off = walk.payload_offset
-        return [(min(b.address + off, b.address + b.extent), b.address + b.extent) for b in blocks]
+        return [(a + off if off < e else a + e, a + e) for a, e, _, _ in blocks]
 
     def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
         """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``
