@@ -91,6 +91,37 @@ def validate_stats(prog: Program, walk: Any, structure_ok: bool = True) -> List[
     return out
 
 
+class _Follower:
+    """The read's progress callback: feeds the allocator's walker the heap's bytes as they
+    arrive, so over the remote protocol the walk is done while the client waits for the stub
+    (a link's read calls it only then). It keeps only the bytes from the header the walk needs
+    next: a few KiB, never a second copy of the heap.
+    """
+
+    def __init__(self, walker: Any) -> None:
+        self.walker = walker
+        self.run: Any = None               # the address of the range being followed
+        self.window = bytearray()
+        self.base = 0
+        self.used = 0                      # chunks of that range already in the window
+
+    def __call__(self, address: int, chunks: List[bytes]) -> None:
+        want = self.walker.next_address
+        if want is None or address > want:
+            return                         # the walk is done, or this range is not the heap's
+        if address != self.run:
+            self.run, self.window, self.base, self.used = address, bytearray(), address, 0
+        for chunk in chunks[self.used:]:
+            self.window += chunk
+        self.used = len(chunks)
+        self.walker.feed(self.window, self.base)
+        want = self.walker.next_address
+        if want is not None and want - self.base > len(self.window) // 2:
+            cut = min(want - self.base, len(self.window))
+            del self.window[:cut]
+            self.base += cut
+
+
 def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     """Walk the heap and run every validator; ``full`` adds the whole page array and free list.
 
@@ -100,9 +131,10 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     wanted = [(b.start, b.size)]
     if pages and b.page_array is not None:
         wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
-    prog.memory.prefetch_ranges(wanted)
     allocator = prog.allocator
-    walk = allocator.walk(prog)
+    walker = allocator.walker(prog)
+    prog.memory.prefetch_ranges(wanted, progress=_Follower(walker))
+    walk = walker.finish()
     findings = allocator.validate(prog, walk)
     notes = list(prog.notes)
     structure_ok = not any(f.code in STRUCTURAL for f in findings)

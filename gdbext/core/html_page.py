@@ -1,9 +1,9 @@
 """A picture of the heap: one self-contained HTML page drawn from plain data (``kheap map --html``).
 
-This module is a pure renderer. It imports nothing from the rest of kheap and knows nothing of
-Programs, walks or validators: :func:`heap_page` and :func:`watch_timeline` take plain dicts
-(numbers, strings, lists, built by one adapter in ``frontends/html_data.py`` from what the JSON
-reports already hold) and return the text of an HTML file. The page needs no network: no
+This module is a pure renderer. It knows nothing of Programs, walks or validators (it shares
+only the wording of a culprit with the text reports): :func:`heap_page` and
+:func:`watch_timeline` take plain dicts (numbers, strings, lists, built by
+``core/reports/heap_page.py`` from what the JSON reports already hold) and return the text of an HTML file. The page needs no network: no
 external script, style sheet, font or image, and its Content-Security-Policy forbids loading
 any (``default-src 'none'``); the one inline script is allowed by its hash only.
 
@@ -48,6 +48,8 @@ import hashlib
 import html
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .reports.base import culprit_bytes
 
 __all__ = ["heap_page", "watch_timeline", "embed_json", "DATA_VERSION"]
 
@@ -327,11 +329,7 @@ def _finding_html(k: int, f: Dict[str, Any], fj: Dict[str, Any], ptr: int) -> st
            f"<span class=\"msg\">{_e(f.get('message'))}</span>"]
     c = f.get("culprit")
     if c:
-        what = ""
-        if c.get("classification"):
-            what = f"; bytes there: {c['classification']}"
-            if c.get("detail"):
-                what += f" \u201c{c['detail']}\u201d" if c["classification"] == "ascii" else f" {c['detail']}"
+        what = culprit_bytes(c, ("\u201c", "\u201d"))
         where = _hex(c.get("address"), ptr) + " " if c.get("address") is not None else ""
         out.append(f"<div class=\"culprit\">culprit: {_e(where)}{_e(c.get('reason'))}{_e(what)}</div>")
     if fj["seg"] is None and fj["run"] is None:

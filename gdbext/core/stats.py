@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Optional
 
-from .allocator import size_bucket
+from .allocator import HeapFigures, size_bucket
 from .program import Program
 
 __all__ = ["HeapStats", "Bucket", "heap_stats", "size_bucket"]
@@ -26,32 +26,32 @@ class Bucket:
 
 @dataclass
 class HeapStats:
-    """Totals of a walk. ``fragmentation`` = 1 - largest_free / free_bytes (0 with no free memory)."""
+    """The allocator's figures of a walk (:class:`~gdbext.core.allocator.HeapFigures`), the
+    fragmentation (1 - largest_free / free_bytes, 0 with no free memory), the size histogram,
+    and the kernel's own ``heap_stats`` beside them."""
 
     heap_size: int
-    segments: int
-    used_count: int
-    used_bytes: int
-    free_count: int
-    free_bytes: int
-    bad_count: int
-    bad_bytes: int
-    largest_free: int
+    figures: HeapFigures
     fragmentation: float
     histogram: List[Bucket]
-    walk_complete: bool
-    stop_reason: str
     kernel: Optional[Dict[str, int]] = None
     comparison: List[Dict[str, Any]] = dc_field(default_factory=list)
 
+    def __getattr__(self, name: str) -> Any:
+        # used_count, free_bytes, largest_free ...: the figures' own fields.
+        if name == "figures":
+            raise AttributeError(name)
+        return getattr(self.figures, name)
+
     def to_json(self) -> Dict[str, Any]:
-        return {"heap_size": self.heap_size, "segments": self.segments,
-                "used": {"count": self.used_count, "bytes": self.used_bytes},
-                "free": {"count": self.free_count, "bytes": self.free_bytes},
-                "bad": {"count": self.bad_count, "bytes": self.bad_bytes},
-                "largest_free": self.largest_free, "fragmentation": round(self.fragmentation, 6),
+        f = self.figures
+        return {"heap_size": self.heap_size, "segments": f.blocks,
+                "used": {"count": f.used_count, "bytes": f.used_bytes},
+                "free": {"count": f.free_count, "bytes": f.free_bytes},
+                "bad": {"count": f.bad_count, "bytes": f.bad_bytes},
+                "largest_free": f.largest_free, "fragmentation": round(self.fragmentation, 6),
                 "histogram": [b.to_json() for b in self.histogram],
-                "walk_complete": self.walk_complete, "stop_reason": self.stop_reason,
+                "walk_complete": f.complete, "stop_reason": f.stop_reason,
                 "kernel": dict(self.kernel) if self.kernel is not None else None,
                 "comparison": [dict(c) for c in self.comparison]}
 
@@ -78,6 +78,4 @@ def heap_stats(prog: Program, walk: Any = None) -> HeapStats:
         if "current_usage" in kernel:
             comparison.append({"name": "bytes in use", "kernel": kernel["current_usage"], "walk": fig.used_bytes,
                                "agree": kernel["current_usage"] == fig.used_bytes})
-    return HeapStats(prog.heap_size, fig.blocks, fig.used_count, fig.used_bytes, fig.free_count, fig.free_bytes,
-                     fig.bad_count, fig.bad_bytes, fig.largest_free, frag, hist, fig.complete, fig.stop_reason,
-                     kernel, comparison)
+    return HeapStats(prog.heap_size, fig, frag, hist, kernel, comparison)

@@ -172,32 +172,6 @@ class WatchStop:
                 "first_free": self.first_free.to_json() if self.first_free else None,
                 "allocated_by": self.allocated_by.to_json() if self.allocated_by else None}
 
-    def render(self, fmt: Callable[[Optional[int]], str]) -> str:
-        lines = []
-        what = {"bad-pointer": "bad pointer passed to the allocator",
-                "corrupt-after": "heap corrupt after an allocator call",
-                "checkpoint": "heap corrupt at kheap_checkpoint",
-                "full-check": "heap corrupt at a periodic full check"}.get(self.reason, self.reason)
-        lines.append(f"kheap watch: stopped: {what}")
-        if self.operation is not None:
-            lines.append(f"  operation: {self.operation.describe(fmt)}")
-        for f in self.findings:
-            if f.severity != ERROR:
-                continue
-            lines.append(f"  {f.code} at {fmt(f.address)}: {f.message}")
-            if f.culprit is not None:
-                c = f.culprit
-                lines.append(f"    culprit: {fmt(c.address)} ({c.reason})"
-                             + (f" [{c.classification}: {c.detail}]" if c.classification else ""))
-        if self.allocated_by is not None:
-            lines.append(f"  allocated by: {self.allocated_by.describe(fmt)}")
-        if self.first_free is not None:
-            lines.append(f"  first freed by: {self.first_free.describe(fmt)}")
-        if self.history:
-            lines.append(f"  history of {fmt(self.address)} ({len(self.history)} operations):")
-            lines.extend(f"    {o.describe(fmt)}" for o in self.history[-12:])
-        return "\n".join(lines)
-
 
 class Watch:
     """The state of ``kheap watch``: pending calls per thread, the bounded history, counters,

@@ -10,6 +10,7 @@ No debugger import here: adapters subclass WatchControllerBase and fill in the h
 import traceback
 from time import perf_counter as _clock
 
+from gdbext.core import reports
 from gdbext.core.memory import BlockCache
 from gdbext.core.program import Program
 from gdbext.core.symbols import load_elf_info
@@ -139,7 +140,7 @@ class WatchControllerBase:
             return False
         if stop.operation is not None:
             stop.operation.backtrace = backtrace(self.prog)
-        self._write(stop.render(self.prog.fmt) + "\n")
+        self._write(reports.render_text(reports.watch_stop_report(stop, self.prog.pointer_size)))
         return True
 
     def internal_error(self, address, error):

@@ -81,7 +81,7 @@ def test_the_data_and_the_counts():
     k, live = busy_kernel(4, "<")
     prog, data = page_data(k, {"elf": "k.elf", "arch": "arm"})
     walk = check(prog).walk
-    assert [s["address"] for s in data["segments"]] == walk.addresses
+    assert [s["address"] for s in data["segments"]] == list(walk.addresses)
     assert data["verdict"] == "ok" and data["walk"]["count"] == len(walk)
     # Payload heads read through the walk's own cache: used payloads as written, free ones poison.
     for s in data["segments"]:

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from gdbext.core.check import check
+from gdbext.core.reports import render_text, watch_stop_report
 from gdbext.core.seglist import validate_segments
 from gdbext.core.watch import Watch, arm_condition_passed, return_sp_adjust
 from heapbuilder import SyntheticKernel, busy_kernel
@@ -119,7 +120,7 @@ def test_counts_equal_heap_stats_after_a_random_workload(p):
         else:
             d.kfree(live.pop(rng.randrange(len(live))))
     d.kfree(0)                                   # kfree(NULL) counts nothing
-    assert not d.stops, [s.render(hex) for s in d.stops]
+    assert not d.stops, [stop_text(s) for s in d.stops]
     c = d.w.counters
     for name in ("allocations", "frees", "failed", "bytes_requested", "bytes_allocated", "bytes_freed",
                  "current_usage", "peak_usage"):
@@ -201,7 +202,7 @@ def test_double_free_stops_at_the_second_free_naming_the_first(p):
     assert stop.allocated_by.caller == "alloc_request+0x8"
     assert "complete_request" in stop.findings[0].message
     assert [o.kind for o in stop.history] == ["kmalloc", "kfree", "kfree"]
-    assert "first freed by" in stop.render(hex) and "complete_request" in stop.render(hex)
+    assert "first freed by" in stop_text(stop) and "complete_request" in stop_text(stop)
     assert d.w.last_stop is stop and stop.to_json()["findings"][0]["code"] == "HEAP-DOUBLE-FREE"
     assert k.stats["frees"] == 1                # stopped before the kernel's kfree ran
 
@@ -375,3 +376,8 @@ def test_validate_segments_link_and_bound_problems():
     k3.set_seg(s3[-1][0], segment_size=s3[-1][1] - 16)
     assert "HEAP-COVERAGE" in {f.code for f in validate_segments(k3.program(), s3[-1][0], 2)}
     assert "HEAP-UNREADABLE" in {f.code for f in validate_segments(k3.program(), 0x10, 2)}
+
+
+def stop_text(stop):
+    """What the faces print at a watch stop."""
+    return render_text(watch_stop_report(stop, 4))

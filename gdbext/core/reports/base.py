@@ -21,7 +21,7 @@ from ..text import escape_text, format_address
 
 __all__ = ["SCHEMA_VERSION", "report_base", "clean", "to_json_text", "render_text", "renders", "Text",
            "USED", "FREE", "ERROR", "WARNING", "OK", "HEADING", "NOTE", "PLAIN", "STATE_TOKEN",
-           "heap_line", "stop_text", "finding_lines"]
+           "heap_line", "stop_text", "finding_lines", "culprit_bytes"]
 
 # One token type per state, so a style (here: the 16 ANSI colours) can colour them.
 USED = Token.Kheap.Used
@@ -182,10 +182,15 @@ def finding_lines(f: Dict[str, Any], out: Text) -> None:
     out.add(f"{out.addr(f['address']):<{out.width + 2}}  ").line(f["message"])
     c = f.get("culprit")
     if c:
-        what = ""
-        if c.get("classification"):
-            what = f"; bytes there: {c['classification']}"
-            if c.get("detail"):
-                what += f" \"{c['detail']}\"" if c["classification"] == "ascii" else f" {c['detail']}"
         where = out.addr(c["address"]) + " " if c.get("address") is not None else ""
-        out.line(f"  {'':<7} {'culprit:':<15} {where}{c['reason']}{what}", WARNING)
+        out.line(f"  {'':<7} {'culprit:':<15} {where}{c['reason']}{culprit_bytes(c)}", WARNING)
+
+
+def culprit_bytes(c: Dict[str, Any], quotes: Tuple[str, str] = ('"', '"')) -> str:
+    """What a culprit's bytes look like, for its line (``; bytes there: ascii "..."``)."""
+    if not c.get("classification"):
+        return ""
+    what = f"; bytes there: {c['classification']}"
+    if c.get("detail"):
+        what += f" {quotes[0]}{c['detail']}{quotes[1]}" if c["classification"] == "ascii" else f" {c['detail']}"
+    return what

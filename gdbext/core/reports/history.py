@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..snapshot import Snapshot, SnapshotDiff
+from ..text import format_address
 from ..watch import describe_operation
 from .base import ERROR, FREE, OK, PLAIN, USED, Text, clean, renders, report_base
 
-__all__ = ["snapshot_report", "diff_report", "watch_report", "history_report", "leaks_report"]
+__all__ = ["snapshot_report", "diff_report", "watch_report", "watch_stop_report", "history_report", "leaks_report"]
 
 
 def snapshot_report(snapshot: Snapshot) -> Dict[str, Any]:
@@ -139,3 +140,43 @@ def _render_leaks(r: Dict[str, Any], out: Text) -> None:
         shown = ", ".join(out.addr(b) for b in g["blocks"][:n])
         more = f" (+{len(g['blocks']) - n} more)" if len(g["blocks"]) > n else ""
         out.line(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")
+
+
+_STOP_REASONS = {"bad-pointer": "bad pointer passed to the allocator",
+                 "corrupt-after": "heap corrupt after an allocator call",
+                 "checkpoint": "heap corrupt at kheap_checkpoint",
+                 "full-check": "heap corrupt at a periodic full check"}
+
+
+def watch_stop_report(stop: Any, pointer_size: int) -> Dict[str, Any]:
+    """Where ``kheap watch`` stopped the kernel: why, the operation, the findings, the history."""
+    d = report_base("watch-stop", pointer_size=pointer_size)
+    d.update(stop.to_json())
+    return clean(d)
+
+
+@renders("watch-stop")
+def _render_watch_stop(r: Dict[str, Any], out: Text) -> None:
+    def fmt(value: Optional[int]) -> str:
+        return format_address(value, out.pointer_size, missing="NULL")
+
+    out.line(f"kheap watch: stopped: {_STOP_REASONS.get(r['reason'], r['reason'])}")
+    if r.get("operation"):
+        out.line(f"  operation: {describe_operation(r['operation'], fmt)}")
+    for f in r["findings"]:
+        if f["severity"] != "error":
+            continue
+        out.line(f"  {f['code']} at {fmt(f['address'])}: {f['message']}")
+        c = f.get("culprit")
+        if c:
+            out.line(f"    culprit: {fmt(c['address'])} ({c['reason']})"
+                     + (f" [{c['classification']}: {c['detail']}]" if c["classification"] else ""))
+    if r.get("allocated_by"):
+        out.line(f"  allocated by: {describe_operation(r['allocated_by'], fmt)}")
+    if r.get("first_free"):
+        out.line(f"  first freed by: {describe_operation(r['first_free'], fmt)}")
+    history = r.get("history") or []
+    if history:
+        out.line(f"  history of {fmt(r['address'])} ({len(history)} operations):")
+        for op in history[-12:]:
+            out.line(f"    {describe_operation(op, fmt)}")

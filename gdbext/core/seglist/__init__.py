@@ -15,7 +15,7 @@ from ..findings import Finding
 from .layout import SEGMENT_NAMES, SegmentLayout
 from .rules import (OWN_FIELD_CODES, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
                     validate_heap, validate_poison, validate_segments)
-from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, Segment, for_each_segment, segment_state, walk_heap
+from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, HeapWalker, Segment, for_each_segment, segment_state, walk_heap
 
 __all__ = ["SegmentList", "SEGMENT_LIST", "Header", "HeapWalk", "Segment", "SegmentMatch", "SegmentLayout",
            "SEGMENT_NAMES", "walk_heap", "for_each_segment", "find_segment", "validate_heap", "validate_poison", "validate_segments",
@@ -30,6 +30,10 @@ class SegmentList:
 
     def walk(self, prog: Any) -> HeapWalk:
         return walk_heap(prog)
+
+    def walker(self, prog: Any) -> HeapWalker:
+        """The walk in steps (``feed(data, base)`` while the heap arrives, then ``finish()``)."""
+        return HeapWalker(prog)
 
     def find(self, prog: Any, address: int) -> Optional[SegmentMatch]:
         return find_segment(prog, address)

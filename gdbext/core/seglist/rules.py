@@ -147,14 +147,25 @@ class Cmp(Term):
     def pick(self, c: "Columns") -> Iterable[int]:
         x, y, op = getattr(c, self.column), _column(c, self.other), self.op
         if isinstance(y, list):
-            if op is ne and x == y:
-                return ()
+            if op is ne:
+                return _differences(x, y, 0)
             return compress(count(), map(op, x, y))
         if not x or (op is gt and max(x) <= y) or (op is lt and min(x) >= y) or (op is eq and y not in x):
             return ()
         if op is eq:
             return _indexes_of(x, y)
         return compress(count(), map(op, x, repeat(y)))
+
+
+def _differences(x: List[Any], y: List[Any], base: int) -> List[int]:
+    """Where two equally long columns differ, by halving: equal halves are compared whole (in
+    C), so a few differences among thousands of headers cost a few list comparisons."""
+    if x == y:
+        return []
+    if len(x) <= 32:
+        return [base + i for i, (a, b) in enumerate(zip(x, y)) if a != b]
+    half = len(x) // 2
+    return _differences(x[:half], y[:half], base) + _differences(x[half:], y[half:], base + half)
 
 
 def _indexes_of(x: List[Any], value: Any) -> List[int]:
@@ -192,6 +203,24 @@ class NoneOf(Term):
 
     def pick(self, c: "Columns") -> Iterable[int]:
         return _indexes_of(list(map(or_, getattr(c, self.column), getattr(c, self.other))), 0)
+
+
+class Outside(Term):
+    """``column`` is neither 0 nor within ``[low, high]`` (a link that leaves the heap)."""
+
+    def __init__(self, column: str, low: str, high: str) -> None:
+        self.column, self.low, self.high = column, low, high
+
+    def holds(self, c: "Columns", i: int) -> bool:
+        v = getattr(c, self.column)[i]
+        return bool(v) and not (getattr(c, self.low) <= v <= getattr(c, self.high))
+
+    def pick(self, c: "Columns") -> Iterable[int]:
+        x, low, high = getattr(c, self.column), getattr(c, self.low), getattr(c, self.high)
+        links = list(filter(None, x))
+        if not links or (min(links) >= low and max(links) <= high):
+            return ()
+        return [i for i, v in enumerate(x) if v and not low <= v <= high]
 
 
 class NotExplained(Term):
@@ -323,8 +352,7 @@ HEADER_RULE: Tuple[Clause, ...] = (
     Clause(GAP, All(*NEXT_ELSEWHERE, Cmp(gt, "next", "end")), _gap),
     Clause(OVERLAP, All(*NEXT_ELSEWHERE, Cmp(lt, "next", "end")), _overlap),
     Clause(BACKLINK, AnyOf(Cmp(ne, "prev", "expected_prev"), Cmp(ne, "before_next", "address")), _backlink),
-    Clause(BOUNDS, All(AnyOf(Cmp(lt, "next", "heap_start"), Cmp(gt, "next", "last_header")), Cmp(ne, "next", 0)),
-           _bounds),
+    Clause(BOUNDS, Outside("next", "heap_start", "last_header"), _bounds),
     Clause(COVERAGE, All(Cmp(eq, "next", 0), SIZE_OK, Cmp(ne, "end", "heap_end")), _coverage),
 )
 # Two free neighbours, told only of a header nothing else is wrong with.
@@ -552,7 +580,7 @@ class Tally:
         free = list(compress(c.size, is_free))
         total = sum(c.size)
         free_bytes = sum(free)
-        bad = [i for i in compress(count(), map(gt, c.flag, repeat(1)))]
+        bad = list(compress(count(), map(gt, c.flag, repeat(1)))) if max(c.flag) > 1 else []
         bad_bytes = sum(c.size[i] for i in bad)
         self.used_count += len(c) - len(free) - len(bad)
         self.used_bytes += total - free_bytes - bad_bytes
@@ -580,9 +608,9 @@ class Tally:
 # -- poison -------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
-def _poison_run(poison: int, size: int) -> memoryview:
+def _poison_run(poison: int, size: int) -> bytes:
     """``size`` poison bytes, kept between checks: a fresh 1 MiB costs 256 page faults."""
-    return memoryview(bytes([poison]) * size)
+    return bytes([poison]) * size
 
 
 def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) -> List[Finding]:
@@ -609,10 +637,12 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) ->
         # payload inside what was read.
         keep = list(map(and_, map(gt, sizes, repeat(off)), map(le, map(add, addresses, sizes), repeat(limit))))
         addresses, sizes = list(compress(addresses, keep)), list(compress(sizes, keep))
-    run = _poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length()))
+    run = memoryview(_poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length())))
     # A payload of size - off bytes from a + off.
     lengths = list(map(sub, sizes, repeat(off)))
     starts = list(map(add, addresses, repeat(off - hs)))
+    # One memcmp per payload against a slice of the poison run (bytes.startswith; lazily, so a
+    # million free segments cost no list of slices).
     intact = map(buf.startswith, map(run.__getitem__, map(slice, lengths)), starts, map(add, starts, lengths))
     damaged = compress(zip(addresses, sizes), map(not_, intact))
     out: List[Finding] = []

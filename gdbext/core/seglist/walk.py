@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..memory import MemoryFault
 
-__all__ = ["Header", "Segment", "HeapWalk", "walk_heap", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
+__all__ = ["Header", "Segment", "HeapWalk", "HeapWalker", "walk_heap", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
            "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP", "STOP_BAD_HEAD"]
 
 STOP_END = "end"              # a NULL next: the list ended normally
@@ -165,68 +165,112 @@ def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] =
     ``prog``: the :class:`~gdbext.core.program.Program` of the kernel. Never raises on corrupt
     data; raises :class:`~gdbext.core.program.ProgramError` only when the heap cannot be located.
     """
-    bounds = prog.bounds
-    layout = prog.layouts.segment
-    hs, he, hdr = bounds.start, bounds.end, layout.header_size
-    bound = bounds.size // max(hdr, 1) + 1
-    if max_steps is not None:
-        bound = min(bound, max_steps)
-    head = bounds.list_head if start is None else start
-    addresses: "array[int]" = array("Q")
-    raw = bytearray()
-    ds = layout.decode_size
-    unpack = layout.unpack_from
+    return HeapWalker(prog, start, max_steps).finish()
 
-    def stop(reason: str, address: Optional[int], frm: Optional[int], detail: str) -> HeapWalk:
-        walk = HeapWalk(addresses, reason, address, frm, detail, hs, he, hdr, layout.payload_offset,
-                        head, bound, raw, layout)
-        if layout.extra_fields and addresses:
-            walk._extra = _read_extra(prog, layout, addresses)
-        return walk
 
-    if head is None:
-        return stop(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
-    if head == 0:
-        return stop(STOP_BAD_HEAD, 0, None, "list head is NULL")
-    if not (hs <= head and head + hdr <= he):
-        return stop(STOP_BAD_HEAD, head, None, "list head is outside the heap")
-    buf = prog.heap_bytes()
-    # Headers at [lo, hi] are inside the heap and inside ``buf``.
-    lo, hi = hs, min(he - hdr, hs + len(buf) - ds)
-    add = addresses.append
-    keep = raw.extend
-    addr, frm = head, None
-    seen: Optional[set] = None
-    # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, one copy
-    # of the header's bytes, one append and one compare per segment.
-    for _ in range(bound):
-        if lo <= addr <= hi:
-            at = addr - hs
-            t = unpack(buf, at)
-            keep(buf[at:at + ds])
-        elif addr < hs or addr + hdr > he:
-            return stop(STOP_LEFT_HEAP, addr, frm, "next points outside the heap")
+class HeapWalker:
+    """:func:`walk_heap` in steps: :meth:`feed` walks the headers that lie inside the bytes that
+    have arrived so far, :meth:`finish` walks the rest and says why the walk stopped.
+
+    Why: over the remote protocol the heap arrives in 2 KiB replies while the client waits for
+    the stub; ``check`` feeds the walker from the read's progress calls, so the walk is done in
+    those waits. One loop (:meth:`_run`) serves both.
+    """
+
+    def __init__(self, prog: Any, start: Optional[int] = None, max_steps: Optional[int] = None) -> None:
+        bounds = prog.bounds
+        self.prog = prog
+        self.layout = layout = prog.layouts.segment
+        self.hs, self.he, self.hdr = bounds.start, bounds.end, layout.header_size
+        bound = bounds.size // max(self.hdr, 1) + 1
+        self.bound = min(bound, max_steps) if max_steps is not None else bound
+        self.head = bounds.list_head if start is None else start
+        self.addresses: "array[int]" = array("Q")
+        self.raw = bytearray()
+        self.addr: Optional[int] = self.head
+        self.frm: Optional[int] = None
+        self.seen: Optional[set] = None
+        self.walk: Optional[HeapWalk] = None
+        head, hs, he = self.head, self.hs, self.he
+        if head is None:
+            self._stop(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
+        elif head == 0:
+            self._stop(STOP_BAD_HEAD, 0, None, "list head is NULL")
+        elif not (hs <= head and head + self.hdr <= he):
+            self._stop(STOP_BAD_HEAD, head, None, "list head is outside the heap")
+
+    @property
+    def next_address(self) -> Optional[int]:
+        """The header the walk needs next (None once it has stopped)."""
+        return None if self.walk is not None else self.addr
+
+    def feed(self, data: Any, base: int) -> None:
+        """Walk on through ``data``, the bytes from ``base`` that have arrived (more will come)."""
+        if self.walk is None:
+            self._run(data, base, final=False)
+
+    def finish(self) -> HeapWalk:
+        """The whole walk: on through :meth:`Program.heap_bytes` and past it to the end."""
+        if self.walk is None:
+            self._run(self.prog.heap_bytes(), self.hs, final=True)
+        assert self.walk is not None
+        return self.walk
+
+    def _stop(self, reason: str, address: Optional[int], frm: Optional[int], detail: str) -> None:
+        layout = self.layout
+        walk = HeapWalk(self.addresses, reason, address, frm, detail, self.hs, self.he, self.hdr,
+                        layout.payload_offset, self.head, self.bound, self.raw, layout)
+        if layout.extra_fields and self.addresses:
+            walk._extra = _read_extra(self.prog, layout, self.addresses)
+        self.walk = walk
+
+    def _run(self, buf: Any, base: int, final: bool) -> None:
+        prog, layout = self.prog, self.layout
+        hs, he, hdr = self.hs, self.he, self.hdr
+        ds = layout.decode_size
+        unpack = layout.unpack_from
+        addresses = self.addresses
+        # Headers at [lo, hi] are inside the heap and inside ``buf``.
+        lo, hi = max(hs, base), min(he - hdr, base + len(buf) - ds)
+        add = addresses.append
+        keep = self.raw.extend
+        addr, frm, seen = self.addr, self.frm, self.seen
+        # Hot loop: a healthy, ascending list pays for one chained compare, one unpack, one copy
+        # of the header's bytes, one append and one compare per segment.
+        for _ in range(self.bound - len(addresses)):
+            if lo <= addr <= hi:
+                at = addr - base
+                t = unpack(buf, at)
+                keep(buf[at:at + ds])
+            elif not final:
+                break                            # not here yet: the next feed goes on from addr
+            elif addr < hs or addr + hdr > he:
+                return self._stop(STOP_LEFT_HEAP, addr, frm, "next points outside the heap")
+            else:
+                try:
+                    data = prog.read(addr, ds)
+                except MemoryFault as fault:
+                    return self._stop(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable")
+                t = unpack(data, 0)
+                keep(data)
+            add(addr)
+            nxt = t[0]
+            if nxt <= addr:
+                if nxt == 0:
+                    return self._stop(STOP_END, addr, frm, "end of list")
+                # Only a backward (or self) link can close a cycle: from here on, remember.
+                if seen is None:
+                    seen = self.seen = set(addresses)
+            if seen is not None:
+                if nxt in seen:
+                    return self._stop(STOP_CYCLE, nxt, addr, "next leads back to a segment already visited")
+                seen.add(nxt)
+            frm, addr = addr, nxt
         else:
-            try:
-                data = prog.read(addr, ds)
-            except MemoryFault as fault:
-                return stop(STOP_FAULT, fault.address, frm, f"header at {prog.fmt(addr)} is unreadable")
-            t = unpack(data, 0)
-            keep(data)
-        add(addr)
-        nxt = t[0]
-        if nxt <= addr:
-            if nxt == 0:
-                return stop(STOP_END, addr, frm, "end of list")
-            # Only a backward (or self) link can close a cycle: from here on, remember.
-            if seen is None:
-                seen = set(addresses)
-        if seen is not None:
-            if nxt in seen:
-                return stop(STOP_CYCLE, nxt, addr, "next leads back to a segment already visited")
-            seen.add(nxt)
-        frm, addr = addr, nxt
-    return stop(STOP_BOUND, addr, frm, f"more than {bound} segments: the heap cannot hold that many")
+            if final or len(addresses) >= self.bound:
+                return self._stop(STOP_BOUND, addr, frm,
+                                  f"more than {self.bound} segments: the heap cannot hold that many")
+        self.addr, self.frm = addr, frm
 
 
 def for_each_segment(prog: Any) -> Iterator[Segment]:
