@@ -613,13 +613,13 @@ class Refs:
 
 def _frame_of(core: Optional[CoreState], slot: int) -> Optional[Dict[str, Any]]:
     """The frame whose part of the stack holds ``slot`` (frames newest first, each from its
-    SP up to the next older frame's SP)."""
+    SP up to the next older frame's SP; a frame that pushed nothing, a leaf, has none)."""
     if core is None:
         return None
-    frames = [f for f in core.frames if f.get("sp") is not None]
     best = None
-    for f in frames:
-        if f["sp"] <= slot and (best is None or f["sp"] > best["sp"]):
+    for f in core.frames:
+        sp = f.get("sp")
+        if sp is not None and sp <= slot and (best is None or sp >= best["sp"]):
             best = f
     return best
 

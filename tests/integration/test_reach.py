@@ -213,3 +213,24 @@ def test_raw_images_scan_stacks_whole_and_the_cli_needs_scan(vm_pool, tmp_path):
     assert set(lost_payloads(report)) <= set(stress_lost(vm))
     proc = kheap("leaks", "--raw", raw, "--base", "0", "--elf", vm.elf)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--scan" in proc.stderr
+
+
+@pytest.mark.gdb
+@pytest.mark.lldb
+@pytest.mark.parametrize("arch", ARCHES)
+def test_refs_name_the_frame_of_a_stack_slot(start_vm, arch):
+    """Stopped in memcpy under krealloc in ``clean``: krealloc saved scenario_clean's registers,
+    one of them the first block (``name``), in its frame."""
+    header = 16 if arch == "arm" else 32
+    command = f'kheap refs "(char *)heap_segment_list_head + {header}" --json'
+    vm = start_vm(arch, "clean", halt=True)
+    gdb = run_gdb(vm.elf, vm.gdb_port, ["break memcpy", "continue", command])
+    vm.stop()
+    vm = start_vm(arch, "clean", halt=True)
+    lldb = run_lldb(vm.elf, vm.gdb_port, ["breakpoint set -n memcpy", "process continue", command])
+    for run in (gdb, lldb):
+        refs = run.json(2)
+        stack = [h for h in refs["holders"] if h["kind"] == "stack"]
+        assert stack, refs["holders"]
+        assert {h["frame"]["function"].split("(")[0] for h in stack} == {"krealloc"}, stack
+        assert all(h["stack"] == "boot_stack" and h["value"] == refs["segment"]["payload"] for h in stack)
