@@ -30,13 +30,14 @@ in C (:func:`scan_words`: the top bytes of every word compared as byte columns, 
 from __future__ import annotations
 
 import re
+import struct
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field as dc_field
 from array import array
 from itertools import chain, compress, repeat
 from math import gcd
-from operator import add as add_op, floordiv as floordiv_op, gt as gt_op, lt as lt_op, mul as mul_op, ne as ne_op, sub as sub_op
+from operator import add as add_op, and_ as and_op, floordiv as floordiv_op, gt as gt_op, lt as lt_op, mul as mul_op, ne as ne_op, sub as sub_op
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .memory import MemoryFault
@@ -367,10 +368,11 @@ def _prefilter(data: Any, skip: int, P: int, byteorder: str, lo: int, hi: int, n
     return mask.to_bytes(n, "little").translate(_NONZERO) if mask else b""
 
 
-def scan_words(data: Any, base: int, pointer_size: int, byteorder: str, lo: int,
-               hi: int) -> Tuple[List[int], List[int]]:
+def scan_words(data: Any, base: int, pointer_size: int, byteorder: str, lo: int, hi: int,
+               only: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[List[int], List[int]]:
     """``(slots, values)``: the address and value of each pointer-aligned word of ``data``
-    (which starts at ``base``) whose value lies in ``[lo, hi)``, in address order.
+    (which starts at ``base``) whose value lies in ``[lo, hi)``, in address order; with
+    ``only``, of the words inside those ``(start, end)`` address ranges only.
 
     No Python step per word: :func:`_prefilter` marks the words whose top bytes allow the range,
     only those are decoded (``memoryview.cast``) and compared exactly (``range.__contains__``).
@@ -386,6 +388,13 @@ def scan_words(data: Any, base: int, pointer_size: int, byteorder: str, lo: int,
         return [], []
     start = base + skip
     mask = _prefilter(data, skip, P, byteorder, lo, hi, n)
+    if mask and only is not None:
+        kept = bytearray(len(mask))
+        for a, b in only:
+            i, j = max(0, -(-(a - start) // P)), min(n, (b - start) // P)
+            if i < j:
+                kept[i:j] = mask[i:j]
+        mask = bytes(kept)
     if mask is None:
         index: Sequence[int] = range(n)
     else:
@@ -486,16 +495,16 @@ def _owner_map(starts: List[int], ends: List[int], lo: int, hi: int) -> Callable
     g = gcd(lo, hi, *starts, *ends)
     if g < 8 or (hi - lo) // g > MAX_GRANULES:
         return lambda values: _owners(values, starts, ends)
-    owners, counts, at = [], [], lo
-    for k, (a, b) in enumerate(zip(starts, ends)):
-        if b <= a:
-            continue
-        owners += (-1, k)
-        counts += ((a - at) // g, (b - a) // g)
-        at = b
-    owners.append(-1)
-    counts.append((hi - at) // g)
-    table = array("i", chain.from_iterable(map(repeat, owners, counts)))
+    # Runs of granules, in address order: the gap before each range (-1), then the range (its
+    # position); each run is its owner's 4 bytes repeated, joined in C.
+    gaps = map(floordiv_op, map(sub_op, starts, [lo, *ends]), repeat(g))
+    sizes = map(floordiv_op, map(sub_op, ends, starts), repeat(g))
+    word = struct.Struct("=i").pack
+    none = word(-1)
+    runs = chain.from_iterable(zip(map(mul_op, repeat(none), gaps),
+                                   map(mul_op, map(word, range(len(starts))), sizes)))
+    table = array("i")
+    table.frombytes(b"".join(runs) + none * ((hi - max(lo, ends[-1] if ends else lo)) // g))
 
     def lookup(values: List[int]) -> List[int]:
         return list(map(table.__getitem__, map(floordiv_op, map(sub_op, values, repeat(lo)), repeat(g))))
@@ -520,21 +529,10 @@ class LeakScan:
         return [k for k, r in enumerate(self.reached) if not r]
 
 
-def _heap_candidates(ix: HeapIndex, lo: int, hi: int) -> Tuple[List[int], List[int]]:
+def _heap_candidates(ix: HeapIndex, lo: int, hi: int,
+                     only: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[List[int], List[int]]:
     prog = ix.prog
-    return scan_words(ix.buffer, ix.heap_start, prog.pointer_size, prog.byteorder, lo, hi)
-
-
-def _sources(slots: List[int], starts: List[int], ends: List[int]) -> List[int]:
-    """For each slot (ascending), the position of the range holding it, or -1: one merge."""
-    out = []
-    add = out.append
-    j, n = 0, len(starts)
-    for s in slots:
-        while j < n and ends[j] <= s:
-            j += 1
-        add(j if j < n and starts[j] <= s else -1)
-    return out
+    return scan_words(ix.buffer, ix.heap_start, prog.pointer_size, prog.byteorder, lo, hi, only)
 
 
 def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
@@ -554,14 +552,14 @@ def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
     if not nused:
         return LeakScan(ix, roots, reached, bytearray(), unread, 0, 0)
     lo, hi = min(ustarts), max(uends)
-    slots, values = _heap_candidates(ix, lo, hi)
+    # Only the used payloads are scanned: headers (the allocator's links) and free blocks never
+    # hold an owner's pointer.
+    slots, values = _heap_candidates(ix, lo, hi, list(zip(ustarts, uends)))
     owners = _owner_map(ustarts, uends, lo, hi)
-    src = _sources(slots, ustarts, uends)
-    inside = list(map((-1).__lt__, src))
-    src = list(compress(src, inside))
-    dst = owners(list(compress(values, inside)))
+    src = owners(slots)
+    dst = owners(values)
     # The edges, grouped by source (sources ascend): block -> dst[first:last].
-    keep = list(map((-1).__lt__, dst))
+    keep = list(map(and_op, map((-1).__lt__, dst), map((-1).__lt__, src)))
     src, dst = list(compress(src, keep)), list(compress(dst, keep))
     firsts = [0, *compress(range(1, len(src)), map(ne_op, src[1:], src))] if src else []
     edges = dict(zip(map(src.__getitem__, firsts), map(dst.__getitem__, map(slice, firsts, [*firsts[1:], len(src)]))))

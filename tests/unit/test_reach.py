@@ -344,3 +344,21 @@ def test_scan_speed_is_linear_enough():
     scan = reach.leak_scan(prog, reach.gather_roots(prog, [core(kern.boot_top)]))
     assert time.perf_counter() - start < 2.0
     assert scan.lost == [] and len(scan.index.used) == 20000
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 1 << 30), granule=st.sampled_from([1, 8, 16, 32]), n=st.integers(0, 60))
+def test_the_granule_table_agrees_with_bisect(seed, granule, n):
+    rnd = random.Random(seed)
+    starts, ends, at = [], [], 0x10000
+    for _ in range(n):
+        at += rnd.randrange(0, 5) * granule
+        size = rnd.randrange(0, 6) * granule
+        starts.append(at)
+        ends.append(at + size)
+        at += size
+    if not starts:
+        starts, ends = [0x10000], [0x10000 + granule]
+    lo, hi = starts[0], max(ends)
+    values = [rnd.randrange(lo, hi) for _ in range(200)] if hi > lo else []
+    assert reach._owner_map(starts, ends, lo, hi)(values) == reach._owners(values, starts, ends)
