@@ -17,7 +17,7 @@ from gdbext.core.layout import PAGE_SIZE
 from gdbext.core.memory import MemoryFault, RangesReader
 from gdbext.core.pages import for_each_page, page_summary, read_pages, validate_pages, walk_free_list
 from gdbext.core.program import Program, ProgramError
-from gdbext.core.reports.reach import DEFAULT_PREFIX
+from gdbext.core.reports.reach import DEFAULT_GROUPS, DEFAULT_PREFIX
 from gdbext.core.snapshot import diff_snapshots, take_snapshot
 from gdbext.core.stats import heap_stats
 from gdbext.core.symbols import load_elf_info
@@ -518,6 +518,9 @@ def _leaks_options(parser):
                         help="block addresses listed per caller in text (default 8)")
     parser.add_argument("--prefix", type=count, default=DEFAULT_PREFIX, metavar="N",
                         help="with --scan: group lost segments by size and their first N bytes (default 16)")
+    parser.add_argument("--groups", type=count, default=DEFAULT_GROUPS, metavar="N",
+                        help=f"with --scan: groups shown in text, biggest first (default {DEFAULT_GROUPS}; "
+                             "0: all; --json lists all)")
     _partial_option(parser)
 
 
@@ -551,7 +554,7 @@ def _leaks(session, args):
         scan = reach.leak_scan(prog, _reach_roots(session, prog, args))
         watch = session.recorded_watch()
         callers = {p: op.caller_function for p, op in watch.live.items()} if watch is not None else None
-        report = reports.leak_scan_report(prog, scan, max(1, args.prefix), callers)
+        report = reports.leak_scan_report(prog, scan, max(1, args.prefix), callers, args.groups)
         return _outcome(report, report["count"] > 0)
     if session.face == "cli":
         raise CommandError("kheap leaks: the CLI has no 'kheap watch' history: use --scan (a "

@@ -12,6 +12,8 @@ from .base import ERROR, FREE, HEADING, OK, PLAIN, USED, WARNING, Text, clean, r
 __all__ = ["leak_scan_report", "refs_report", "dangling_report"]
 
 DEFAULT_PREFIX = 16
+DEFAULT_GROUPS = 20          # groups a text report shows (JSON has them all)
+ADDRESSES_SHOWN = 4          # payload addresses per group in text
 
 
 def _first_bytes(data: bytes) -> Dict[str, Any]:
@@ -48,7 +50,7 @@ def _roots_json(roots: Any) -> Dict[str, Any]:
 
 
 def leak_scan_report(prog: Any, scan: Any, prefix: int = DEFAULT_PREFIX,
-                     callers: Optional[Mapping[int, str]] = None) -> Dict[str, Any]:
+                     callers: Optional[Mapping[int, str]] = None, groups_shown: int = DEFAULT_GROUPS) -> Dict[str, Any]:
     """``kheap leaks --scan``: the allocated blocks no root reaches, grouped by size and first
     bytes (biggest groups first); ``callers``: payload -> the function that allocated it
     (from ``kheap watch``, when it recorded)."""
@@ -78,6 +80,7 @@ def leak_scan_report(prog: Any, scan: Any, prefix: int = DEFAULT_PREFIX,
     d.update({
         "count": len(lost), "bytes": sum(g["bytes"] for g in ordered),
         "indirect": sum(1 for k in lost if scan.indirect[k]), "prefix": prefix, "groups": ordered,
+        "groups_shown": groups_shown,
         "roots": _roots_json(scan.roots),
         "scanned": {"used": len(ix.used), "reached": len(ix.used) - len(lost), "free": len(ix.free),
                     "bad": len(ix.bad), "words": scan.words, "root_hits": scan.root_hits,
@@ -109,32 +112,44 @@ def _roots_lines(r: Dict[str, Any], out: Text) -> None:
             out.line(f"  stack {s['name']} {where}: no core's sp in it: dead, not scanned")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 @renders("leak-scan")
 def _render_leak_scan(r: Dict[str, Any], out: Text) -> None:
     sc = r["scanned"]
     if not r["count"]:
         out.add("kheap leaks --scan: ").add("no leaks", OK)
-        out.line(f": all {sc['used']} allocated segments are reachable from the roots")
+        out.line(f": all {_plural(sc['used'], 'allocated segment')} reachable from the roots")
     else:
-        out.add("kheap leaks --scan: ").add(f"{r['count']} allocated segments ({r['bytes']} bytes)", ERROR)
+        groups = r["groups"]
+        out.add("kheap leaks --scan: ").add(f"{_plural(r['count'], 'allocated segment')} ({r['bytes']} bytes)", ERROR)
         extra = f", {r['indirect']} of them only from other lost segments" if r["indirect"] else ""
-        out.line(f" no root reaches{extra}, in {len(r['groups'])} groups:")
-        shown = 4
+        out.line(f" no root reaches{extra}, in {_plural(len(groups), 'group')} by size and first bytes:")
+        limit = r.get("groups_shown") or len(groups)
+        callers = any(g["callers"] for g in groups[:limit])
         rows = []
-        for g in r["groups"]:
+        for g in groups[:limit]:
             text = f"\"{g['text']}\"" if g["text"] is not None else g["first_bytes"]
-            addrs = ", ".join(out.addr(b["payload"]) for b in g["blocks"][:shown])
-            if len(g["blocks"]) > shown:
-                addrs += f" (+{len(g['blocks']) - shown} more)"
-            rows.append([(str(g["size"]), PLAIN), (str(g["count"]), USED), (str(g["bytes"]), PLAIN),
-                         (text, PLAIN), (addrs, PLAIN)])
-            if g["callers"]:
-                who = ", ".join(f"{name} ({n})" for name, n in sorted(g["callers"].items(), key=lambda x: -x[1]))
-                rows.append([("", PLAIN), ("", PLAIN), ("", PLAIN), (f"allocated by {who}", WARNING), ("", PLAIN)])
-        out.table(["size", "count", "bytes", f"first {r['prefix']} bytes", "payloads"], rows)
+            addrs = ", ".join(out.addr(b["payload"]) for b in g["blocks"][:ADDRESSES_SHOWN])
+            if len(g["blocks"]) > ADDRESSES_SHOWN:
+                addrs += f" (+{len(g['blocks']) - ADDRESSES_SHOWN} more)"
+            row = [(str(g["size"]), PLAIN), (str(g["count"]), USED), (str(g["bytes"]), PLAIN), (text, PLAIN)]
+            if callers:
+                who = ", ".join(f"{name} ({n})" if len(g["callers"]) > 1 else name
+                                for name, n in sorted(g["callers"].items(), key=lambda x: -x[1]))
+                row.append((who or "?", WARNING))
+            rows.append(row + [(addrs, PLAIN)])
+        out.table(["size", "count", "bytes", f"first {r['prefix']} bytes"] + (["allocated by"] if callers else [])
+                  + ["payloads"], rows)
+        if len(groups) > limit:
+            rest = groups[limit:]
+            out.line(f"  ... {_plural(len(rest), 'more group')} ({_plural(sum(g['count'] for g in rest), 'segment')}, "
+                     f"{sum(g['bytes'] for g in rest)} bytes) not shown: --groups 0 or --json lists all")
     _roots_lines(r, out)
     walk = "complete" if r["walk"]["complete"] else f"stopped ({r['walk']['stop']['reason']})"
-    out.line(f"scanned: {sc['used']} allocated segments ({sc['reached']} reached), {sc['words']} words; "
+    out.line(f"scanned: {_plural(sc['used'], 'allocated segment')} ({sc['reached']} reached), {sc['words']} words; "
              f"walk {walk}")
     out.notes(r.get("notes", []))
 
@@ -226,9 +241,10 @@ def dangling_report(prog: Any, ix: Any, items: List[Tuple[int, List[Dict[str, An
 def _render_dangling(r: Dict[str, Any], out: Text) -> None:
     if not r["count"]:
         out.add("kheap refs --dangling: ").add("none", OK).line(f": nothing points into any of the "
-                                                                f"{r['free']} free segments")
+                                                                f"{_plural(r['free'], 'free segment')}")
     else:
-        out.add("kheap refs --dangling: ").add(f"{r['count']} free segments are still pointed into", ERROR).line(":")
+        what = "1 free segment is" if r["count"] == 1 else f"{r['count']} free segments are"
+        out.add("kheap refs --dangling: ").add(f"{what} still pointed into", ERROR).line(":")
         for s in r["segments"]:
             out.line(f"free segment at {out.addr(s['address'])} (size {s['size']}, payload "
                      f"{out.addr(s['payload'])}):")
