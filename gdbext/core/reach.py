@@ -21,10 +21,11 @@ Values pointing into a block's header do not mark it: the allocator's own list h
 neighbour links point there, and no owner holds a header. Free blocks are never scanned.
 
 Nothing here decodes the allocator's data: blocks and their payload ranges come from
-``prog.allocator`` (``blocks``, ``payload_ranges``). Speed comes from scanning whole buffers
-in C (:func:`scan_words`: the top bytes of every word compared as byte columns, then
-``memoryview.cast`` values for the few candidates) and mapping values to blocks with
-``bisect`` over sorted payload starts.
+``prog.allocator`` (``blocks``, ``payload_ranges``). Speed comes from never taking a Python
+step per word: :func:`scan_words` screens whole buffers in C (the top bytes of every word as
+byte columns, ``bytes.translate`` and big-integer ``&``) and decodes only the candidates
+(``memoryview.cast``); candidates are placed in blocks by a granule table (or ``bisect``) in
+C-level maps, and the mark follows the resulting edges.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from __future__ import annotations
 import re
 import struct
 import sys
-from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field as dc_field
 from array import array
+from bisect import bisect_right
+from dataclasses import dataclass, field as dc_field
 from itertools import chain, compress, repeat
 from math import gcd
-from operator import add as add_op, and_ as and_op, floordiv as floordiv_op, gt as gt_op, lt as lt_op, mul as mul_op, ne as ne_op, sub as sub_op
+from operator import (add as add_op, and_ as and_op, floordiv as floordiv_op, gt as gt_op, lt as lt_op,
+                      mul as mul_op, ne as ne_op, sub as sub_op)
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .memory import MemoryFault
@@ -538,10 +540,9 @@ def _heap_candidates(ix: HeapIndex, lo: int, hi: int,
 def leak_scan(prog: Any, roots: Roots, walk: Any = None) -> LeakScan:
     """Mark every used block reachable from ``roots``; see the module docstring.
 
-    The heap is scanned once, whole (:func:`scan_words`); each candidate word is placed in the
-    used payload holding it (one merge: both are in address order) and the one its value
-    points into (``bisect``); the edges between payloads make a graph, walked from the blocks
-    the roots point into."""
+    The used payloads are scanned once, together (:func:`scan_words`); each candidate word is
+    placed in the payload holding it and the one its value points into (:func:`_owner_map`);
+    those edges make a graph, walked from the blocks the roots point into."""
     walk = walk if walk is not None else prog.allocator.walk(prog)
     ix = HeapIndex(prog, walk)
     P, order = prog.pointer_size, prog.byteorder
