@@ -123,6 +123,13 @@ class SegmentList:
         return [Block(a, extent(a, s, heap_end, hdr), s, segment_state(f))
                 for a, (_, _, f, s) in zip(walk.addresses, walk.all_fields())]
 
+    def payload_ranges(self, walk: HeapWalk, blocks: List[Block]) -> List[Tuple[int, int]]:
+        """``[start, end)`` of the bytes each block hands its owner (after its header), for
+        ``blocks`` as :meth:`blocks` gave them, in their order (empty when the extent holds
+        only a header)."""
+        off = walk.payload_offset
+        return [(a + off if off < e else a + e, a + e) for a, e, _, _ in blocks]
+
     def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
         """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``
         (a kernel following a clobbered link faults at that value plus a field offset)."""
