@@ -44,12 +44,20 @@ class Symbol:
     section: str = ""   # the defining section's name ('' for absolute or undefined)
 
 
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
     address: int
     size: int
     data: Optional[bytes]      # None for NOBITS (.bss)
+    flags: int = 0             # sh_flags (SHF_WRITE: the kernel writes it: .data, .bss)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & SHF_WRITE)
 
 
 @dataclass
@@ -277,7 +285,7 @@ def _parse(path: str) -> ElfInfo:
                 if not sec["sh_flags"] & 0x2 or not sec["sh_size"]:   # SHF_ALLOC
                     continue
                 data = None if sec["sh_type"] == "SHT_NOBITS" else sec.data()
-                sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], data))
+                sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], data, sec["sh_flags"]))
 
             loads = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
             if loads:

@@ -69,6 +69,8 @@ def run_cli(argv, out, err):
     if result.is_error:
         err.write(result.text.rstrip("\n") + "\n")
         return result.status or EXIT_ERROR
+    if name == "blame" and (result.data or {}).get("ended") == "interrupted":
+        result.status = EXIT_INTERRUPTED           # Ctrl-C: the report of what was seen, then 130
     if opts.quiet:
         line = quiet_line(name, result.data) if opts.quiet == 1 else None
         if line:

@@ -31,8 +31,8 @@ def add_global_options(parser, json_option=True, with_help=True):
                         help="the kernel ELF the target runs (symbols and DWARF layouts); "
                              "a 'kheap dump' file remembers it")
     target.add_argument("--remote", metavar="HOST:PORT",
-                        help="a live gdbstub, e.g. QEMU's -gdb tcp::1234 (read-only; the target is "
-                             "left running or stopped as it was found)")
+                        help="a live gdbstub, e.g. QEMU's -gdb tcp::1234 (read-only, but 'blame' "
+                             "restarts the kernel; the target is left running or stopped as it was found)")
     target.add_argument("--core", metavar="FILE", action="append",
                         help="a QEMU dump-guest-memory core or a 'kheap dump' file; 'check' takes "
                              "it several times, or a directory, and checks every dump in parallel")
@@ -57,6 +57,9 @@ def add_global_options(parser, json_option=True, with_help=True):
     over.add_argument("--page-convention", metavar="WORDS",
                       help="page conventions: auto (default), identity or mapped-only (vaddr_mapped), "
                            "heap-bit or no-heap-bit (heap pages' flags), comma-separated")
+    over.add_argument("--stacks", metavar="SPEC",
+                      help="stacks for leaks --scan and refs: TOP:SIZE or LOW..TOP, comma separated, "
+                           "or none (default: the ELF's *stack_top symbols)")
     over.add_argument("--block-size", metavar="BYTES",
                       help="cache block in bytes (a power of two, default 4096); adjacent missing blocks are read together")
     if with_help:

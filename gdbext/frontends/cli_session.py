@@ -87,7 +87,7 @@ class CliSession(Session):
         self.apply_setting("color", opts.color)
         if opts.debug:
             self.apply_setting("debug", True)
-        for name in ("heap-start", "heap-size", "list-head", "block-size", "page-convention"):
+        for name in ("heap-start", "heap-size", "list-head", "block-size", "page-convention", "stacks"):
             value = getattr(opts, name.replace("-", "_"), None)
             if value is not None:
                 self.apply_setting(name, value)
@@ -256,6 +256,13 @@ class CliSession(Session):
             return cpus, min(index, len(cpus) - 1)
         return [{}], 0
 
+    def core_states(self):
+        """Every CPU's registers (a live stub: ``g`` per thread; a dump: its notes); no frames."""
+        from gdbext.core.reach import CoreState
+
+        cpus, _ = self.all_registers()
+        return [CoreState(i + 1, dict(regs)) for i, regs in enumerate(cpus) if regs]
+
     def stop_place(self):
         if self._stop is not None:
             return self._stop
@@ -279,6 +286,15 @@ class CliSession(Session):
         # No debugger, no unwinder: frames stay empty (the text output says so).
         self._stop = StopPlace(pc=pc, function=function, frames=[], registers=registers, thread=thread)
         return self._stop
+
+    def blame_target(self):
+        from gdbext.frontends.cli_blame import CliBlameTarget
+
+        return CliBlameTarget(self)
+
+    def forget_stop(self):
+        """The target ran: where it stopped must be read again."""
+        self._stop = None
 
     def color_wanted(self):
         setting = self.current_settings()["color"]

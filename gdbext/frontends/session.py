@@ -13,6 +13,7 @@ from typing import Optional
 from gdbext.core.memory import BlockCache
 from gdbext.core.pages import parse_page_convention
 from gdbext.core.program import Overrides, Program
+from gdbext.core.reach import CoreState
 from gdbext.core.snapshot import Snapshot, SnapshotError
 from gdbext.core.symbols import load_elf_info
 
@@ -62,6 +63,8 @@ SETTINGS = (
      "identity or mapped-only (vaddr_mapped), heap-bit or no-heap-bit (heap pages' flags); "
      "comma-separated, e.g. mapped-only,no-heap-bit.", "auto"),
     ("debug", "PARAM_BOOLEAN", "Whether kheap shows Python tracebacks of its own bugs.", False),
+    ("stacks", "PARAM_STRING", "Stacks for leaks --scan and refs: TOP:SIZE or LOW..TOP, comma "
+     "separated, or none (empty: from the ELF's *stack_top symbols).", ""),
 )
 
 
@@ -86,6 +89,12 @@ def _parse_setting(name, value):
         except ValueError as error:
             raise CommandError(f"kheap page-convention: {error}") from None
         return None if value in (None, "", "auto") else str(value).replace(" ", "").lower()
+    if name == "stacks":
+        text = " ".join(str(value or "").split())
+        if text and text.lower() != "none" and not all(":" in item or ".." in item
+                                                       for item in text.split(",") if item.strip()):
+            raise CommandError("kheap stacks: expected TOP:SIZE or LOW..TOP items, comma separated, or none")
+        return text or None
     if value in (None, "", "auto"):
         return None
     try:
@@ -123,9 +132,26 @@ class Session:
     def stop_place(self):
         return StopPlace()
 
+    def core_states(self):
+        """Every core's registers (and frames, where the face can unwind) for the roots of a
+        reachability scan: ``[CoreState]``. This default knows only the core that stopped."""
+        place = self.stop_place()
+        if not place.registers:
+            return []
+        return [CoreState(place.thread or 1, dict(place.registers), [dict(f) for f in place.frames])]
+
+    def recorded_watch(self):
+        """What ``kheap watch`` recorded in this session (a Watch), or None; never starts one."""
+        return getattr(getattr(self, "_watch", None), "watch", None)
+
     def watch_controller(self):
         """The face's ``kheap watch`` machinery (breakpoints need a debugger: gdb has one)."""
         raise CommandError(f"kheap watch needs breakpoints in a running kernel: not available in {self.face}")
+
+    def blame_target(self):
+        """The face's ``kheap blame`` machinery (a live QEMU it can reset and watch)."""
+        raise CommandError("kheap blame needs a live QEMU target it can reset: not available in "
+                           f"{self.face}")
 
     def check_alive(self, program):
         """Raise CommandError if the target behind a cached Program has gone (faces with a

@@ -48,6 +48,22 @@ trips rather than one per reply.
 
 Never a write: every packet goes through :func:`check_read_only`, an allowlist of read-only
 commands, so no code path can send ``M``, ``X``, ``G``, ``P``, ``Z``, ``c`` or ``s``.
+
+Run control, for ``kheap blame`` only: after :meth:`RemoteTarget.allow_run_control` a second,
+fixed allowlist (:func:`check_run_control`) also lets through QEMU's ``qRcmd`` for exactly
+``system_reset`` and ``info status``, ``Z``/``z`` of breakpoints and watchpoints (types 0-2; QEMU's
+system emulator keeps them inside TCG and writes no memory for them), ``c``, ``s`` and
+``vCont``. Memory and register writes stay impossible. What QEMU 7.2 does (measured, see
+tests/integration/test_blame.py):
+- ``qRcmd,<hex>`` answers the monitor's output as ``O<hex>`` packets, then ``OK``;
+  ``system_reset`` leaves the VM stopped at the reset vector, with the ``-kernel`` image and
+  ``-device loader`` blobs loaded again (RAM is not cleared). qemu-user answers it empty.
+- ``Z2,addr,len`` takes any length; a write stops every CPU with ``T05thread:<id>;watch:<addr>;``
+  (the watchpoint's start, not the byte written) *before* the store: the pc is the storing
+  instruction and memory is unchanged. ``c`` from there stops at the same store again; the
+  client removes the watchpoint, steps (``s``: the CPU that stopped) and inserts it again.
+- a ``Z0`` breakpoint stops with a plain ``T05thread:<id>;`` (no ``swbreak``); any byte sent
+  while the VM runs stops it (``\\x03`` is the polite one: ``T02``).
 """
 
 from __future__ import annotations
@@ -65,7 +81,7 @@ from .errors import MemoryFault, TargetError
 from .regs import RegisterLayout, fallback_layout, layout_from_target_xml
 
 __all__ = ["RemoteTarget", "StopReply", "WriteForbidden", "parse_hostport", "checksum",
-           "frame", "decode_payload", "check_read_only", "TargetError", "MemoryFault"]
+           "frame", "decode_payload", "check_read_only", "check_run_control", "TargetError", "MemoryFault"]
 
 MAX_RETRIES = 5            # retransmissions of one packet (a '-' from the stub or a bad reply)
 DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every request, retransmissions included
@@ -92,6 +108,24 @@ _READ_ONLY = re.compile(
     r"|m[0-9a-f]+,[0-9a-f]+"
     r"|Hg(-1|0|p?[0-9a-f]+(\.-?[0-9a-f]+)?)"
     r"|qXfer:features:read:[A-Za-z0-9_.-]+:[0-9a-f]+,[0-9a-f]+")
+
+
+_MONITOR_COMMANDS = ("system_reset", "info status")
+_RUN_CONTROL = re.compile(
+    r"qRcmd,(?:" + "|".join(c.encode().hex() for c in _MONITOR_COMMANDS) + r")"
+    r"|[Zz][012],[0-9a-f]+,[0-9a-f]+"
+    r"|c|s|vCont\?|vCont(;[cs](:[0-9a-fp.-]+)?)+")
+
+
+def check_run_control(payload: bytes) -> None:
+    """Raise :class:`WriteForbidden` unless ``payload`` is read-only or one of the run-control
+    packets ``kheap blame`` sends (see the module docstring)."""
+    try:
+        text = payload.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if not _RUN_CONTROL.fullmatch(text):
+        check_read_only(payload)
 
 
 def check_read_only(payload: bytes) -> None:
@@ -255,6 +289,8 @@ class RemoteTarget:
         self._carry: Optional[Tuple[int, float]] = None   # (address, deadline) a stream hands on
         self._layout: Optional[RegisterLayout] = None
         self._closed = False
+        self._run_control = False          # kheap blame may reset, watch and continue
+        self.running = False               # we resumed it and have not seen it stop yet
         self._sock = self._connect()
         self._in_handshake = True
         try:
@@ -407,7 +443,8 @@ class RemoteTarget:
             raise TargetError(f"connection to {self._where()} lost: {exc.strerror or exc}") from None
 
     def _send_packet(self, payload: bytes) -> None:
-        check_read_only(payload)      # the single gate every command passes through
+        # The single gate every command passes through.
+        (check_run_control if self._run_control else check_read_only)(payload)
         self.packets_sent += 1
         self._send_raw(frame(payload))
 
@@ -480,7 +517,7 @@ class RemoteTarget:
 
     def _command(self, payload: bytes, *, expect_stop: bool = False, halt_probe: bool = False,
                  timeout: Optional[float] = None, deadline: Optional[float] = None,
-                 ack: bool = True) -> bytes:
+                 ack: bool = True, console: Optional[List[bytes]] = None) -> bytes:
         """Send one command and return its decoded reply, with acks and bounded retries.
 
         One deadline (``deadline``, else now + ``timeout``) bounds the whole exchange,
@@ -491,10 +528,11 @@ class RemoteTarget:
             deadline = time.monotonic() + timeout
         self._send_packet(payload)
         return self._await_reply(payload, deadline, timeout, expect_stop=expect_stop,
-                                 halt_probe=halt_probe, ack=ack)
+                                 halt_probe=halt_probe, ack=ack, console=console)
 
     def _await_reply(self, payload: bytes, deadline: float, timeout: float, *, acked: bool = False,
-                     expect_stop: bool = False, halt_probe: bool = False, ack: bool = True) -> bytes:
+                     expect_stop: bool = False, halt_probe: bool = False, ack: bool = True,
+                     console: Optional[List[bytes]] = None) -> bytes:
         """The reply to ``payload``, already sent (``acked``: and acked by the stub).
 
         Stop packets that arrive when no stop reply is expected are recorded (QEMU's notice
@@ -543,6 +581,8 @@ class RemoteTarget:
             if _is_console(data):
                 if self._ack_mode:
                     self._send_raw(b"+")
+                if console is not None:
+                    console.append(data[1:])
                 continue                     # target output: not a reply
             if not expect_stop and _is_stop(data):
                 if self._ack_mode:
@@ -618,7 +658,9 @@ class RemoteTarget:
         return self.register_layout().arch
 
     def _g(self) -> bytes:
-        reply = self._command(b"g")
+        return self._parse_g(self._command(b"g"))
+
+    def _parse_g(self, reply: bytes) -> bytes:
         if reply.startswith(b"E") and len(reply) == 3:
             raise TargetError(f"stub at {self._where()} cannot read registers ({reply.decode()})")
         try:
@@ -636,12 +678,138 @@ class RemoteTarget:
         if thread is not None:
             if self._command(b"Hg" + thread.encode("ascii")) != b"OK":
                 raise TargetError(f"stub at {self._where()} has no thread {thread!r}")
-        g = self._g()
+        return self.decode_registers(self._g())
+
+    def decode_registers(self, g: bytes) -> Dict[str, int]:
+        """The registers of a ``g`` reply (already hex-decoded: see :meth:`batch`)."""
+        layout = self.register_layout()
         if not layout.fits(len(g)):
             # The description and the packet disagree (QEMU sends the FPA block until a client
             # has read target.xml): trust the packet's size.
             layout = fallback_layout(len(g))
         return layout.decode(g, self.byteorder)
+
+    # -- run control (kheap blame only) ----------------------------------------------------------
+    def allow_run_control(self) -> None:
+        """Let this connection reset QEMU, set breakpoints and watchpoints and run the target
+        (the packets :func:`check_run_control` allows). Memory is still never written."""
+        self._run_control = True
+
+    def monitor(self, command: str, timeout: Optional[float] = None) -> str:
+        """Run a QEMU monitor command (``qRcmd``) and return its output. Only the commands of
+        the run-control allowlist go out; a stub without monitor commands answers empty."""
+        out: List[bytes] = []
+        reply = self._command(b"qRcmd," + command.encode().hex().encode(), console=out,
+                              timeout=timeout)
+        text = b"".join(bytes.fromhex(o.decode("ascii", "replace")) for o in out
+                        if re.fullmatch(rb"(?:[0-9a-fA-F]{2})*", o)).decode("utf-8", "replace")
+        if reply == b"":
+            raise TargetError(f"the stub at {self._where()} takes no monitor commands (qRcmd)")
+        if reply != b"OK":
+            if re.fullmatch(rb"(?:[0-9a-fA-F]{2})+", reply):
+                return text + bytes.fromhex(reply.decode()).decode("utf-8", "replace")
+            raise TargetError(f"monitor command {command!r} failed at {self._where()}: "
+                              f"{reply[:40].decode('ascii', 'replace')}")
+        return text
+
+    def insert_point(self, kind: int, address: int, length: int) -> bool:
+        """``Z<kind>``: 0 software breakpoint, 1 hardware breakpoint, 2 write watchpoint.
+        False when the stub does not support that kind (empty reply)."""
+        reply = self._command(b"Z%d,%x,%x" % (kind, address, length))
+        if reply == b"OK":
+            return True
+        if reply == b"":
+            return False
+        raise TargetError(f"stub at {self._where()} refused Z{kind} at 0x{address:x} "
+                          f"({length} bytes): {reply[:20].decode('ascii', 'replace')}")
+
+    def remove_point(self, kind: int, address: int, length: int) -> bool:
+        """``z<kind>``; False when the stub did not remove it."""
+        return self._command(b"z%d,%x,%x" % (kind, address, length)) == b"OK"
+
+    def resume(self, step: bool = False) -> None:
+        """``c`` (every CPU runs) or ``s`` (the CPU that last stopped runs one instruction);
+        the stop comes from :meth:`wait_stop`."""
+        self._send_packet(b"s" if step else b"c")
+        self.running = True
+
+    def interrupt(self) -> None:
+        """``\\x03``: stop a running target (its stop reply comes from :meth:`wait_stop`)."""
+        self._send_raw(b"\x03")
+
+    def wait_stop(self, timeout: Optional[float] = None,
+                  poll: Optional[Callable[[], None]] = None, every: float = 0.1) -> StopReply:
+        """The stop reply of a resumed target. ``timeout`` None waits as long as it runs;
+        ``poll()`` is called every ``every`` seconds of waiting (it may :meth:`interrupt`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = time.monotonic() + every
+            if deadline is not None:
+                wait = min(wait, deadline)
+            tok = self._next_token(wait)
+            if tok is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TargetError(f"the target at {self._where()} did not stop within {timeout:g}s")
+                if poll is not None:
+                    poll()
+                continue
+            if tok == b"-":
+                self.retransmissions += 1
+                self._send_packet(b"c")      # our resume was garbled: the only one in flight
+                continue
+            if not isinstance(tok, _Packet):
+                continue
+            if not tok.ok:
+                if self._ack_mode:
+                    self._send_raw(b"-")
+                continue
+            if self._ack_mode:
+                self._send_raw(b"+")
+            data = decode_payload(tok.payload)
+            if _is_console(data):
+                continue
+            if data[:1] in (b"W", b"X"):
+                self.running = False
+                raise TargetError(f"the target at {self._where()} has exited "
+                                  f"({data[:20].decode('ascii', 'replace')})")
+            if _is_stop(data):
+                self.running = False
+                self.last_stop = StopReply.parse(data.decode("ascii", "replace"))
+                return self.last_stop
+
+    def batch(self, payloads: List[bytes], resume: Optional[bytes] = None) -> List[bytes]:
+        """Several commands in one send, their replies in order; ``resume`` (``c`` or ``s``) goes
+        last in the same send and its stop comes from :meth:`wait_stop`. Only while the target
+        is stopped: any byte reaching a running QEMU stops it. A ``g`` reply comes back
+        hex-decoded (for :meth:`decode_registers`), an ``m`` reply as bytes."""
+        if not self.pipelining:
+            out = [self._command(p) for p in payloads]
+        else:
+            deadline = time.monotonic() + self.timeout
+            frames = []
+            for p in payloads:
+                (check_run_control if self._run_control else check_read_only)(p)
+                frames.append(frame(p))
+            self.packets_sent += len(frames)
+            self._send_raw(b"".join(frames))
+            out = [self._await_reply(p, deadline, self.timeout) for p in payloads]
+        if resume is not None:
+            self._send_packet(resume)
+            self.running = True
+        decoded = []
+        for p, reply in zip(payloads, out):
+            if p == b"g":
+                decoded.append(self._parse_g(reply))
+            elif p[:1] == b"m" and not (reply.startswith(b"E") and len(reply) == 3):
+                decoded.append(bytes.fromhex(reply.decode("ascii", "replace")))
+            else:
+                decoded.append(reply)
+        return decoded
+
+    def step(self, timeout: Optional[float] = None) -> StopReply:
+        """One instruction of the CPU that last stopped."""
+        self.resume(step=True)
+        return self.wait_stop(self.timeout if timeout is None else timeout)
 
     # -- memory --------------------------------------------------------------------------------
     def _parse_m(self, reply: bytes, address: int, size: int) -> Union[bytes, str]:

@@ -62,8 +62,32 @@ def _regions_bounded(command, old, new):
             and n.get("regions_not_shown") == len(rows) - len(kept) and all(r in rows for r in kept))
 
 
+def _blame_suggestion(command, old, new):
+    """check and triage suggest the ``kheap blame`` command of their first error finding (issue
+    13): a new ``blame`` key in the check report (``triage``: in its ``check``), null when
+    there is no error, and nothing else changes."""
+    o, n = old.get("output"), new.get("output")
+    if not o or not n or old.get("exit") != new.get("exit") or old.get("stderr") != new.get("stderr"):
+        return False
+    check_new = n.get("check") if command.startswith("kheap triage") else n
+    if not isinstance(check_new, dict) or "blame" not in check_new:
+        return False
+    suggestion = check_new["blame"]
+    if suggestion is None:
+        ok = check_new.get("errors", 0) == 0
+    else:
+        ok = (check_new.get("errors", 0) > 0 and suggestion["command"].startswith("kheap blame 0x")
+              and f"--size {suggestion['size']}" in suggestion["command"])
+    stripped = {k: v for k, v in check_new.items() if k != "blame"}
+    if command.startswith("kheap triage"):
+        stripped = dict(n, check=stripped)
+    return ok and stripped == o
+
+
 # Each: (what the command line starts with, the check that the difference is that fix).
 NAMED_FIXES = (
+    ("kheap check ", _blame_suggestion),
+    ("kheap triage ", _blame_suggestion),
     ("kheap pages --page ", _page_report),
     ("kheap pages --address ", _page_report),
     ("kheap walk --around ", _around_corrupt_size),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..blame import suggest_blame
 from ..check import CheckReport
 from ..findings import Finding
 from ..program import Program
@@ -51,6 +52,7 @@ def check_report(prog: Program, report: CheckReport) -> Dict[str, Any]:
         # Errors first, then warnings (stable: each group keeps the order of the walk).
         "findings": [f.to_json() for f in sorted(report.findings, key=lambda f: f.severity != "error")],
     })
+    d["blame"] = suggest_blame(prog, report.findings)     # the command that finds who wrote it
     return clean(d)
 
 
@@ -254,6 +256,9 @@ def _render_check(r: Dict[str, Any], out: Text) -> None:
     out.line(heap_line(r, out))
     for f in r["findings"]:
         finding_lines(f, out)
+    if r.get("blame"):
+        out.line(f"which instruction wrote it: {r['blame']['command']}  (on the live target; "
+                 "restarts the kernel)", NOTE)
     out.notes(r.get("notes", []))
 
 

@@ -123,6 +123,13 @@ class SegmentList:
         return [Block(a, extent(a, s, heap_end, hdr), s, segment_state(f))
                 for a, (_, _, f, s) in zip(walk.addresses, walk.all_fields())]
 
+    def payload_ranges(self, walk: HeapWalk, blocks: List[Block]) -> List[Tuple[int, int]]:
+        """``[start, end)`` of the bytes each block hands its owner (after its header), for
+        ``blocks`` as :meth:`blocks` gave them, in their order (empty when the extent holds
+        only a header)."""
+        off = walk.payload_offset
+        return [(a + off if off < e else a + e, a + e) for a, e, _, _ in blocks]
+
     def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
         """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``
         (a kernel following a clobbered link faults at that value plus a field offset)."""
@@ -132,6 +139,18 @@ class SegmentList:
                 if value and value <= address < value + span:
                     out.append({"segment": a, "field": name, "value": value, "offset": address - value})
         return out
+
+    def blame_range(self, prog: Any, finding: Finding) -> Optional[Tuple[int, int, str]]:
+        """``(address, size, what)``: the bytes whose last writer explains ``finding`` (the
+        field a code names, a free payload's overwritten bytes), or None (``kheap blame``)."""
+        from .blame import blame_range
+        return blame_range(prog, finding)
+
+    def range_at(self, prog: Any, address: int) -> Optional[Tuple[int, int, str]]:
+        """``(address, size, what)``: the header field holding ``address`` (the whole header at
+        its first byte), or None outside headers (``kheap blame ADDR``)."""
+        from .blame import range_at
+        return range_at(prog, address)
 
 
 SEGMENT_LIST = SegmentList()
