@@ -11,6 +11,7 @@ gdb calls ``stop()`` only for writes that change the bytes: a store of the value
 is not reported to Python at all (the CLI, which drives QEMU itself, sees those too).
 """
 
+import os
 import sys
 
 import gdb  # noqa: I001 - this face exists to talk to gdb
@@ -35,7 +36,12 @@ class _Watchpoint(gdb.Breakpoint):
         self._owner = owner
 
     def stop(self):
-        return self._owner.hit()
+        try:
+            return self._owner.hit()
+        except KeyboardInterrupt:
+            # Ctrl-C while Python runs (most of a long run) reaches us, not gdb: stop here.
+            self._owner.reason = "interrupted"
+            return True
 
 
 class _Until(gdb.Breakpoint):
@@ -75,6 +81,7 @@ class GdbBlameTarget(BlameTarget):
         self._on_hit = None
         self._range = None
         self._last_stop = None
+        self._suspended = None
 
     def check_can_blame(self):
         try:
@@ -110,8 +117,11 @@ class GdbBlameTarget(BlameTarget):
         return answer.strip().lower() in ("y", "yes")
 
     def progress(self, text):
-        gdb.write(text + "\n", gdb.STDERR)
-        gdb.flush()
+        # Straight to the terminal: gdb.write would land in a to_string capture of the command.
+        try:
+            os.write(2, (text + "\n").encode())
+        except OSError:
+            pass
 
     def reset(self):
         gdb.execute("monitor system_reset", to_string=True)
@@ -155,7 +165,29 @@ class GdbBlameTarget(BlameTarget):
             return True
         return False
 
+    def _suspend_others(self):
+        """Disable the user's breakpoints and kheap watch's for the re-run (they would stop it
+        or record it); cleanup enables them again."""
+        if self._suspended is not None:
+            return
+        self._suspended = []
+        others = list(gdb.breakpoints())
+        watch = getattr(self.session, "_watch", None)
+        others += list(getattr(watch, "breakpoints", []) or [])
+        for bp in others:
+            try:
+                if bp.is_valid() and bp.enabled and bp not in self.watchpoints + self.breakpoints:
+                    bp.enabled = False
+                    self._suspended.append(bp)
+            except gdb.error:
+                continue
+        if self._suspended:
+            self.notes = tuple(self.notes) + (
+                f"{len(self._suspended)} other breakpoint{'s' if len(self._suspended) != 1 else ''} "
+                "(yours, or kheap watch's) disabled during the re-run and enabled again",)
+
     def run(self, on_hit):
+        self._suspend_others()
         self._on_hit = on_hit
         self.reason = None
         self._last_stop = None
@@ -165,7 +197,9 @@ class GdbBlameTarget(BlameTarget):
 
         gdb.events.stop.connect(on_stop)
         try:
-            gdb.execute("continue", to_string=True)
+            # Not to_string: gdb 13 then loses a Ctrl-C typed while the watchpoint fires
+            # (measured); with the silent breakpoints it prints nothing anyway.
+            gdb.execute("continue", to_string=False)
         except KeyboardInterrupt:
             return "interrupted"
         finally:
@@ -186,6 +220,13 @@ class GdbBlameTarget(BlameTarget):
             for bp in items:
                 removed[key] += _delete(bp)
             items.clear()
+        for bp in self._suspended or ():
+            try:
+                if bp.is_valid():
+                    bp.enabled = True
+            except gdb.error:
+                pass
+        self._suspended = None
         return removed
 
     def disassemble(self, pc):

@@ -215,7 +215,14 @@ class _KheapCommand:
         except ValueError as error:
             result.SetError(f"kheap {self.name}: {error}")
             return
-        _emit(result, commands.execute_to_text(_SESSION, self.name, argv))
+        outcome = commands.execute_to_text(_SESSION, self.name, argv)
+        if debugger.GetCommandInterpreter().WasInterrupted() and outcome.text:
+            # lldb drops an interrupted command's result: what it saw goes to the output.
+            stream = debugger.GetErrorFile() if outcome.is_error else debugger.GetOutputFile()
+            if stream is not None and stream.IsValid():
+                stream.Write((outcome.text.rstrip("\n") + "\n").encode())
+                stream.Flush()
+        _emit(result, outcome)
 
     def get_short_help(self):
         return self._command.summary

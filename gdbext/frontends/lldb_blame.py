@@ -51,6 +51,7 @@ class LldbBlameTarget(BlameTarget):
         self.breakpoints = []
         self._range = None
         self._until = None
+        self._suspended = None
 
     def _command(self, line):
         ret = lldb.SBCommandReturnObject()
@@ -144,7 +145,31 @@ class LldbBlameTarget(BlameTarget):
                 return thread
         return self._thread()
 
+    def _suspend_others(self):
+        """Disable the user's breakpoints and watchpoints and kheap watch's for the re-run (they
+        would stop it or record it); cleanup enables them again."""
+        if self._suspended is not None:
+            return
+        ours = {bp.GetID() for bp in self.breakpoints}
+        mine = {wp.GetID() for wp in self.watchpoints}
+        self._suspended = []
+        for i in range(self.target.GetNumBreakpoints()):
+            bp = self.target.GetBreakpointAtIndex(i)
+            if bp.IsValid() and bp.IsEnabled() and bp.GetID() not in ours:
+                bp.SetEnabled(False)
+                self._suspended.append(bp)
+        for i in range(self.target.GetNumWatchpoints()):
+            wp = self.target.GetWatchpointAtIndex(i)
+            if wp.IsValid() and wp.IsEnabled() and wp.GetID() not in mine:
+                wp.SetEnabled(False)
+                self._suspended.append(wp)
+        if self._suspended:
+            self.notes = tuple(self.notes) + (
+                f"{len(self._suspended)} other breakpoint{'s' if len(self._suspended) != 1 else ''} or "
+                "watchpoints (yours, or kheap watch's) disabled during the re-run and enabled again",)
+
     def run(self, on_hit):
+        self._suspend_others()
         saved = self.debugger.GetOutputFile()
         quiet = None
         try:
@@ -161,8 +186,17 @@ class LldbBlameTarget(BlameTarget):
             if quiet is not None:
                 self.debugger.SetOutputFile(saved)
 
+    def _interrupted(self):
+        """Ctrl-C typed while a command runs: lldb marks the command interrupted."""
+        try:
+            return bool(self.debugger.GetCommandInterpreter().WasInterrupted())
+        except Exception:  # noqa: BLE001 - an lldb without it: no Ctrl-C, --max-hits bounds a run
+            return False
+
     def _run(self, on_hit):
         while True:
+            if self._interrupted():
+                return "interrupted"
             error = self.process.Continue()
             if error.Fail():
                 raise CommandError(f"cannot continue: {error.GetCString()}")
@@ -190,7 +224,8 @@ class LldbBlameTarget(BlameTarget):
                 continue
             if reason == lldb.eStopReasonBreakpoint and pc == self._until:
                 return "until"
-            if reason == lldb.eStopReasonSignal and thread.GetStopReasonDataAtIndex(0) == 2:
+            if self._interrupted() or (reason == lldb.eStopReasonSignal
+                                       and thread.GetStopReasonDataAtIndex(0) == 2):
                 return "interrupted"
             return "stopped"
 
@@ -201,6 +236,10 @@ class LldbBlameTarget(BlameTarget):
         for bp in self.breakpoints:
             removed["breakpoints"] += bool(self.target.BreakpointDelete(bp.GetID()))
         self.watchpoints, self.breakpoints = [], []
+        for item in self._suspended or ():
+            if item.IsValid():
+                item.SetEnabled(True)
+        self._suspended = None
         return removed
 
     def disassemble(self, pc):

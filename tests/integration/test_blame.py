@@ -232,3 +232,128 @@ def test_blame_refuses_qemu_user(tmp_path_factory):
                      "--timeout", "3")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "needs a live QEMU target it can reset" in proc.stderr
+
+
+# -- a person at the terminal --------------------------------------------------------------------
+class Terminal:
+    """A program on a pseudo-terminal of its own (its controlling terminal: Ctrl-C is SIGINT)."""
+
+    def __init__(self, argv):
+        import fcntl
+        import os
+        import pty
+        import termios
+
+        self.os = os
+        self.master, slave = pty.openpty()
+
+        def controlling():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen([str(a) for a in argv], stdin=slave, stdout=slave, stderr=slave,
+                                     cwd=REPO, preexec_fn=controlling)
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, text, timeout=60):
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not seen:\n{self.seen[-3000:]}")
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    data = self.os.read(self.master, 65536)
+                except OSError:
+                    data = b""
+                if not data and self.proc.poll() is not None:
+                    raise AssertionError(f"{text!r} not seen, program ended:\n{self.seen[-3000:]}")
+                self.seen += data.decode(errors="replace")
+        return self.seen
+
+    def send(self, text):
+        self.os.write(self.master, text.encode())
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.os.close(self.master)
+
+
+def boots(vm):
+    return vm.serial_text().count("KHEAP-BOOT")
+
+
+def test_the_cli_asks_a_person_first(start_vm):
+    vm = start_vm("arm", "uaf")
+    argv = [KHEAP, "blame", "--remote", f"127.0.0.1:{vm.gdb_port}", "--elf", vm.elf, "--color", "never"]
+    term = Terminal(argv)
+    try:
+        term.expect("Restart the kernel? [y/N]")
+        term.send("n\n")
+        term.expect("not run: the kernel was left as it was")
+        assert term.proc.wait(timeout=30) == 2
+    finally:
+        term.close()
+    assert boots(vm) == 1
+    term = Terminal(argv)
+    try:
+        term.expect("Restart the kernel? [y/N]")
+        term.send("y\n")
+        text = term.expect("removed what kheap set")
+        assert "scenario_uaf" in text and term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+    assert boots(vm) == 2
+
+
+def test_gdb_asks_a_person_first(start_vm):
+    vm = start_vm("arm", "wild")
+    term = Terminal(["gdb-multiarch", "-nx", "-q", "-iex", "set pagination off", "-iex", "set style enabled off",
+                     "-ex", f"source {REPO / 'gdbext' / 'gdbinit.py'}", "-ex", f"file {vm.elf}",
+                     "-ex", f"target remote 127.0.0.1:{vm.gdb_port}"])
+    try:
+        term.expect("(gdb) ")
+        term.send("kheap blame\n")
+        term.expect("Restart the kernel? (y or n)")
+        term.send("n\n")
+        term.expect("not run")
+        assert boots(vm) == 1
+        term.send("kheap blame\n")
+        term.expect("Restart the kernel? (y or n)", timeout=30)
+        term.send("y\n")
+        text = term.expect("removed what kheap set")
+        assert "scenario_wild" in text
+        term.send("detach\n")
+        term.expect("detached")
+        term.send("quit\n")
+        term.proc.wait(timeout=30)
+    finally:
+        term.close()
+    assert boots(vm) == 2
+
+
+def test_lldb_stops_on_ctrl_c_and_removes_everything(start_vm):
+    vm = start_vm("arm", "stress")
+    term = Terminal(["lldb", "--no-lldbinit", "-o", f"target create {vm.elf}",
+                     "-o", f"command script import {REPO / 'gdbext' / 'lldbinit.py'}",
+                     "-o", f"kheap connect 127.0.0.1:{vm.gdb_port}"])
+    try:
+        term.expect("Process 1 stopped")
+        term.send("kheap blame &heap_stats --size 4 --max-hits 0 -y\n")
+        term.expect("writes so far", timeout=60)
+        term.send("\x03")
+        text = term.expect("removed what kheap set", timeout=60)
+        assert "interrupted" in text
+        term.send("watchpoint list\n")
+        term.expect("No watchpoints currently set")
+        term.send("breakpoint list\n")
+        term.expect("No breakpoints currently set")
+        term.send("process detach\n")
+        term.expect("detached")
+    finally:
+        term.close()
