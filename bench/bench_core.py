@@ -6,7 +6,8 @@
 ``--vs TREE`` measures this checkout and another one (say the commit before, made with
 ``git worktree add ../old-worktree HEAD~1``) side by side: each round runs every size and arch
 once in a fresh process of each tree, alternating, and the table gives the medians and the
-median of the per-round ratios new/old (the figure that moves least when the machine drifts).
+median of the per-round ratios new/old (the figure that moves least when the machine drifts),
+of wall time and of the process's CPU time (less moved by other processes on a busy machine).
 
 Each heap is built directly in a bytearray (alternating used and free 16/32-byte-header
 segments of a few sizes, consistent links, poison in free payloads, matching heap_stats), read
@@ -93,15 +94,16 @@ def measure(segments: int, pointer_size: int) -> dict:
     # Timing without tracemalloc (it slows allocation-heavy code down a lot).
     prog2 = k.program()
     prog2.bounds
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     walk_heap(prog2)
     t4 = time.perf_counter()
+    c4 = time.process_time()
     report2 = check(prog2)
-    t5 = time.perf_counter()
+    t5, c5 = time.perf_counter(), time.process_time()
     assert len(walk) == segments and report.findings == [] and report2.findings == [], \
         [f.message for f in report2.findings][:3]
     return {"arch": "arm" if pointer_size == 4 else "aarch64", "segments": segments, "heap": k.heap_size,
-            "walk": t4 - t3, "check": t5 - t4, "peak": peak, "reads": prog2.memory.backend_reads}
+            "walk": t4 - t3, "check": t5 - t4, "check_cpu": c5 - c4, "peak": peak, "reads": prog2.memory.backend_reads}
 
 
 def line(m: dict) -> str:
@@ -124,13 +126,14 @@ def side_by_side(other: str, sizes: list, arches: list, rounds: int) -> None:
                                           "--arch", arch], capture_output=True, text=True, check=True).stdout
                     results.setdefault((arch, n), {}).setdefault(name, []).append(json.loads(out))
     print(f"{rounds} rounds, old = {other}, new = {here}")
-    print(f"{'arch':8} {'segments':>9}  {'walk+check old':>14} {'new':>9} {'new/old':>8}   "
+    print(f"{'arch':8} {'segments':>9}  {'walk+check old':>14} {'new':>9} {'new/old':>8} {'cpu new/old':>12}   "
           f"{'walk old':>9} {'new':>8}   {'peak old':>9} {'new':>9}")
     for (arch, n), got in results.items():
         old, new = got["old"], got["new"]
         med = lambda runs, key: statistics.median(x[key] for x in runs)  # noqa: E731
         ratio = statistics.median(b["check"] / a["check"] for a, b in zip(old, new))
-        print(f"{arch:8} {n:>9,}  {med(old, 'check') * 1e3:11.1f} ms {med(new, 'check') * 1e3:6.1f} ms {ratio:8.2f}"
+        cpu = statistics.median(b["check_cpu"] / a["check_cpu"] for a, b in zip(old, new))
+        print(f"{arch:8} {n:>9,}  {med(old, 'check') * 1e3:11.1f} ms {med(new, 'check') * 1e3:6.1f} ms {ratio:8.2f} {cpu:12.2f}"
               f"   {med(old, 'walk') * 1e3:6.1f} ms {med(new, 'walk') * 1e3:5.1f} ms"
               f"   {max(x['peak'] for x in old) / 2**20:5.1f} MiB {max(x['peak'] for x in new) / 2**20:5.1f} MiB")
 

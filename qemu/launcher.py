@@ -54,8 +54,10 @@ MACHINES = {
     "aarch64": ("qemu-system-aarch64", "raspi3b"),
 }
 
-READY_PATTERN = r"KHEAP-READY scenario=\S+"
-PANIC_PATTERN = r"KHEAP-PANIC reason=\S+"
+# Whole lines only: the serial log is read while QEMU writes it, and a test that found
+# "KHEAP-READY scenario=overflo" would see a line cut in two.
+READY_PATTERN = r"KHEAP-READY scenario=\S+\r?\n"
+PANIC_PATTERN = r"KHEAP-PANIC reason=\S+[^\n]*\n"
 
 
 class LauncherError(RuntimeError):

@@ -11,9 +11,13 @@ A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``t
 ``walk(prog)`` (a walk with ``addresses``, ``segments``, ``complete``, ``stop_reason``,
 ``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
-``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)`` and
-``links_into(walk, address, span)``; optionally, for ``kheap blame``, ``blame_range(prog,
-finding)`` and ``range_at(prog, address)`` (the bytes a finding names, the field at an address).
+``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)``,
+``links_into(walk, address, span)``, ``payload_ranges(walk, blocks)`` (the bytes each block
+hands its owner: the reachability scan of :mod:`gdbext.core.reach` reads those),
+``list_end(prog, head, start, limit)`` (where its list ends, for a heap whose size the ELF does
+not give) and ``facts(prog)`` (its layout's facts and their sources, for ``kheap info``);
+optionally, for ``kheap blame``, ``blame_range(prog, finding)`` and ``range_at(prog, address)``
+(the bytes a finding names, the field at an address).
 """
 
 from __future__ import annotations

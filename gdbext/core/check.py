@@ -148,4 +148,5 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
             notes.append("page array unknown (no __end/num_pages): page checks skipped")
         else:
             findings += validate_pages(prog, full)
+            notes += [n for n in prog.notes if n not in notes]     # the conventions the pages followed
     return CheckReport(walk, findings, full, notes)

@@ -40,8 +40,8 @@ class Culprit:
     """Who probably did it: a segment address, why we think so, and what the bytes look like.
 
     ``classification``: 'ascii' (``detail`` is the escaped text), 'zeros', 'poison', 'pointer'
-    (``detail`` is ``symbol+0xoff``), 'binary' (``detail`` is hex), 'heap-pointer', or '' when
-    not classified.
+    (``detail`` is ``symbol+0xoff``), 'binary' (``detail`` is hex), 'heap-pointer', 'header' (the
+    bytes are a well-formed header: ``detail`` is its fields), or '' when not classified.
     """
 
     address: Optional[int]

@@ -453,7 +453,8 @@ def _heap_body(title: str, verdict: str, meta: Dict[str, Any], heap: Dict[str, A
         fl = pages.get("free_list") or None
         fl_text = ""
         if fl:
-            fl_text = (f"; free_pages: size {_e(fl.get('size'))}"
+            fl_text = ((f"; free_pages: size {_e(fl.get('size'))}" if fl.get("size") is not None
+                        else "; free_pages: a head pointer only")
                        + (f", {_e(fl['walked'])} walked" if fl.get("walked") is not None else "")
                        + ("" if (fl.get("stop") or {}).get("reason") in (None, "end") else
                           f", stopped: {_e(fl['stop']['reason'])}"))

@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from . import names
+
 __all__ = [
     "Field", "StructLayout", "PageLayout", "HEAP_ALIGN", "PAGE_SIZE", "DwarfTypes", "round_up",
     "packed_struct", "bitfield", "default_page_struct", "default_page_list_struct", "default_stats_struct",
@@ -27,9 +29,9 @@ PAGE_SIZE = 4096       # the kernel's page size; page i describes physical addre
 
 INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
-PAGE_NAMES = ("page_t", "page")
-PAGE_LIST_NAMES = ("page_list_t", "page_list")
-STATS_NAMES = ("heap_stats_t", "heap_stats")
+PAGE_NAMES = names.candidates("type", "page_t")
+PAGE_LIST_NAMES = names.candidates("type", "page_list_t")
+STATS_NAMES = names.candidates("type", "heap_stats_t")
 
 
 def round_up(value: int, align: int) -> int:
@@ -164,16 +166,29 @@ class PageLayout:
 
     ``unpack_from(buffer, offset)`` returns ``(vaddr_mapped, flags_word, nextpage, prevpage)``
     where ``flags_word`` is the whole ``flags`` member as one integer; ``ALLOCATED``,
-    ``KERNEL_PAGE`` and ``KERNEL_HEAP_PAGE`` are masks into it.
+    ``KERNEL_PAGE`` and ``KERNEL_HEAP_PAGE`` are masks into it (``KERNEL_HEAP_PAGE`` is 0 when
+    the kernel has no heap-page bit). Fields are found by their conventional names or aliases
+    (:mod:`.names`: Go's ``vaddrMapped``, ``next``, ``prev``). The flag bits come from the
+    bit-fields of ``flags`` (DWARF), else from constants naming them (``flag_constants``: Go's
+    ``PAGE_FLAG_ALLOCATED``, ...), else the contract's order. ``heap_bit``: True when the
+    kernel has a heap-page bit, False when the layout says it has none (the constants name the
+    other bits and no heap bit), None when nothing says; ``flag_source`` says which.
     """
 
     FLAG_NAMES = ("allocated", "kernel_page", "kernel_heap_page")
+    FLAG_CONSTANTS = ("PAGE_FLAG_ALLOCATED", "PAGE_FLAG_KERNEL", "PAGE_FLAG_KERNEL_HEAP")
 
-    def __init__(self, struct_layout: StructLayout) -> None:
+    def __init__(self, struct_layout: StructLayout, flag_constants: Optional[Dict[str, Any]] = None) -> None:
         self.struct = struct_layout
         sl = struct_layout
         self.size = sl.size
-        get = sl.field
+
+        def get(canon: str) -> Optional[Field]:
+            for alias in names.field_candidates("page_t", canon):
+                f = sl.field(alias)
+                if f is not None:
+                    return f
+            return None
         self.vaddr = get("vaddr_mapped")
         self.nextpage = get("nextpage")
         self.prevpage = get("prevpage")
@@ -184,27 +199,50 @@ class PageLayout:
             raise ValueError(f"{sl.name} has no flags storage")
         self.flags = flags
         self.flag_bits: Dict[str, Tuple[int, int]] = {}   # name -> (shift in flags word, width)
-        for name in self.FLAG_NAMES + ("reserved",):
-            bf = get("flags." + name)
-            if bf is None:
-                if name == "reserved":
+        consts = {k: v for k, v in (flag_constants or {}).items() if v is not None}
+        has_bitfields = any(get("flags." + n) is not None for n in self.FLAG_NAMES)
+        self.heap_bit: Optional[bool] = None
+        if not has_bitfields and all(c in consts for c in self.FLAG_CONSTANTS[:2]):
+            # A plain integer packed by hand, its bits named by constants.
+            for name, const in zip(self.FLAG_NAMES, self.FLAG_CONSTANTS):
+                fact = consts.get(const)
+                value = fact.value if fact is not None else 0
+                if value > 0 and value & (value - 1) == 0:
+                    self.flag_bits[name] = (value.bit_length() - 1, 1)
+            self.heap_bit = "kernel_heap_page" in self.flag_bits
+            self.flag_source = "DWARF constants " + ", ".join(
+                f"{consts[c].name}={consts[c].value}" for c in self.FLAG_CONSTANTS if c in consts)
+        else:
+            for name in self.FLAG_NAMES + ("reserved",):
+                bf = get("flags." + name)
+                if bf is None:
+                    if name == "reserved":
+                        continue
+                    # A plain integer flags member: the bit-field order of the contract.
+                    shift = self.FLAG_NAMES.index(name)
+                    if sl.endian == ">":
+                        shift = flags.size * 8 - 1 - shift
+                    self.flag_bits[name] = (shift, 1)
                     continue
-                # A plain integer flags member: the bit-field order of the contract.
-                shift = self.FLAG_NAMES.index(name)
-                if sl.endian == ">":
-                    shift = flags.size * 8 - 1 - shift
-                self.flag_bits[name] = (shift, 1)
-                continue
-            dbo = bf.data_bit_offset if bf.data_bit_offset is not None else bf.offset * 8
-            rel = dbo - flags.offset * 8
-            if sl.endian == "<":
-                shift = rel
+                dbo = bf.data_bit_offset if bf.data_bit_offset is not None else bf.offset * 8
+                rel = dbo - flags.offset * 8
+                if sl.endian == "<":
+                    shift = rel
+                else:
+                    shift = flags.size * 8 - rel - (bf.bit_size or 1)
+                self.flag_bits[name] = (shift, bf.bit_size or 1)
+            if has_bitfields:
+                self.heap_bit = get("flags.kernel_heap_page") is not None
+                self.flag_source = f"DWARF bit-fields of {flags.name}" if sl.source == "dwarf" else \
+                    "default bit-fields"
             else:
-                shift = flags.size * 8 - rel - (bf.bit_size or 1)
-            self.flag_bits[name] = (shift, bf.bit_size or 1)
-        self.ALLOCATED = 1 << self.flag_bits["allocated"][0]
-        self.KERNEL_PAGE = 1 << self.flag_bits["kernel_page"][0]
-        self.KERNEL_HEAP_PAGE = 1 << self.flag_bits["kernel_heap_page"][0]
+                self.flag_source = "assumed: bit 0 allocated, bit 1 kernel page, bit 2 kernel heap page"
+        mask = lambda name: 1 << self.flag_bits[name][0] if name in self.flag_bits else 0  # noqa: E731
+        self.ALLOCATED = mask("allocated")
+        self.KERNEL_PAGE = mask("kernel_page")
+        self.KERNEL_HEAP_PAGE = mask("kernel_heap_page")
+        if not self.ALLOCATED or not self.KERNEL_PAGE:
+            raise ValueError(f"{sl.name}: no allocated or kernel page bit")
         flags_as_int = Field("flags", flags.offset, flags.size)
         packer, index = packed_struct(sl.endian, [self.vaddr, flags_as_int, self.nextpage, self.prevpage], sl.size)
         self._struct = packer
@@ -224,13 +262,18 @@ class PageLayout:
             self.unpack_from = unpack_from
             self.iter_unpack = iter_unpack
 
+    def field_names(self) -> Dict[str, str]:
+        """Role -> the field's name in this kernel's page struct."""
+        return {"vaddr_mapped": self.vaddr.name, "flags": self.flags.name, "nextpage": self.nextpage.name,
+                "prevpage": self.prevpage.name}
+
     @property
     def source(self) -> str:
         return self.struct.source
 
     def flag_names(self, word: int) -> List[str]:
         """The names of the flag bits set in a flags word (for messages)."""
-        return [n for n in self.FLAG_NAMES if word >> self.flag_bits[n][0] & 1]
+        return [n for n in self.FLAG_NAMES if n in self.flag_bits and word >> self.flag_bits[n][0] & 1]
 
     def flag_value(self, word: int) -> int:
         """The three known flags as the contract's bit-field value: allocated=1, kernel=2, heap=4."""
@@ -325,6 +368,7 @@ class DwarfTypes:
         self.structs: Dict[str, Any] = {}
         self.typedefs: Dict[str, Any] = {}
         self.enumerators: Dict[str, int] = {}
+        self.constants: Dict[str, int] = {}          # DW_TAG_constant (Go's package constants)
         self.variables: Dict[str, Any] = {}
         for cu in dwarf.iter_CUs():
             for die in cu.iter_DIEs():
@@ -344,6 +388,11 @@ class DwarfTypes:
                         self.enumerators.setdefault(name, attr.value)
                 elif tag == "DW_TAG_variable":
                     self._add_variable(die)
+                elif tag == "DW_TAG_constant":
+                    name = _name(die)
+                    attr = die.attributes.get("DW_AT_const_value")
+                    if name and attr is not None and isinstance(attr.value, int):
+                        self.constants.setdefault(name, attr.value)
 
     def _add_variable(self, die: Any) -> None:
         attrs = die.attributes

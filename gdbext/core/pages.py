@@ -19,7 +19,8 @@ from .layout import PAGE_SIZE
 from .memory import MemoryFault
 from .program import Program
 
-__all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "read_pages", "for_each_page",
+__all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "PageConvention", "page_convention", "kind_at",
+           "parse_page_convention", "PAGE_CONVENTIONS", "read_pages", "for_each_page",
            "walk_free_list", "page_summary", "page_kind", "expected_kind", "read_free_list_head",
            "KIND_KERNEL", "KIND_HEAP", "KIND_FREE", "KIND_ALLOCATED", "KIND_BAD", "validate_pages", "pages_checked"]
 
@@ -36,6 +37,87 @@ _KINDS = {3: KIND_KERNEL, 5: KIND_HEAP, 0: KIND_FREE, 1: KIND_ALLOCATED}
 def page_kind(flags: int) -> str:
     """The kind of a page from its flag value (allocated=1, kernel_page=2, kernel_heap_page=4)."""
     return _KINDS.get(flags, KIND_BAD)
+
+
+# -- the kernel's page conventions --------------------------------------------------------------
+
+VADDR_IDENTITY = "identity"        # vaddr_mapped = i * 4096 on every page (the contract)
+VADDR_MAPPED = "mapped-only"       # i * 4096 on the pages the kernel maps (image, heap), 0 elsewhere
+HEAP_BIT = "heap-bit"              # heap pages: allocated|kernel_heap_page (the contract)
+NO_HEAP_BIT = "no-heap-bit"        # heap pages: allocated|kernel_page (Mazarin: no heap-page bit)
+EITHER = "either"
+# The setting's words (gdb/lldb 'page-convention', the CLI's --page-convention), comma-separated,
+# one per question; 'auto' leaves both to the ELF or, where it cannot tell, to either alternative.
+PAGE_CONVENTIONS = ("auto", VADDR_IDENTITY, VADDR_MAPPED, HEAP_BIT, NO_HEAP_BIT)
+
+
+def parse_page_convention(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """``(vaddr convention, heap-page convention)`` chosen by the setting (None: automatic).
+    Raises ValueError on an unknown word."""
+    vaddr = heap = None
+    for word in (text or "auto").replace(" ", "").lower().split(","):
+        if word in ("", "auto"):
+            continue
+        if word in (VADDR_IDENTITY, VADDR_MAPPED, "mapped"):
+            vaddr = VADDR_MAPPED if word == "mapped" else word
+        elif word in (HEAP_BIT, NO_HEAP_BIT, "allocated-kernel"):
+            heap = NO_HEAP_BIT if word == "allocated-kernel" else word
+        else:
+            raise ValueError(f"unknown page convention {word!r}: expected a comma-separated choice of "
+                             f"{', '.join(PAGE_CONVENTIONS)}")
+    return vaddr, heap
+
+
+@dataclass(frozen=True)
+class PageConvention:
+    """What a healthy page array looks like in this kernel: ``vaddr`` (identity, mapped-only or
+    either) and ``heap`` (heap-bit, no-heap-bit or either), each with where it came from."""
+
+    vaddr: str
+    heap: str
+    vaddr_source: str
+    heap_source: str
+
+    def heap_kinds(self) -> Tuple[str, ...]:
+        """The kinds a heap page may have."""
+        return {HEAP_BIT: (KIND_HEAP,), NO_HEAP_BIT: (KIND_KERNEL,)}.get(self.heap, (KIND_HEAP, KIND_KERNEL))
+
+    def other_kinds(self) -> Tuple[str, ...]:
+        """The kinds a page past the heap may have: free, or handed out by alloc_page (which
+        flags it allocated|kernel_page in a kernel without a heap-page bit)."""
+        return (KIND_FREE, KIND_ALLOCATED) + (() if self.heap == HEAP_BIT else (KIND_KERNEL,))
+
+    def to_json(self) -> Dict[str, str]:
+        return {"vaddr_mapped": self.vaddr, "vaddr_source": self.vaddr_source,
+                "heap_pages": self.heap, "heap_source": self.heap_source}
+
+
+def page_convention(prog: Program) -> PageConvention:
+    """The page conventions of ``prog``'s kernel: the setting's choice, else what the layout
+    establishes (a heap-page bit-field, or constants naming the bits without one), else either
+    alternative (the report then says which one the pages followed)."""
+    try:
+        vaddr, heap = parse_page_convention(prog.overrides.page_convention)
+    except ValueError:
+        vaddr = heap = None
+    layout = prog.layouts.page
+    vaddr_source = "setting" if vaddr else "not known from the ELF: either accepted"
+    if heap:
+        heap_source = "setting"
+    elif layout.heap_bit is not None:
+        heap = HEAP_BIT if layout.heap_bit else NO_HEAP_BIT
+        heap_source = layout.flag_source
+    else:
+        heap, heap_source = EITHER, "not known from the ELF: either accepted"
+    return PageConvention(vaddr or EITHER, heap, vaddr_source, heap_source)
+
+
+def kind_at(conv: PageConvention, index: int, kind: str, kernel_end: int, heap_end: int) -> str:
+    """A page's kind where it stands: allocated|kernel_page on a heap page is a heap page in a
+    kernel without a heap-page bit, and one past the heap a page alloc_page handed out."""
+    if kind == KIND_KERNEL and index >= kernel_end and conv.heap != HEAP_BIT:
+        return KIND_HEAP if index < heap_end else KIND_ALLOCATED
+    return kind
 
 
 @dataclass(frozen=True)
@@ -130,8 +212,8 @@ class FreeListWalk:
     """The ``free_pages`` list (``page_list_t``) as walked: entry indexes and why it stopped."""
 
     head: int
-    tail: int
-    size: int                         # page_list_t.size as the kernel keeps it
+    tail: Optional[int]               # None: the kernel keeps only a head pointer (Go)
+    size: Optional[int]               # page_list_t.size as the kernel keeps it (None: no count)
     indexes: List[int] = dc_field(default_factory=list)
     stop_reason: str = "end"          # end | cycle | bound | fault | not-a-page | no-list
     stop_address: Optional[int] = None
@@ -143,11 +225,24 @@ class FreeListWalk:
                 "bad_prev": list(self.bad_prev)}
 
 
-def read_free_list_head(prog: Program) -> Optional[Tuple[int, int, int]]:
-    """``free_pages`` as (head, tail, size), or None when absent or unreadable."""
+def free_list_is_head_only(prog: Program) -> bool:
+    """Whether ``free_pages`` is a bare pointer to the first free page (Go's ``freePages
+    *Page``: no tail, no count) rather than a ``page_list_t``."""
+    vt = prog.elf.variable_type("free_pages")
+    return vt is not None and vt[0].endswith("*")
+
+
+def read_free_list_head(prog: Program) -> Optional[Tuple[int, Optional[int], Optional[int]]]:
+    """``free_pages`` as (head, tail, size), or None when absent or unreadable; tail and size
+    are None when the kernel keeps only a head pointer."""
     addr = prog.elf.address_of("free_pages")
     if addr is None:
         return None
+    if free_list_is_head_only(prog):
+        try:
+            return prog.read_pointer(addr), None, None
+        except MemoryFault:
+            return None
     pl = prog.layouts.page_list
     try:
         d = pl.decode(prog.read(addr, pl.size))
@@ -221,11 +316,19 @@ def page_summary(prog: Program, walk_list: bool = True, pages: Optional[PageRang
     rng = pages if pages is not None else read_pages(prog)
     counts = {KIND_KERNEL: 0, KIND_HEAP: 0, KIND_FREE: 0, KIND_ALLOCATED: 0, KIND_BAD: 0}
     fv = prog.layouts.page.flag_value
-    by_word: Dict[int, int] = {}
-    for _, word, _, _ in rng.entries:
-        by_word[word] = by_word.get(word, 0) + 1
-    for word, n in by_word.items():
-        counts[page_kind(fv(word))] += n
+    conv = page_convention(prog)
+    b = prog.bounds
+    kernel_end, heap_end = b.start // PAGE_SIZE, -(-b.end // PAGE_SIZE)
+    words = [e[1] for e in rng.entries]
+    # Each region's words counted once (allocated|kernel_page means kernel, heap or an
+    # alloc_page page by where it stands in a kernel without a heap-page bit).
+    last = rng.first + len(words)
+    for lo, hi in ((0, kernel_end), (kernel_end, heap_end), (heap_end, last)):
+        by_word: Dict[int, int] = {}
+        for word in words[max(0, lo - rng.first):max(0, min(hi, last) - rng.first)]:
+            by_word[word] = by_word.get(word, 0) + 1
+        for word, n in by_word.items():
+            counts[kind_at(conv, lo, page_kind(fv(word)), kernel_end, heap_end)] += n
     return PageSummary(prog.bounds.num_pages or 0, counts, len(rng.entries),
                        (free_list if free_list is not None else walk_free_list(prog))
                        if walk_list else None, rng.fault)
@@ -245,6 +348,19 @@ _KIND_FLAGS = {KIND_KERNEL: "allocated|kernel_page", KIND_HEAP: "allocated|kerne
 def _flag_text(prog: Program, word: int) -> str:
     names = prog.layouts.page.flag_names(word)
     return "|".join(names) if names else "0"
+
+
+def _convention_notes(prog: Program, conv: PageConvention, unmapped: int, heap_words: List[int],
+                      kind_of: Dict[int, str]) -> None:
+    """Say which convention the pages followed where the ELF could not tell (no note when the
+    pages follow the contract, or the setting chose)."""
+    if unmapped and conv.vaddr == EITHER:
+        prog.add_note(f"page convention: {unmapped} page{'s' if unmapped != 1 else ''} past the heap have "
+                      f"{prog.layouts.page.vaddr.name} 0: assumed the kernel sets it only on the pages it maps "
+                      "(mapped-only; the ELF does not say; 'page-convention identity' makes them errors)")
+    if conv.heap == EITHER and any(kind_of[w] == KIND_KERNEL for w in set(heap_words)):
+        prog.add_note("page convention: heap pages are flagged allocated|kernel_page: assumed the kernel has no "
+                      "heap-page bit (no-heap-bit; the ELF does not say; 'page-convention heap-bit' makes them errors)")
 
 
 def pages_checked(prog: Program, full: bool = False) -> int:
@@ -286,6 +402,7 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_li
     fmt = prog.fmt
     layout = prog.layouts.page
     fv = layout.flag_value
+    conv = page_convention(prog)
     kernel_end = b.start // PAGE_SIZE
     heap_end = -(-b.end // PAGE_SIZE)
     rng = pages if full and pages is not None else read_pages(prog, 0, pages_checked(prog, full))
@@ -297,6 +414,7 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_li
     n = len(entries)
     vaddrs, words, nexts, prevs = ([e[k] for e in entries] for k in range(4)) if entries else ([], [], [], [])
     kind_of = {w: page_kind(fv(w)) for w in set(words)}
+    heap_kinds, other_kinds = conv.heap_kinds(), conv.other_kinds()
 
     def want(i: int) -> Optional[str]:
         return KIND_KERNEL if i < kernel_end else KIND_HEAP if i < heap_end else None
@@ -305,32 +423,50 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_li
         """Whether flags ``word`` are wrong for page ``i``."""
         w = want(i)
         kind = kind_of[word]
-        return kind != w if w is not None else kind not in (KIND_FREE, KIND_ALLOCATED)
+        return kind != KIND_KERNEL if w == KIND_KERNEL else kind not in heap_kinds if w == KIND_HEAP else \
+            kind not in other_kinds
 
-    suspects = set(compress(count(), map(ne, vaddrs, range(0, n * PAGE_SIZE, PAGE_SIZE))))
+    # vaddr_mapped: the identity on the kernel's and the heap's pages; past the heap, the
+    # identity or 0 as the convention says (either: both, and the report says which it saw).
+    suspects = set()
+    unmapped = 0                      # pages past the heap with vaddr_mapped 0 (mapped-only)
+    for i in compress(count(), map(ne, vaddrs, range(0, n * PAGE_SIZE, PAGE_SIZE))):
+        if i >= heap_end and vaddrs[i] == 0 and conv.vaddr != VADDR_IDENTITY:
+            unmapped += 1
+        else:
+            suspects.add(i)
+    if conv.vaddr == VADDR_MAPPED:
+        suspects.update(i for i in range(heap_end, n) if vaddrs[i] != 0)
     for lo, hi in ((0, kernel_end), (kernel_end, heap_end), (heap_end, n)):
         lo, hi = min(lo, n), min(hi, n)
         region = words[lo:hi]
         bad_words = {w for w in set(region) if bad_kind_in(lo, w)}
         if bad_words:
             suspects.update(i for i, w in enumerate(region, lo) if w in bad_words)
+    _convention_notes(prog, conv, unmapped, words[min(kernel_end, n):min(heap_end, n)], kind_of)
+    expect_vaddr = {VADDR_IDENTITY: "the identity", VADDR_MAPPED: "0 (not mapped)"}
     flag_findings: List[Finding] = []
     for i in sorted(suspects):
         vaddr, word = vaddrs[i], words[i]
         w = want(i)
         entry = b.page_array + i * layout.size
         if bad_kind_in(i, word):
-            expect = _KIND_FLAGS[w] if w else "0 or allocated"
+            expect = _KIND_FLAGS[w] if w == KIND_KERNEL else " or ".join(_KIND_FLAGS[k] for k in heap_kinds) \
+                if w == KIND_HEAP else " or ".join(dict.fromkeys(_KIND_FLAGS[k] for k in other_kinds))
             msg = f"page {i} ({fmt(i * PAGE_SIZE)}) has flags {_flag_text(prog, word)}, expected {expect}"
         else:
-            msg = f"page {i} has vaddr_mapped {fmt(vaddr)}, expected {fmt(i * PAGE_SIZE)}"
+            wanted = 0 if w is None and conv.vaddr == VADDR_MAPPED else i * PAGE_SIZE
+            msg = f"page {i} has {layout.vaddr.name} {fmt(vaddr)}, expected {fmt(wanted)}"
+            if w is None and conv.vaddr == VADDR_MAPPED:
+                msg += f" ({expect_vaddr[VADDR_MAPPED]}: page-convention {conv.vaddr})"
         flag_findings.append(Finding(PAGE_FLAGS, ERROR, entry, msg,
                                      {"index": i, "entry": entry, "vaddr_mapped": vaddr, "flags": fv(word),
                                       "expected": w or "free|allocated"}))
     link_findings: List[Finding] = []
+    in_use = (KIND_ALLOCATED,) if conv.heap == HEAP_BIT else (KIND_ALLOCATED, KIND_KERNEL)
     for i in compress(count(), map(or_, nexts, prevs)):
         w = want(i)
-        if w is None and kind_of[words[i]] != KIND_ALLOCATED:
+        if w is None and kind_of[words[i]] not in in_use:
             continue                 # a free page's links are the free list's; impossible flags are PAGE-FLAGS'
         entry = b.page_array + i * layout.size
         what = f"a {w} page" if w else "in use (handed out by alloc_page)"
@@ -346,23 +482,30 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_li
         return out
     head, tail, lsize = hts
     fl_addr = prog.elf.address_of("free_pages")
+    fl_name = prog.elf.symbol_name("free_pages") or "free_pages"
     vals = {"head": head, "tail": tail, "size": lsize}
+    if tail is None:
+        vals = {"head": head}
     for name, value in (("head", head), ("tail", tail)):
         if not value:
             continue
         idx = page_index(prog, value)
         if idx is None:
             out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
-                               f"free_pages.{name} = {fmt(value)} is not an entry of the page array", vals))
+                               f"{fl_name if tail is None else fl_name + '.' + name} = {fmt(value)} is not an entry "
+                               "of the page array", vals))
         elif idx < heap_end:
             out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
-                               f"free_pages.{name} is page {idx}, a {'kernel' if idx < kernel_end else 'heap'} page",
+                               f"{fl_name if tail is None else fl_name + '.' + name} is page {idx}, a "
+                               f"{'kernel' if idx < kernel_end else 'heap'} page",
                                dict(vals, index=idx)))
-    if (head == 0) != (tail == 0) or (head == 0 and lsize != 0):
+    if tail is None or lsize is None:
+        pass                          # a bare head pointer: nothing to compare it with
+    elif (head == 0) != (tail == 0) or (head == 0 and lsize != 0):
         out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
                            f"free_pages is inconsistent: head={fmt(head)} tail={fmt(tail)} size={lsize}", vals))
     can_be_free = b.num_pages - min(heap_end, b.num_pages)
-    if lsize > can_be_free:
+    if lsize is not None and lsize > can_be_free:
         out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
                            f"free_pages.size = {lsize} but only {can_be_free} pages can be free", vals))
     if full:
@@ -379,13 +522,14 @@ def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl
         walk = walk_free_list(prog)
     entry_size = prog.layouts.page.size
     base = prog.bounds.page_array
+    fl_name = prog.elf.symbol_name("free_pages") or "free_pages"
     if walk.stop_reason == "cycle":
         out.append(Finding(PAGE_FREELIST, ERROR, walk.stop_address,
-                           f"free_pages has a cycle: it returns to {fmt(walk.stop_address)} after "
+                           f"{fl_name} has a cycle: it returns to {fmt(walk.stop_address)} after "
                            f"{len(walk.indexes)} pages", dict(vals, walked=len(walk.indexes))))
     elif walk.stop_reason in ("not-a-page", "fault", "bound"):
         out.append(Finding(PAGE_FREELIST, ERROR, walk.stop_address,
-                           f"free_pages walk stopped ({walk.stop_reason}) at {fmt(walk.stop_address)}",
+                           f"{fl_name} walk stopped ({walk.stop_reason}) at {fmt(walk.stop_address)}",
                            dict(vals, walked=len(walk.indexes))))
     bad = 0
     for idx in walk.indexes:
@@ -393,15 +537,16 @@ def _validate_free_list(prog: Program, free_pages: set, vals: Dict[str, int], fl
             bad += 1
             if bad <= MAX_PAGE_FINDINGS:
                 out.append(Finding(PAGE_FREELIST, ERROR, base + idx * entry_size,
-                                   f"free_pages holds page {idx}, which is not free ({_flag_text(prog, words[idx])})",
+                                   f"{fl_name} holds page {idx}, which is not free ({_flag_text(prog, words[idx])})",
                                    {"index": idx, "flags": prog.layouts.page.flag_value(words[idx])}))
-    if walk.stop_reason == "end":
+    if walk.stop_reason == "end" and walk.size is not None:
         if len(walk.indexes) != walk.size:
             out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
                                f"free_pages.size = {walk.size} but the list holds {len(walk.indexes)} pages",
                                dict(vals, walked=len(walk.indexes))))
+    if walk.stop_reason == "end":
         last = walk.indexes[-1] if walk.indexes else None
-        if last is not None and page_index(prog, walk.tail) != last:
+        if last is not None and walk.tail is not None and page_index(prog, walk.tail) != last:
             out.append(Finding(PAGE_FREELIST, ERROR, fl_addr,
                                f"free_pages.tail = {fmt(walk.tail)} is not the last page of the list", vals))
         missing = free_pages - set(walk.indexes)

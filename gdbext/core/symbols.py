@@ -12,8 +12,11 @@ import threading
 from dataclasses import dataclass, field as dc_field
 from typing import Dict, List, Optional, Tuple
 
+from . import names
 from .layout import DwarfTypes
 from .layouts import Layouts, default_layouts, layouts_from_dwarf
+from .macros import MacroError, macro_value, parse_debug_macinfo, parse_debug_macro
+from .names import Fact
 
 __all__ = ["Symbol", "Section", "ElfInfo", "ElfError", "load_elf_info", "make_elf_info", "clear_elf_cache",
            "KERNEL_VARIABLES", "KERNEL_SYMBOLS"]
@@ -41,12 +44,20 @@ class Symbol:
     section: str = ""   # the defining section's name ('' for absolute or undefined)
 
 
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
     address: int
     size: int
     data: Optional[bytes]      # None for NOBITS (.bss)
+    flags: int = 0             # sh_flags (SHF_WRITE: the kernel writes it: .data, .bss)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & SHF_WRITE)
 
 
 @dataclass
@@ -61,12 +72,17 @@ class ElfInfo:
     symbols: Dict[str, Symbol]
     layouts: Layouts
     has_dwarf: bool
-    constants: Dict[str, int] = dc_field(default_factory=dict)          # DWARF enumerators
+    constants: Dict[str, int] = dc_field(default_factory=dict)          # DWARF enumerators and constants
     variables: Dict[str, Tuple[str, int]] = dc_field(default_factory=dict)  # name -> (type, size)
     sections: List[Section] = dc_field(default_factory=list)
     image_start: int = 0
     image_end: int = 0
     notes: List[str] = dc_field(default_factory=list)
+    # Where each of ``constants`` came from ('DWARF enumerator', 'DWARF constant'); absent: 'constant'.
+    constant_sources: Dict[str, str] = dc_field(default_factory=dict)
+    # Object-like #defines from .debug_macro/.debug_macinfo (-g3): name -> definitions seen.
+    macros: Dict[str, List[str]] = dc_field(default_factory=dict)
+    macro_section: str = ""
     _by_address: List[Tuple[int, int, str]] = dc_field(default_factory=list, repr=False)
     _addresses: List[int] = dc_field(default_factory=list, repr=False)
 
@@ -78,18 +94,45 @@ class ElfInfo:
     def arch(self) -> str:
         return {"EM_ARM": "arm", "EM_AARCH64": "aarch64"}.get(self.machine, self.machine.lower())
 
+    def symbol_name(self, name: str) -> Optional[str]:
+        """The name ``name`` has in this ELF's ``.symtab``: itself, or the first of its aliases
+        (:func:`names.candidates`: ``kheap_list``, ``main.heapSegmentListHead``) present."""
+        return probe_symbol(self.symbols, name)
+
     def symbol(self, name: str) -> Optional[Symbol]:
-        return self.symbols.get(name)
+        found = self.symbol_name(name)
+        return self.symbols[found] if found is not None else None
 
     def address_of(self, name: str) -> Optional[int]:
-        sym = self.symbols.get(name)
+        sym = self.symbol(name)
         return sym.address if sym is not None else None
 
-    def constant(self, name: str) -> Optional[int]:
-        """A DWARF enumerator, or an absolute symbol of that name."""
-        if name in self.constants:
-            return self.constants[name]
+    def symbol_fact(self, name: str) -> Optional[Fact]:
+        """A global's address as a :class:`Fact` (the name matched, its binding)."""
+        sym = self.symbol(name)
+        if sym is None:
+            return None
+        return Fact(sym.address, "symbol", sym.name, "static (local)" if sym.binding == "local" else "")
+
+    def constant_fact(self, name: str) -> Optional[Fact]:
+        """A constant by its conventional name or an alias: a DWARF enumerator or constant
+        (Go's ``main.KERNEL_HEAP_SIZE``) first, then a ``#define`` from ``.debug_macro``."""
+        cands = names.candidates("constant", name)
+        for cand in cands:
+            if cand in self.constants:
+                return Fact(self.constants[cand], self.constant_sources.get(cand, "constant"), cand)
+        for cand in cands:
+            if cand in self.macros:
+                value = macro_value(cand, self.macros)
+                if value is not None:
+                    return Fact(value, self.macro_section or ".debug_macro", cand,
+                                f"#define {cand} {self.macros[cand][0]}")
         return None
+
+    def constant(self, name: str) -> Optional[int]:
+        """A constant's value (see :meth:`constant_fact`), or None."""
+        fact = self.constant_fact(name)
+        return fact.value if fact is not None else None
 
     def in_image(self, address: int) -> bool:
         return self.image_start <= address < self.image_end
@@ -127,7 +170,7 @@ class ElfInfo:
         return None
 
     def static_int(self, name: str, size: int = 4, signed: bool = False) -> Optional[int]:
-        sym = self.symbols.get(name)
+        sym = self.symbol(name)
         if sym is None:
             return None
         data = self.read_static(sym.address, size, sym.section)
@@ -139,28 +182,45 @@ class ElfInfo:
         """The ``heap_poison`` constant from the file (-1 means built without poison)."""
         return self.static_int("heap_poison", 4, signed=True)
 
+    def variable_type(self, name: str) -> Optional[Tuple[str, int]]:
+        """(type name, size) of a global from DWARF, by its conventional name or an alias."""
+        found = self.symbol_name(name) or name
+        return self.variables.get(found)
+
     def variable_size(self, name: str, default: int) -> int:
-        v = self.variables.get(name)
+        v = self.variable_type(name)
         if v is not None and v[1]:
             return v[1]
-        sym = self.symbols.get(name)
+        sym = self.symbol(name)
         if sym is not None and sym.size:
             return sym.size
         return default
+
+    def _layouts_used(self) -> Dict[str, object]:
+        """The layouts this kernel uses (no ``page_list_t`` when its free list is a bare pointer,
+        no ``heap_stats_t`` without ``heap_stats``), each as ``StructLayout.describe``."""
+        out: Dict[str, object] = {"segment": self.layouts.segment.struct.describe(),
+                                  "page": self.layouts.page.struct.describe()}
+        free = self.variable_type("free_pages")
+        if self.symbol("free_pages") is not None and not (free is not None and free[0].endswith("*")):
+            out["page_list"] = self.layouts.page_list.describe()
+        elif self.symbol("free_pages") is None and self.layouts.page_list.source != "default":
+            out["page_list"] = self.layouts.page_list.describe()
+        if self.symbol("heap_stats") is not None or self.layouts.stats.source != "default":
+            out["stats"] = self.layouts.stats.describe()
+        return out
 
     def describe(self) -> Dict[str, object]:
         return {
             "path": self.path, "class": self.elf_class, "pointer_size": self.pointer_size,
             "endian": self.byteorder, "machine": self.machine, "arch": self.arch,
             "has_dwarf": self.has_dwarf, "image_start": self.image_start, "image_end": self.image_end,
-            "symbols": {n: self.symbols[n].address for n in KERNEL_SYMBOLS if n in self.symbols},
+            "symbols": {n: self.address_of(n) for n in KERNEL_SYMBOLS if self.symbol(n) is not None},
+            # Conventional name -> the name it has in this ELF (where they differ).
+            "names": {n: self.symbol_name(n) for n in KERNEL_SYMBOLS
+                      if self.symbol_name(n) not in (None, n)},
             "constants": {k: v for k, v in self.constants.items() if k == "KERNEL_HEAP_SIZE"},
-            "layouts": {
-                "segment": self.layouts.segment.struct.describe(),
-                "page": self.layouts.page.struct.describe(),
-                "page_list": self.layouts.page_list.describe(),
-                "stats": self.layouts.stats.describe(),
-            },
+            "layouts": self._layouts_used(),
             "notes": list(self.notes),
         }
 
@@ -225,7 +285,7 @@ def _parse(path: str) -> ElfInfo:
                 if not sec["sh_flags"] & 0x2 or not sec["sh_size"]:   # SHF_ALLOC
                     continue
                 data = None if sec["sh_type"] == "SHT_NOBITS" else sec.data()
-                sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], data))
+                sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], data, sec["sh_flags"]))
 
             loads = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD" and seg["p_memsz"]]
             if loads:
@@ -247,30 +307,71 @@ def _parse(path: str) -> ElfInfo:
                     notes.append(f"DWARF could not be read ({type(exc).__name__}: {exc}): default layouts")
                     types = None
                     has_dwarf = False
+            macros: Dict[str, List[str]] = {}
+            macro_section = ""
+            try:
+                sec = elf.get_section_by_name(".debug_macro")
+                if sec is not None:
+                    strs = elf.get_section_by_name(".debug_str")
+                    macros = parse_debug_macro(sec.data(), strs.data() if strs is not None else None,
+                                               elf.little_endian)
+                    macro_section = ".debug_macro"
+                else:
+                    sec = elf.get_section_by_name(".debug_macinfo")
+                    if sec is not None:
+                        macros, macro_section = parse_debug_macinfo(sec.data()), ".debug_macinfo"
+            except MacroError as exc:
+                notes.append(f"{macro_section or '.debug_macro'} could not be read ({exc}): macros ignored")
+                macros = {}
         except ELFError as exc:
             raise ElfError(f"{path}: not a readable ELF file ({exc})") from exc
         except (OSError, ValueError, KeyError) as exc:
             raise ElfError(f"{path}: cannot parse ELF ({exc})") from exc
 
-    layouts = layouts_from_dwarf(types, pointer_size, endian) if types else default_layouts(pointer_size, endian)
+    constants: Dict[str, int] = {}
+    constant_sources: Dict[str, str] = {}
+    if types:
+        for source, table in (("DWARF enumerator", types.enumerators), ("DWARF constant", types.constants)):
+            for name, value in table.items():
+                if name not in constants:
+                    constants[name], constant_sources[name] = value, source
+    probe = ElfInfo(path=path, elf_class=elf_class, pointer_size=pointer_size, endian=endian, machine=machine,
+                    symbols={}, layouts=None, has_dwarf=False, constants=constants,  # type: ignore[arg-type]
+                    constant_sources=constant_sources, macros=macros, macro_section=macro_section)
+    layouts = (layouts_from_dwarf(types, pointer_size, endian, probe.constant_fact) if types
+               else default_layouts(pointer_size, endian))
     if types is None:
         layouts.notes.append(f"no DWARF in the ELF: using the default layouts for {pointer_size * 8}-bit "
                              "pointers (docs/kernel-interface.md)")
     notes.extend(layouts.notes)
-    constants = dict(types.enumerators) if types else {}
     variables: Dict[str, Tuple[str, int]] = {}
     if types:
         for name in types.variables:
             vt = types.variable_type(name)
             if vt is not None:
                 variables[name] = vt
+    for key, note in layouts.missing.items():
+        # Only a kernel that has the variable needs its struct: Go's freePages is a *Page, and
+        # Mazarin keeps no heap_stats.
+        vt = variables.get(probe_symbol(symbols, key) or "")
+        if vt is not None and not vt[0].endswith("*"):
+            notes.append(note)
     info = ElfInfo(path=path, elf_class=elf_class, pointer_size=pointer_size, endian=endian,
                    machine=machine, symbols=symbols, layouts=layouts, has_dwarf=types is not None,
                    constants=constants, variables=variables, sections=sections,
-                   image_start=image_start, image_end=image_end, notes=notes)
+                   image_start=image_start, image_end=image_end, notes=notes,
+                   constant_sources=constant_sources, macros=macros, macro_section=macro_section)
     info._by_address = by_address
     info._addresses = [a for a, _, _ in by_address]
     return info
+
+
+def probe_symbol(symbols: Dict[str, Symbol], name: str) -> Optional[str]:
+    """The name a conventional global has among ``symbols`` (see :meth:`ElfInfo.symbol_name`)."""
+    for cand in names.candidates("global", name):
+        if cand in symbols:
+            return cand
+    return None
 
 
 _cache: Dict[str, Tuple[Tuple[float, int], ElfInfo]] = {}

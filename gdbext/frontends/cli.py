@@ -25,6 +25,7 @@ from gdbext.frontends.cli_options import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK,
                                           command_help, main_help, parse_global_options)
 from gdbext.frontends.cli_session import CliSession
 from gdbext.frontends.cmdline import UsageError
+from gdbext.frontends.session import CommandError
 
 NO_BACKTRACE_NOTE = "  (no backtrace: the CLI reads memory and registers, it does not unwind; gdb does)"
 
@@ -57,7 +58,10 @@ def run_cli(argv, out, err):
 
     if opts.json and not opts.quiet and cmd.json_option:
         cmd_argv = cmd_argv + ["--json"]
-    session = CliSession(opts)
+    try:
+        session = CliSession(opts)
+    except CommandError as error:                          # a setting's value (--heap-size abc)
+        raise UsageError(f"{PROG} {name}: {str(error).removeprefix('kheap ')}") from None
     try:
         result = commands.execute_to_text(session, name, cmd_argv)
     finally:

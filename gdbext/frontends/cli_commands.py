@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from gdbext.core import reports
+from gdbext.core import reach, reports
 from gdbext.core.memory import MemoryFault, merge_ranges
 from gdbext.core.symbols import KERNEL_VARIABLES
 from gdbext.frontends import commands
@@ -39,13 +39,20 @@ def _dump_options(parser):
                         help="where to write the dump (an ELF core: readelf -a shows it)")
 
 
-def dump_wanted(prog):
+def dump_wanted(prog, roots=None):
     """``[(start, end, what)]``: the memory a dump keeps: the kernel image, the kernel's
-    globals, the bytes the ELF check compares, the page array and the heap."""
+    globals, the bytes the ELF check compares, the page array, the heap, and with ``roots``
+    (:func:`gdbext.core.reach.plan_roots`) what ``leaks --scan`` and ``refs`` scan: the
+    writable sections and every stack (whole: the live part from each core's SP and below)."""
     elf, bounds = prog.elf, prog.bounds
     wanted = []
     if elf.image_end > elf.image_start:
         wanted.append((elf.image_start, elf.image_end, "kernel image (globals, .text, .rodata, .bss)"))
+    for sec in elf.sections:
+        if sec.writable and sec.size:
+            wanted.append((sec.address, sec.address + sec.size, f"writable section {sec.name}"))
+    for stack in (roots.stacks if roots is not None else ()):
+        wanted.append((stack["low"], stack["top"], f"stack {stack['name']}"))
     for name in KERNEL_VARIABLES:
         addr = elf.address_of(name)
         if addr is not None:
@@ -67,7 +74,16 @@ def dump_wanted(prog):
 def _dump(session, args):
     prog = session.program()
     elf, bounds = prog.elf, prog.bounds
-    wanted = dump_wanted(prog)
+    try:
+        cpus, stop_cpu = session.all_registers()
+    except MemoryFault:
+        cpus, stop_cpu = [{}], 0
+    try:
+        roots = reach.plan_roots(prog, [reach.CoreState(i + 1, r) for i, r in enumerate(cpus)],
+                                 session.current_settings().get("stacks"))
+    except reach.StackSpecError as error:
+        raise CommandError(f"kheap stacks: {error}") from None
+    wanted = dump_wanted(prog, roots)
     ranges, saved = [], []
     merged = merge_ranges([(s, e) for s, e, _ in wanted])
     prog.memory.prefetch_ranges([(start, end - start) for start, end in merged])   # one stream
@@ -79,10 +95,6 @@ def _dump(session, args):
             saved.append({"start": start, "size": len(data), "what": parts})
     if not ranges:
         raise CommandError("nothing readable to dump: is this the right ELF and target?")
-    try:
-        cpus, stop_cpu = session.all_registers()
-    except MemoryFault:
-        cpus, stop_cpu = [{}], 0
     path = session.elf_path()
     elf_sha256 = file_sha256(path)
     meta = {"arch": elf.arch, "elf_path": os.path.abspath(path), "elf_sha256": elf_sha256,

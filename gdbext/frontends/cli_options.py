@@ -54,6 +54,12 @@ def add_global_options(parser, json_option=True, with_help=True):
     over.add_argument("--heap-start", metavar="ADDR", help="heap start address")
     over.add_argument("--heap-size", metavar="BYTES", help="heap size in bytes")
     over.add_argument("--list-head", metavar="ADDR", help="address of the first heap_segment_t")
+    over.add_argument("--page-convention", metavar="WORDS",
+                      help="page conventions: auto (default), identity or mapped-only (vaddr_mapped), "
+                           "heap-bit or no-heap-bit (heap pages' flags), comma-separated")
+    over.add_argument("--stacks", metavar="SPEC",
+                      help="stacks for leaks --scan and refs: TOP:SIZE or LOW..TOP, comma separated, "
+                           "or none (default: the ELF's *stack_top symbols)")
     over.add_argument("--block-size", metavar="BYTES",
                       help="cache block in bytes (a power of two, default 4096); adjacent missing blocks are read together")
     if with_help:

@@ -87,7 +87,7 @@ class CliSession(Session):
         self.apply_setting("color", opts.color)
         if opts.debug:
             self.apply_setting("debug", True)
-        for name in ("heap-start", "heap-size", "list-head", "block-size"):
+        for name in ("heap-start", "heap-size", "list-head", "block-size", "page-convention", "stacks"):
             value = getattr(opts, name.replace("-", "_"), None)
             if value is not None:
                 self.apply_setting(name, value)
@@ -255,6 +255,13 @@ class CliSession(Session):
             index = int(target.meta.get("stop_cpu", 0) or 0)
             return cpus, min(index, len(cpus) - 1)
         return [{}], 0
+
+    def core_states(self):
+        """Every CPU's registers (a live stub: ``g`` per thread; a dump: its notes); no frames."""
+        from gdbext.core.reach import CoreState
+
+        cpus, _ = self.all_registers()
+        return [CoreState(i + 1, dict(regs)) for i, regs in enumerate(cpus) if regs]
 
     def stop_place(self):
         if self._stop is not None:

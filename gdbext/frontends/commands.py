@@ -11,12 +11,13 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from gdbext.core import reports
+from gdbext.core import reach, reports
 from gdbext.core.check import check
 from gdbext.core.layout import PAGE_SIZE
 from gdbext.core.memory import MemoryFault, RangesReader
 from gdbext.core.pages import for_each_page, page_summary, read_pages, validate_pages, walk_free_list
 from gdbext.core.program import Program, ProgramError
+from gdbext.core.reports.reach import DEFAULT_GROUPS, DEFAULT_PREFIX
 from gdbext.core.snapshot import diff_snapshots, take_snapshot
 from gdbext.core.stats import heap_stats
 from gdbext.core.symbols import load_elf_info
@@ -508,20 +509,62 @@ def _history(session, args):
 
 
 def _leaks_options(parser):
+    parser.add_argument("--scan", action="store_true",
+                        help="no watch needed: a conservative reachability scan of this moment (roots: "
+                             "writable sections, each core's live stack and registers); lists the "
+                             "allocated segments nothing reaches, by size and first bytes")
     parser.add_argument("--mark", action="store_true",
                         help="set the mark: later 'kheap leaks' lists only blocks allocated after it")
     parser.add_argument("--blocks", type=count, default=8, metavar="N",
                         help="block addresses listed per caller in text (default 8)")
+    parser.add_argument("--prefix", type=count, default=DEFAULT_PREFIX, metavar="N",
+                        help="with --scan: group lost segments by size and their first N bytes (default 16)")
+    parser.add_argument("--groups", type=count, default=DEFAULT_GROUPS, metavar="N",
+                        help=f"with --scan: groups shown in text, biggest first (default {DEFAULT_GROUPS}; "
+                             "0: all; --json lists all)")
+    _partial_option(parser)
 
 
-@command("leaks", "Live allocations never freed since the mark (or since watch on), grouped by "
-         "caller, biggest first.", "kheap leaks --mark", faces=("gdb", "lldb"))
+def _partial_option(parser):
+    parser.add_argument("--partial", action="store_true",
+                        help="scan even when some roots cannot be read (a dump without them): "
+                             "segments only they reach are then reported too")
+
+
+def _reach_roots(session, prog, args):
+    """The roots of a reachability scan, or one line saying which cannot be read."""
+    try:
+        roots = reach.gather_roots(prog, session.core_states(), session.current_settings().get("stacks"))
+    except reach.StackSpecError as error:
+        raise CommandError(f"kheap stacks: {error}") from None
+    missing = roots.missing
+    if missing and not args.partial:
+        what = "; ".join(f"{r.kind} {r.name} {prog.fmt(r.start + len(r.data))}..{prog.fmt(r.end)}"
+                         for r in missing)
+        raise CommandError(f"the scan needs memory this target does not have: {what} ('kheap dump' "
+                           "saves it; --partial scans without it)")
+    return roots
+
+
+@command("leaks", "Allocated segments nothing references: --scan from this moment's roots (any face, "
+         "dumps too), or since the mark of 'kheap watch' by caller.", "kheap leaks --scan")
 @options(_leaks_options)
 def _leaks(session, args):
+    if args.scan:
+        prog = session.program()
+        scan = reach.leak_scan(prog, _reach_roots(session, prog, args))
+        watch = session.recorded_watch()
+        callers = {p: op.caller_function for p, op in watch.live.items()} if watch is not None else None
+        report = reports.leak_scan_report(prog, scan, max(1, args.prefix), callers, args.groups)
+        return _outcome(report, report["count"] > 0)
+    if session.face == "cli":
+        raise CommandError("kheap leaks: the CLI has no 'kheap watch' history: use --scan (a "
+                           "reachability scan of this moment)")
     controller = session.watch_controller()
     watch = controller.watch
     if watch is None:
-        raise CommandError("kheap leaks: nothing recorded: use 'kheap watch on' first")
+        raise CommandError("kheap leaks: nothing recorded: use 'kheap watch on' first, or "
+                           "'kheap leaks --scan'")
     prog = controller.prog
     if args.mark:
         return _outcome(reports.leaks_report(prog.pointer_size, watch.set_mark(), [], args.blocks, mark_set=True))
@@ -557,3 +600,29 @@ def _blame(session, args):
 
     report, failed = run_blame(session, session.blame_target(), args)
     return _outcome(report, failed)
+
+
+def _refs_options(parser):
+    parser.add_argument("address", metavar="ADDR", nargs="?",
+                        help="an address in the segment (in a debugger, an expression: $r0, ptr)")
+    parser.add_argument("--dangling", action="store_true",
+                        help="instead, every free segment something still points into (dangling "
+                             "pointers, use after free)")
+    _partial_option(parser)
+
+
+@command("refs", "Every place holding a pointer into the segment at ADDR: other segments, globals, "
+         "stack slots, registers; --dangling: free segments still pointed into.", "kheap refs $r0")
+@options(_refs_options)
+def _refs(session, args):
+    if args.dangling == (args.address is not None):
+        raise UsageError("kheap refs: give ADDR or --dangling (one of them)")
+    prog = session.program()
+    target = None if args.dangling else _address_arg(session, args.address)
+    roots = _reach_roots(session, prog, args)
+    if args.dangling:
+        index, items = reach.dangling(prog, roots)
+        report = reports.dangling_report(prog, index, items, roots)
+        return _outcome(report, report["count"] > 0)
+    index, block, refs = reach.find_refs(prog, roots, target)
+    return _outcome(reports.refs_report(prog, index, block, refs, target, roots))

@@ -115,6 +115,41 @@ class GdbSession(Session):
             thread=thread.num if thread else None,
         )
 
+    def core_states(self, frame_limit=64):
+        """Every core (a thread of QEMU's gdbstub): its general registers and its frames with
+        their SP, read by selecting each thread in turn; the user's selection is put back."""
+        from gdbext.core.reach import CoreState
+
+        inferior = self._live_inferior()
+        selected = gdb.selected_thread()
+        try:
+            selected_frame = gdb.selected_frame()
+        except gdb.error:
+            selected_frame = None
+        cores = []
+        try:
+            for thread in sorted(inferior.threads(), key=lambda t: t.num):
+                thread.switch()
+                registers, frames = {}, []
+                try:
+                    frame = gdb.newest_frame()
+                    for descriptor in frame.architecture().registers("general"):
+                        value = frame.read_register(descriptor)
+                        registers[descriptor.name] = int(value) & ((1 << (8 * value.type.sizeof)) - 1)
+                    while frame is not None and len(frames) < frame_limit:
+                        sp = frame.read_register("sp")
+                        frames.append({"pc": frame.pc(), "function": frame.name() or "??",
+                                       "sp": int(sp) & ((1 << (8 * sp.type.sizeof)) - 1)})
+                        frame = frame.older()
+                except (gdb.error, AttributeError):
+                    pass  # a corrupt stack ends the frames, not the command
+                cores.append(CoreState(thread.num, registers, frames))
+        finally:
+            selected.switch()
+            if selected_frame is not None and selected_frame.is_valid():
+                selected_frame.select()
+        return cores
+
     def color_wanted(self):
         setting = self.current_settings()["color"]
         if setting != "auto":

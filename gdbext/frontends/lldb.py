@@ -98,11 +98,12 @@ class LldbSession(Session):
     def _probe(self, process):
         # After QEMU dies a stopped lldb still says "stopped" (it does not read its socket) and
         # serves ReadMemory from its own caches (code from the ELF file, data per stop), so ask
-        # the stub itself: '?' is read-only and costs one round trip.
+        # the stub itself: 'qC' is read-only and costs one round trip. (Not '?': its stop reply
+        # leaves lldb 14 waiting for one more, and the next 'process continue' never returns.)
         interpreter = process.GetTarget().GetDebugger().GetCommandInterpreter()
         ret = lldb.SBCommandReturnObject()
-        interpreter.HandleCommand("process plugin packet send ?", ret)
-        # A live stub always answers '?' with a stop reply (T05...); a dead link gives nothing.
+        interpreter.HandleCommand("process plugin packet send qC", ret)
+        # A live stub always answers 'qC' (QC<thread>); a dead link gives nothing.
         response = ""
         for line in (ret.GetOutput() or "").splitlines():
             if line.strip().startswith("response:"):
@@ -165,6 +166,28 @@ class LldbSession(Session):
         return StopPlace(pc=frames[0]["pc"] if frames else None,
                          function=frames[0]["function"] if frames else None,
                          frames=frames, registers=registers, thread=thread.GetIndexID())
+
+    def core_states(self, frame_limit=64):
+        """Every core (a thread of QEMU's gdbstub): general registers and frames with SP."""
+        from gdbext.core.reach import CoreState
+
+        process = self._process()
+        cores = []
+        for index in range(process.GetNumThreads()):
+            thread = process.GetThreadAtIndex(index)
+            registers, frames = {}, []
+            if thread.GetNumFrames():
+                for register_set in thread.GetFrameAtIndex(0).GetRegisters():
+                    if "general" not in (register_set.GetName() or "").lower():
+                        continue
+                    for register in register_set:
+                        registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
+            for level in range(min(thread.GetNumFrames(), frame_limit)):
+                frame = thread.GetFrameAtIndex(level)
+                frames.append({"pc": frame.GetPC(), "function": frame.GetFunctionName() or "??",
+                               "sp": frame.GetSP() & _MASK64})
+            cores.append(CoreState(thread.GetIndexID(), registers, frames))
+        return cores
 
 
 _SESSION = LldbSession()

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from gdbext.core.memory import BlockCache
+from gdbext.core.pages import parse_page_convention
 from gdbext.core.program import Overrides, Program
+from gdbext.core.reach import CoreState
 from gdbext.core.snapshot import Snapshot, SnapshotError
 from gdbext.core.symbols import load_elf_info
 
@@ -56,7 +58,13 @@ SETTINGS = (
     ("heap-size", "PARAM_STRING", "Heap size override (empty: from the ELF).", ""),
     ("list-head", "PARAM_STRING", "Address of the first segment override (empty: from the ELF).",
      ""),
+    ("page-convention", "PARAM_STRING",
+     "Page conventions the page array is held to: auto (from the ELF; where it cannot tell, either), "
+     "identity or mapped-only (vaddr_mapped), heap-bit or no-heap-bit (heap pages' flags); "
+     "comma-separated, e.g. mapped-only,no-heap-bit.", "auto"),
     ("debug", "PARAM_BOOLEAN", "Whether kheap shows Python tracebacks of its own bugs.", False),
+    ("stacks", "PARAM_STRING", "Stacks for leaks --scan and refs: TOP:SIZE or LOW..TOP, comma "
+     "separated, or none (empty: from the ELF's *stack_top symbols).", ""),
 )
 
 
@@ -75,6 +83,18 @@ def _parse_setting(name, value):
         if text not in ("auto", "on", "off", "always", "never"):
             raise CommandError(f"kheap color: expected auto, on or off, not {value!r}")
         return {"always": "on", "never": "off"}.get(text, text)
+    if name == "page-convention":
+        try:
+            parse_page_convention(value)
+        except ValueError as error:
+            raise CommandError(f"kheap page-convention: {error}") from None
+        return None if value in (None, "", "auto") else str(value).replace(" ", "").lower()
+    if name == "stacks":
+        text = " ".join(str(value or "").split())
+        if text and text.lower() != "none" and not all(":" in item or ".." in item
+                                                       for item in text.split(",") if item.strip()):
+            raise CommandError("kheap stacks: expected TOP:SIZE or LOW..TOP items, comma separated, or none")
+        return text or None
     if value in (None, "", "auto"):
         return None
     try:
@@ -111,6 +131,18 @@ class Session:
 
     def stop_place(self):
         return StopPlace()
+
+    def core_states(self):
+        """Every core's registers (and frames, where the face can unwind) for the roots of a
+        reachability scan: ``[CoreState]``. This default knows only the core that stopped."""
+        place = self.stop_place()
+        if not place.registers:
+            return []
+        return [CoreState(place.thread or 1, dict(place.registers), [dict(f) for f in place.frames])]
+
+    def recorded_watch(self):
+        """What ``kheap watch`` recorded in this session (a Watch), or None; never starts one."""
+        return getattr(getattr(self, "_watch", None), "watch", None)
 
     def watch_controller(self):
         """The face's ``kheap watch`` machinery (breakpoints need a debugger: gdb has one)."""
@@ -149,7 +181,8 @@ class Session:
     def overrides(self):
         return Overrides(heap_start=self._settings["heap-start"],
                          heap_size=self._settings["heap-size"],
-                         list_head=self._settings["list-head"])
+                         list_head=self._settings["list-head"],
+                         page_convention=self._settings["page-convention"])
 
     def program(self):
         """The Program for this stop: built once, reused until the target may have changed."""

@@ -47,6 +47,13 @@ void scenario_clean(void)
 #define STRESS_SEED 0x4B484541u
 static void *stress_blocks[STRESS_LIVE];
 
+/* References stress drops on purpose at the end (blocks it keeps but forgets): a conservative
+ * leak scan must find exactly these. Kept complemented, so they are no pointers themselves. */
+#define STRESS_LOST_EVERY 500
+#define STRESS_LOST_MAX (STRESS_LIVE / STRESS_LOST_EVERY + 1)
+uintptr_t stress_lost[STRESS_LOST_MAX];
+unsigned stress_lost_count;
+
 void scenario_stress(void)
 {
     uint32_t state = STRESS_SEED;
@@ -69,6 +76,7 @@ void scenario_stress(void)
             } else {
                 kfree(stress_blocks[victim]);
                 stress_blocks[victim] = stress_blocks[--live];
+                stress_blocks[live] = NULL;       /* no stale copy: exactly live references */
             }
         }
     }
@@ -80,7 +88,34 @@ void scenario_stress(void)
             stress_blocks[i] = NULL;
         }
     }
+    /* Forget a few blocks without freeing them: leaks the heap itself cannot show. */
+    for (i = STRESS_LOST_EVERY / 2; i < live; i += STRESS_LOST_EVERY) {
+        if (stress_blocks[i] != NULL && stress_lost_count < STRESS_LOST_MAX) {
+            stress_lost[stress_lost_count++] = ~(uintptr_t)stress_blocks[i];
+            stress_blocks[i] = NULL;
+        }
+    }
     kheap_checkpoint("stress");
+}
+
+/* Scratch registers keep stale pointers for a while after a call returns (strcpy's cursor,
+ * say), and a conservative leak scan rightly counts every register as a root. So that a
+ * scenario's lost blocks are exactly the ones it means to lose, the caller-saved registers are
+ * cleared before returning: no copy of a forgotten pointer survives in one. */
+static inline __attribute__((always_inline)) void forget_scratch_registers(void)
+{
+#if defined(__aarch64__)
+    __asm__ volatile("mov x0, xzr\n\tmov x1, xzr\n\tmov x2, xzr\n\tmov x3, xzr\n\t"
+                     "mov x4, xzr\n\tmov x5, xzr\n\tmov x6, xzr\n\tmov x7, xzr\n\t"
+                     "mov x8, xzr\n\tmov x9, xzr\n\tmov x10, xzr\n\tmov x11, xzr\n\t"
+                     "mov x12, xzr\n\tmov x13, xzr\n\tmov x14, xzr\n\tmov x15, xzr\n\t"
+                     "mov x16, xzr\n\tmov x17, xzr\n\tmov x18, xzr"
+                     ::: "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10",
+                         "x11", "x12", "x13", "x14", "x15", "x16", "x17", "x18", "memory");
+#elif defined(__arm__)
+    __asm__ volatile("mov r0, #0\n\tmov r1, #0\n\tmov r2, #0\n\tmov r3, #0\n\tmov r12, #0"
+                     ::: "r0", "r1", "r2", "r3", "r12", "memory");
+#endif
 }
 
 /* The leaking caller: a distinct, non-inlined function so a debugger's backtrace or an
@@ -93,6 +128,7 @@ __attribute__((noinline, used)) void leak_handle_request(unsigned request_id)
     strcpy(reply, "reply to request");
     reply[0] = (char)('A' + request_id % 26);
     /* BUG: reply is never freed and no pointer to it survives. */
+    forget_scratch_registers();
 }
 
 void *leak_sessions[16];

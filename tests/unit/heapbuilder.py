@@ -36,14 +36,28 @@ class SyntheticKernel:
 
     def __init__(self, pointer_size: int = 4, endian: str = "<", heap_size: int = 64 * 1024,
                  num_pages: Optional[int] = None, poison: int = 0xA5, layouts: Optional[Layouts] = None,
-                 split_min: Optional[int] = None) -> None:
+                 split_min: Optional[int] = None, back_pointer: bool = False, vaddr_mapped_only: bool = False,
+                 head_only_free_list: bool = False, symbol_names: Optional[Dict[str, str]] = None,
+                 payload_offset: Optional[int] = None) -> None:
+        """``layouts``' segment layout may have bit-fields and a payload offset past the header;
+        ``back_pointer``: store the header's address at payload - P in used segments (Mazarin's
+        later layout); ``vaddr_mapped_only``: vaddr_mapped 0 on the pages past the heap (the
+        tutorial's and Mazarin's pages); ``head_only_free_list``: ``free_pages`` is a bare
+        pointer (Go's ``freePages *Page``); ``symbol_names``: conventional name -> the name the
+        ELF gives it (``kheap_list``, ``main.heapSegmentListHead``)."""
         self.p = pointer_size
         self.endian = endian
         self.order = "little" if endian == "<" else "big"
         self.layouts = layouts or default_layouts(pointer_size, endian)
         self.hdr = self.layouts.segment.header_size
+        # payload = header + off (the kernel's, whether or not its ELF says it)
+        self.off = payload_offset if payload_offset is not None else self.layouts.segment.payload_offset
+        self.back_pointer = back_pointer
+        self.vaddr_mapped_only = vaddr_mapped_only
+        self.head_only_free_list = head_only_free_list
+        self.symbol_names = dict(symbol_names or {})
         self.poison = poison
-        self.split_min = split_min if split_min is not None else self.hdr + 16
+        self.split_min = split_min if split_min is not None else self.off + 16
         self.image_base = 0x8000 if pointer_size == 4 else 0x80000
         ib = self.image_base
         self.symbols: Dict[str, int] = {
@@ -102,12 +116,14 @@ class SyntheticKernel:
     # -- segments -------------------------------------------------------------------------------
     def seg_field(self, address: int, name: str) -> int:
         f = self.layouts.segment.fields[name]
-        return self.read_int(address + f.offset, f.size)
+        value = self.read_int(address + f.offset, f.size)
+        if f.bit_size is not None:
+            value = (value >> f.bit_shift) & ((1 << f.bit_size) - 1)
+        return value
 
     def set_seg(self, address: int, **values: int) -> None:
         for name, value in values.items():
-            f = self.layouts.segment.fields[name]
-            self.write_int(address + f.offset, f.size, value)
+            write_field(self.mem, self._o(address), self.layouts.segment.fields[name], value, self.endian)
 
     def header(self, address: int, nxt: int, prv: int, alloc: int, size: int) -> None:
         self.set_seg(address, next=nxt, prev=prv, is_allocated=alloc, segment_size=size)
@@ -160,11 +176,12 @@ class SyntheticKernel:
             if i < kernel_pages:
                 flags = 3
             elif i < kernel_pages + heap_pages:
-                flags = 5
+                flags = 5 if self.layouts.page.KERNEL_HEAP_PAGE else 3   # no heap-page bit: allocated|kernel
             else:
                 flags = 0
                 free.append(i)
-            self.set_page(i, vaddr=i * PAGE, flags=flags, nextpage=0, prevpage=0)
+            vaddr = 0 if self.vaddr_mapped_only and flags == 0 else i * PAGE
+            self.set_page(i, vaddr=vaddr, flags=flags, nextpage=0, prevpage=0)
         for k, i in enumerate(free):
             self.set_page(i, nextpage=self.page_addr(free[k + 1]) if k + 1 < len(free) else 0,
                           prevpage=self.page_addr(free[k - 1]) if k else 0)
@@ -174,6 +191,9 @@ class SyntheticKernel:
     def set_free_list(self, head: int, tail: int, size: int) -> None:
         pl = self.layouts.page_list
         base = self._o(self.symbols["free_pages"])
+        if self.head_only_free_list:
+            self.write_int(self.symbols["free_pages"], self.p, head)
+            return
         write_field(self.mem, base, pl.field("head"), head, self.endian)
         write_field(self.mem, base, pl.field("tail"), tail, self.endian)
         write_field(self.mem, base, pl.field("size"), size, self.endian)
@@ -195,7 +215,7 @@ class SyntheticKernel:
             write_field(self.mem, base, f, self.stats[f.name], self.endian)
 
     def kmalloc(self, size: int) -> Optional[int]:
-        need = round_up(max(size, 1) + self.hdr, 16)
+        need = round_up(max(size, 1) + self.off, 16)
         for addr in sorted(self._free):     # first fit, in address (= list) order
             seg_size = self.seg_field(addr, "segment_size")
             if self.seg_field(addr, "is_allocated") == 0 and seg_size >= need:
@@ -209,6 +229,8 @@ class SyntheticKernel:
                     self._free.add(new)
                     seg_size = need
                 self.set_seg(addr, is_allocated=1)
+                if self.back_pointer:
+                    self.write_int(addr + self.off - self.p, self.p, addr)
                 self._free.discard(addr)
                 s = self.stats
                 s["allocations"] += 1
@@ -217,13 +239,13 @@ class SyntheticKernel:
                 s["current_usage"] += seg_size
                 s["peak_usage"] = max(s["peak_usage"], s["current_usage"])
                 self._write_stats()
-                return addr + self.hdr
+                return addr + self.off
         self.stats["failed"] += 1
         self._write_stats()
         return None
 
     def kfree(self, ptr: int) -> None:
-        addr = ptr - self.hdr
+        addr = ptr - self.off
         size = self.seg_field(addr, "segment_size")
         s = self.stats
         s["frees"] += 1
@@ -256,9 +278,14 @@ class SyntheticKernel:
         if with_poison_section:
             sections.append(Section(".rodata", self.symbols["heap_poison"], 4,
                                     self.poison.to_bytes(4, self.order, signed=True)))
-        return make_elf_info(self.p, self.endian, self.symbols, self.sizes,
-                             constants={"KERNEL_HEAP_SIZE": self.heap_size}, layouts=self.layouts,
-                             image=(self.image_base, self.end), sections=sections)
+        rename = self.symbol_names
+        elf = make_elf_info(self.p, self.endian, {rename.get(n, n): a for n, a in self.symbols.items()},
+                            {rename.get(n, n): s for n, s in self.sizes.items()},
+                            constants={"KERNEL_HEAP_SIZE": self.heap_size}, layouts=self.layouts,
+                            image=(self.image_base, self.end), sections=sections)
+        if self.head_only_free_list:
+            elf.variables[rename.get("free_pages", "free_pages")] = ("Page *", self.p)
+        return elf
 
     def reader(self, holes: Tuple[Tuple[int, int], ...] = ()) -> RangesReader:
         """All of memory, minus ``holes`` (start, end) that read as faults."""

@@ -11,6 +11,7 @@ from .heap import (MAP_LEGEND, check_report, map_page_report, find_report, info_
                    walk_report)
 from .history import diff_report, history_report, leaks_report, snapshot_report, watch_report, watch_stop_report
 from .pages import page_report, pages_report
+from .reach import dangling_report, leak_scan_report, refs_report
 from .runs import DUMP_STATUSES, check_many_report, demo_report, demo_text, dump_report, dump_verdict_line
 from .triage import triage_report, triage_text
 
@@ -18,4 +19,5 @@ __all__ = ["SCHEMA_VERSION", "clean", "render_text", "report_base", "to_json_tex
            "find_report", "info_report", "map_report", "stats_report", "verdict_line", "walk_report", "diff_report",
            "history_report", "leaks_report", "snapshot_report", "watch_report", "watch_stop_report", "page_report", "pages_report",
            "triage_report", "triage_text", "DUMP_STATUSES", "check_many_report", "demo_report", "demo_text",
-           "dump_report", "dump_verdict_line", "blame_report"]
+           "dump_report", "dump_verdict_line", "blame_report", "leak_scan_report", "refs_report",
+           "dangling_report"]

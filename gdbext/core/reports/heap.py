@@ -154,6 +154,13 @@ def _render_info(r: Dict[str, Any], out: Text) -> None:
         out.line(f"  page array {out.addr(h.get('page_array'))}, {h.get('num_pages')} pages")
     poison = r.get("poison")
     out.line(f"poison: {'off' if poison is None else f'0x{poison:02x}'}")
+    facts = r.get("facts") or {}
+    if facts:
+        out.line("where each fact came from:", HEADING)
+        rows = []
+        for key, fact in facts.items():
+            rows.append([(key, PLAIN), (_fact_value(key, fact, out), PLAIN), (_fact_source(fact), PLAIN)])
+        out.table(["fact", "value", "from"], rows)
     for key in ("segment", "page", "page_list", "stats"):
         lay = e.get("layouts", {}).get(key)
         if not lay:
@@ -169,17 +176,62 @@ def _render_info(r: Dict[str, Any], out: Text) -> None:
     out.notes(r.get("notes", []))
 
 
+def _extra_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"0x{value:x}" if value > 0xFFFF else str(value)
+
+
+def _fact_value(key: str, fact: Dict[str, Any], out: Text) -> str:
+    if key == "page_convention":
+        return f"vaddr_mapped {fact.get('vaddr_mapped')}, heap pages {fact.get('heap_pages')}"
+    value = fact.get("value")
+    if key in ("list_head", "heap_start", "page_array", "free_pages", "heap_stats", "panic_info", "end") \
+            and isinstance(value, int):
+        return out.addr(value)
+    if key == "poison" and isinstance(value, int):
+        return f"0x{value:02x}"
+    text = "" if value is None else str(value)
+    if key == "segment_type" and fact.get("fields"):
+        renamed = {k: v for k, v in fact["fields"].items() if k != v}
+        text += f" bytes{' (' + ', '.join(f'{k}={v}' for k, v in renamed.items()) + ')' if renamed else ''}"
+        if fact.get("bitfields"):
+            text += ", bit-fields"
+        if fact.get("extra_fields"):
+            text += ", extra " + ", ".join(fact["extra_fields"])
+    if key == "page_type":
+        text += " bytes"
+    if key == "free_pages" and fact.get("shape"):
+        text += f" ({fact['shape']})"
+    return text
+
+
+def _fact_source(fact: Dict[str, Any]) -> str:
+    if "vaddr_source" in fact:
+        return f"vaddr_mapped: {fact['vaddr_source']}; heap pages: {fact['heap_source']}"
+    parts = [str(fact.get("source", ""))]
+    if fact.get("name"):
+        parts.append(str(fact["name"]))
+    text = " ".join(parts)
+    detail = fact.get("detail") or fact.get("flags")
+    return text + (f" ({detail})" if detail else "")
+
+
 @renders("walk")
 def _render_walk(r: Dict[str, Any], out: Text) -> None:
     out.line(f"{heap_line(r, out)}, {r['count']} segments, {stop_text(r['stop'], out)}",
              PLAIN if r["complete"] else ERROR)
     rows = []
+    # Fields of the header beyond the four the walk reads (a canary's magic, Mazarin's isReserved).
+    extra = list(dict.fromkeys(k for s in r["segments"] for k in (s.get("extra") or {})))
     for s in r["segments"]:
         tok = STATE_TOKEN.get(s["state"], PLAIN)
         state = s["state"] if s["state"] != "bad" else f"bad({s['is_allocated']})"
+        values = s.get("extra") or {}
         rows.append([(out.addr(s["address"]), PLAIN), (str(s["size"]), PLAIN), (state, tok),
-                     (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)])
-    out.table(["address", "size", "state", "next", "prev", "payload"], rows)
+                     (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)]
+                    + [(_extra_text(values.get(k)), PLAIN) for k in extra])
+    out.table(["address", "size", "state", "next", "prev", "payload"] + extra, rows)
     not_shown = r.get("not_shown", r["count"] - len(r["segments"]) if r.get("truncated") else 0)
     if not_shown:
         out.line(f"  ... {not_shown} more not shown (raise or drop --limit to see them)")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from ..check import CODES, CheckReport
 from ..layout import PAGE_SIZE
 from ..memory import MemoryFault
-from ..pages import page_kind, read_free_list_head, read_pages
+from ..pages import kind_at, page_convention, page_kind, read_free_list_head, read_pages
 from ..program import Program
 from ..stats import heap_stats
 from .heap import check_report, stats_report, walk_report
@@ -71,17 +71,25 @@ def _page_band(prog: Program) -> Optional[Dict[str, Any]]:
         return None
     rng = read_pages(prog)
     fv = prog.layouts.page.flag_value
+    conv = page_convention(prog)
+    kernel_end, heap_end = b.start // PAGE_SIZE, -(-b.end // PAGE_SIZE)
     kinds: Dict[int, str] = {}
     runs: List[List[Any]] = []
     index = rng.first
-    for word, group in groupby(entry[1] for entry in rng.entries):   # runs of one flags word
-        n = sum(1 for _ in group)
-        kind = kinds.get(word) or kinds.setdefault(word, page_kind(fv(word)))
-        if runs and runs[-1][2] == kind:
-            runs[-1][1] += n
-        else:
-            runs.append([index, n, kind])
-        index += n
+    words = [entry[1] for entry in rng.entries]
+    # Runs of one flags word within each region (a kernel without a heap-page bit flags its
+    # kernel and heap pages alike: where a page stands says which it is).
+    for lo, hi in ((rng.first, kernel_end), (kernel_end, heap_end), (heap_end, rng.first + len(words))):
+        lo, hi = max(lo, rng.first), min(hi, rng.first + len(words))
+        for word, group in groupby(words[lo - rng.first:max(lo, hi) - rng.first]):
+            n = sum(1 for _ in group)
+            kind = kinds.get(word) or kinds.setdefault(word, page_kind(fv(word)))
+            kind = kind_at(conv, index, kind, kernel_end, heap_end)
+            if runs and runs[-1][2] == kind:
+                runs[-1][1] += n
+            else:
+                runs.append([index, n, kind])
+            index += n
     counts = {"kernel": 0, "heap": 0, "free": 0, "allocated": 0, "bad": 0}
     for _, n, kind in runs:
         counts[kind] += n

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence
 
 from ..findings import Finding
-from ..pages import Page, PageSummary
+from ..layout import PAGE_SIZE
+from ..pages import Page, PageSummary, kind_at, page_convention
 from ..program import Program
 from .base import PLAIN, STATE_TOKEN, Text, clean, finding_lines, renders, report_base
 
@@ -17,6 +18,9 @@ def pages_report(prog: Program, summary: PageSummary, findings: Sequence[Finding
     d = report_base("pages", prog)
     d.update(summary.to_json())
     d["page_array"] = prog.bounds.page_array
+    name = prog.elf.symbol_name("free_pages")
+    if name not in (None, "free_pages"):
+        d["free_list_name"] = name
     d["findings"] = [f.to_json() for f in findings]
     return clean(d)
 
@@ -29,7 +33,9 @@ def _render_pages(r: Dict[str, Any], out: Text) -> None:
     fl = r.get("free_list")
     if fl:
         stop = fl["stop"]
-        out.line(f"free_pages: head {out.addr(fl['head'])} tail {out.addr(fl['tail'])} size {fl['size']}, "
+        shape = (f"head {out.addr(fl['head'])} tail {out.addr(fl['tail'])} size {fl['size']}"
+                 if fl.get("tail") is not None else f"head {out.addr(fl['head'])} (a head pointer only)")
+        out.line(f"{r.get('free_list_name') or 'free_pages'}: {shape}, "
                  f"{fl['walked']} walked" + ("" if stop["reason"] == "end" else
                                             f", stopped: {stop['reason']} at {out.addr(stop['address'])}"))
     for f in r.get("findings", []):
@@ -41,6 +47,8 @@ def page_report(prog: Program, page: Page) -> Dict[str, Any]:
     """``kheap pages --page N``: one ``page_t`` with its flags by name."""
     d = report_base("page", prog)
     d.update({"page": page.to_json(), "flags": prog.layouts.page.flag_names(page.flags_word)})
+    b = prog.bounds
+    d["page"]["kind"] = kind_at(page_convention(prog), page.index, page.kind, b.start // PAGE_SIZE, -(-b.end // PAGE_SIZE))
     return clean(d)
 
 

@@ -15,7 +15,8 @@ from ..findings import Finding
 from .layout import SEGMENT_NAMES, SegmentLayout
 from .rules import (OWN_FIELD_CODES, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
                     validate_heap, validate_poison, validate_segments)
-from .walk import STOP_BAD_HEAD, STOP_END, Header, HeapWalk, HeapWalker, Segment, for_each_segment, segment_state, walk_heap
+from .walk import (STOP_BAD_HEAD, STOP_END, Header, HeapWalk, HeapWalker, Segment, for_each_segment, layout_of,
+                   list_extent, segment_state, walk_heap)
 
 __all__ = ["SegmentList", "SEGMENT_LIST", "Header", "HeapWalk", "Segment", "SegmentMatch", "SegmentLayout",
            "SEGMENT_NAMES", "walk_heap", "for_each_segment", "find_segment", "validate_heap", "validate_poison", "validate_segments",
@@ -53,20 +54,20 @@ class SegmentList:
 
     def header_of_payload(self, prog: Any, pointer: int) -> Optional[Header]:
         """The header a payload pointer (as kmalloc returned it) belongs to, read as is."""
-        h, _ = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        h, _ = check_header_at(prog, pointer - layout_of(prog).payload_offset)
         return h
 
     def check_payload(self, prog: Any, pointer: int) -> Tuple[Optional[Header], List[Finding]]:
         """The header of a payload pointer and what the rule finds wrong with its own fields
         (a neighbour's broken link is check's news, not a reason to distrust this block)."""
-        h, problems = check_header_at(prog, pointer - prog.layouts.segment.payload_offset)
+        h, problems = check_header_at(prog, pointer - layout_of(prog).payload_offset)
         return h, [p for p in problems if p.code in OWN_FIELD_CODES]
 
     def describe_header(self, prog: Any, address: Optional[int], raw: bytes) -> str:
         """A header's raw bytes in one line, for pretty printers and type summaries."""
-        layout = prog.layouts.segment
+        layout = layout_of(prog)
         if len(raw) < layout.decode_size:
-            return f"<heap_segment_t: {len(raw)} bytes, need {layout.decode_size}>"
+            return f"<{layout.struct.name}: {len(raw)} bytes, need {layout.decode_size}>"
         nxt, prev, is_allocated, size = layout.unpack_from(raw, 0)
         state = segment_state(is_allocated)
         parts = [state if state != "bad" else f"bad is_allocated={is_allocated}", f"size={size}"]
@@ -80,7 +81,25 @@ class SegmentList:
                 parts.append("outside the heap")
         link = lambda value: "NULL" if value == 0 else prog.fmt(value)  # noqa: E731
         parts += [f"next={link(nxt)}", f"prev={link(prev)}"]
-        return "heap_segment_t {" + ", ".join(parts) + "}"
+        return layout.struct.name + " {" + ", ".join(parts) + "}"
+
+    def list_end(self, prog: Any, head: int, start: int, limit: int) -> Optional[int]:
+        """Where the list from ``head`` ends (:func:`list_extent`), for a heap whose size the ELF
+        does not give."""
+        return list_extent(prog, head, start, limit)
+
+    def facts(self, prog: Any) -> Dict[str, Any]:
+        """What ``kheap info`` shows of the header: its type and fields by role (the names
+        matched), the payload offset and the alignment, each with its source."""
+        layout = layout_of(prog)
+        return {
+            "segment_type": {"value": layout.header_size, "source": "DWARF type" if layout.source == "dwarf" else "default",
+                             "name": layout.struct.name, "fields": layout.field_names(),
+                             "extra_fields": [f.name for f in layout.extra_fields],
+                             "bitfields": layout.bitfields},
+            "payload_offset": layout.payload.to_json(),
+            "alignment": layout.alignment.to_json(),
+        }
 
     def figures(self, walk: HeapWalk, histogram: bool = False) -> HeapFigures:
         """Used/free/bad counts and bytes, the largest free segment, and with ``histogram`` the
@@ -103,6 +122,13 @@ class SegmentList:
         hdr = walk.header_size
         return [Block(a, extent(a, s, heap_end, hdr), s, segment_state(f))
                 for a, (_, _, f, s) in zip(walk.addresses, walk.all_fields())]
+
+    def payload_ranges(self, walk: HeapWalk, blocks: List[Block]) -> List[Tuple[int, int]]:
+        """``[start, end)`` of the bytes each block hands its owner (after its header), for
+        ``blocks`` as :meth:`blocks` gave them, in their order (empty when the extent holds
+        only a header)."""
+        off = walk.payload_offset
+        return [(a + off if off < e else a + e, a + e) for a, e, _, _ in blocks]
 
     def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
         """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``

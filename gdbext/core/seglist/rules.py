@@ -22,7 +22,7 @@ from ..findings import ERROR, WARNING, Culprit, Finding, classify_bytes, registe
 from ..layout import HEAP_ALIGN
 from ..memory import MemoryFault
 from .walk import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP, Header,
-                   HeapWalk, Segment, segment_state, walk_heap)
+                   HeapWalk, Segment, layout_of, segment_state, walk_heap)
 
 __all__ = ["Place", "header_problems", "culprit_for", "extent", "validate_heap", "validate_segments",
            "validate_poison", "plausible_header", "check_header_at", "find_segment", "SegmentMatch"]
@@ -59,6 +59,7 @@ class Place:
     header_size: int
     before: Optional[Header] = None
     first: bool = False
+    alignment: int = HEAP_ALIGN
 
 
 def extent(address: int, segment_size: int, heap_end: int, header_size: int) -> int:
@@ -78,11 +79,12 @@ class Columns:
     """
 
     __slots__ = ("address", "next", "prev", "flag", "size", "end", "expected_prev", "before_next", "before_flag",
-                 "before_end", "heap_start", "heap_end", "header_size", "last_header", "explained", "picked")
+                 "before_end", "heap_start", "heap_end", "header_size", "last_header", "explained", "picked",
+                 "alignment", "align_mask")
 
     def __init__(self, address: List[int], columns: Sequence[List[int]], expected_prev: List[Any],
                  before_next: List[int], before_flag: List[Any], before_end: List[Any], heap_start: int,
-                 heap_end: int, header_size: int, explained: Optional[int] = None) -> None:
+                 heap_end: int, header_size: int, explained: Optional[int] = None, alignment: int = HEAP_ALIGN) -> None:
         self.address = address
         self.next, self.prev, self.flag, self.size = columns
         self.end = list(map(add, address, self.size))
@@ -91,6 +93,7 @@ class Columns:
         self.heap_start, self.heap_end, self.header_size = heap_start, heap_end, header_size
         self.last_header = heap_end - header_size      # the last address a header fits at
         self.explained = explained
+        self.alignment, self.align_mask = alignment, alignment - 1     # the layout's, 16 by default
         self.picked: Dict[int, List[int]] = {}         # what each term picked (clauses share terms)          # the index whose next the walk's stop explains
 
     def __len__(self) -> int:
@@ -180,16 +183,16 @@ def _indexes_of(x: List[Any], value: Any) -> List[int]:
 
 
 class Bits(Term):
-    """``column & mask`` is not 0 (alignment)."""
+    """``column & mask`` is not 0 (alignment; ``mask``: an int or the name of one of ``c``'s bounds)."""
 
-    def __init__(self, column: str, mask: int) -> None:
+    def __init__(self, column: str, mask: Any) -> None:
         self.column, self.mask = column, mask
 
     def holds(self, c: "Columns", i: int) -> bool:
-        return bool(getattr(c, self.column)[i] & self.mask)
+        return bool(getattr(c, self.column)[i] & _column(c, self.mask))
 
     def pick(self, c: "Columns") -> Iterable[int]:
-        return compress(count(), map(and_, getattr(c, self.column), repeat(self.mask)))
+        return compress(count(), map(and_, getattr(c, self.column), repeat(_column(c, self.mask))))
 
 
 class NoneOf(Term):
@@ -268,7 +271,7 @@ class Clause(NamedTuple):
 
 def _aligned_address(c: Columns, i: int, fmt: Any) -> Finding:
     a = c.address[i]
-    return Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} is not {HEAP_ALIGN}-byte aligned", c.values(i))
+    return Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} is not {c.alignment}-byte aligned", c.values(i))
 
 
 def _flag(c: Columns, i: int, fmt: Any) -> Finding:
@@ -291,7 +294,7 @@ def _past_end(c: Columns, i: int, fmt: Any) -> Finding:
 def _aligned_size(c: Columns, i: int, fmt: Any) -> Finding:
     a = c.address[i]
     return Finding(ALIGN, ERROR, a, f"segment at {fmt(a)} has segment_size {c.size[i]}, not a multiple of "
-                   f"{HEAP_ALIGN}", c.values(i))
+                   f"{c.alignment}", c.values(i))
 
 
 def _gap(c: Columns, i: int, fmt: Any) -> Finding:
@@ -344,11 +347,11 @@ NEXT_ELSEWHERE = (Cmp(ne, "next", "end"), Cmp(ne, "next", 0), NEXT_INSIDE, SIZE_
 
 # The header rule: a header is sane when no clause picks it. In the order findings are listed.
 HEADER_RULE: Tuple[Clause, ...] = (
-    Clause(ALIGN, Bits("address", HEAP_ALIGN - 1), _aligned_address),
+    Clause(ALIGN, Bits("address", "align_mask"), _aligned_address),
     Clause(FLAG, Cmp(gt, "flag", 1), _flag),
     Clause(SIZE, Cmp(lt, "size", "header_size"), _too_small),
     Clause(SIZE, All(Cmp(gt, "end", "heap_end"), Cmp(ge, "size", "header_size")), _past_end),
-    Clause(ALIGN, All(Bits("size", HEAP_ALIGN - 1), SIZE_OK), _aligned_size),
+    Clause(ALIGN, All(Bits("size", "align_mask"), SIZE_OK), _aligned_size),
     Clause(GAP, All(*NEXT_ELSEWHERE, Cmp(gt, "next", "end")), _gap),
     Clause(OVERLAP, All(*NEXT_ELSEWHERE, Cmp(lt, "next", "end")), _overlap),
     Clause(BACKLINK, AnyOf(Cmp(ne, "prev", "expected_prev"), Cmp(ne, "before_next", "address")), _backlink),
@@ -379,7 +382,8 @@ def header_problems(h: Header, place: Place, fmt: Any) -> List[Finding]:
     c = Columns([h.address], ([h.next], [h.prev], [h.is_allocated], [h.segment_size]), [want],
                 [before.next if before is not None else h.address],
                 [before.is_allocated if before is not None else -1],
-                [before.end if before is not None else -1], place.heap_start, place.heap_end, place.header_size)
+                [before.end if before is not None else -1], place.heap_start, place.heap_end, place.header_size,
+                alignment=place.alignment)
     return judge(c, fmt).get(0, [])
 
 
@@ -387,12 +391,40 @@ def header_problems(h: Header, place: Place, fmt: Any) -> List[Finding]:
 _NO_CULPRIT = (COVERAGE, UNMERGED)
 
 
+# What a size that disagrees with sound links can be reported as (the header's own fields are fine).
+_SIZE_CODES = {GAP, OVERLAP, SIZE}
+
+
+def _well_formed(prog: Any, h: Header, place: Place) -> bool:
+    """Whether ``h``'s bytes are a plausible header whose links are consistent: a flag of 0 or
+    1, an aligned size of at least a header, ``prev`` naming the segment before it (NULL for
+    the first), and ``next`` NULL or a header inside the heap whose ``prev`` names ``h``. Such
+    a header was written by the allocator, whatever is wrong with its size."""
+    if h.is_allocated > 1 or h.segment_size < place.header_size or h.segment_size % place.alignment:
+        return False
+    if h.prev != (0 if place.first else place.before.address if place.before is not None else -1):
+        return False
+    if h.next == 0:
+        return True
+    if h.next % place.alignment or not place.heap_start <= h.next <= place.heap_end - place.header_size:
+        return False
+    layout = prog.layouts.segment
+    try:
+        nxt = layout.unpack_from(prog.read(h.next, layout.decode_size), 0)
+    except MemoryFault:
+        return False
+    return nxt[1] == h.address
+
+
 def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding]) -> Optional[Culprit]:
     """Who probably broke header ``h``, given what the rule found wrong with it.
 
     Only a wrong ``prev`` in an otherwise sane header points at a list update that skipped the
-    back link (or a write of exactly that word); anything else is a header overwritten from
-    the segment before it, whose bytes are classified (text, zeros, poison, a pointer).
+    back link (or a write of exactly that word). A wrong size in a header whose bytes are
+    otherwise a consistent header (flag, alignment, both links agreeing with its neighbours)
+    was written by the allocator itself: its split or merge computed the size (a merge that
+    added the wrong neighbour's size), not an overwrite. Anything else is a header overwritten
+    from the segment before it, whose bytes are classified (text, zeros, poison, a pointer).
     """
     codes = {p.code for p in problems if p.code not in _NO_CULPRIT}
     if not codes:
@@ -407,6 +439,15 @@ def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding])
                            f"prev = {fmt(h.prev)}")
         kind, detail = classify_bytes(prog, h.prev.to_bytes(prog.pointer_size, prog.byteorder))
         return Culprit(before.address, "only the prev word was overwritten", kind, detail)
+    if codes <= _SIZE_CODES and _well_formed(prog, h, place):
+        nxt = "NULL" if h.next == 0 else fmt(h.next)
+        what = (f"it ends at {fmt(h.end)} but its next is {nxt}" if h.next else
+                f"it is the last segment but ends at {fmt(h.end)}, not at the heap end {fmt(place.heap_end)}")
+        return Culprit(h.address, "the header is well formed and its links agree with its neighbours, but its "
+                       f"segment_size ({h.segment_size}) does not: {what}; the allocator's own split or merge "
+                       "computed that size (e.g. a merge that added the wrong neighbour's size), not an overwrite",
+                       "header", f"is_allocated={h.is_allocated} segment_size={h.segment_size} next={nxt} "
+                       f"prev={'NULL' if h.prev == 0 else fmt(h.prev)}")
     try:
         raw = prog.read(h.address, place.header_size)
     except MemoryFault:
@@ -443,7 +484,7 @@ def walk_columns(walk: HeapWalk) -> Iterator[Tuple[int, Columns]]:
     for lo in range(0, n, CHUNK):
         address = walk.addresses[lo:lo + CHUNK].tolist()
         c = Columns(address, walk.columns(lo, CHUNK), [before[0]] + address[:-1], [], [], [], walk.heap_start, walk.heap_end,
-                    walk.header_size, None if explained is None else explained - lo)
+                    walk.header_size, None if explained is None else explained - lo, walk.alignment)
         c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
         c.before_flag = [before[2]] + c.flag[:-1]
         c.before_end = [before[3]] + c.end[:-1]
@@ -469,8 +510,9 @@ def validate_heap(prog: Any, walk: Optional[HeapWalk] = None,
     coverage: List[Finding] = []
     if walk.stop_reason == STOP_BAD_HEAD:
         head_sym = prog.elf.address_of("heap_segment_list_head")
+        head_name = prog.elf.symbol_name("heap_segment_list_head") or "heap_segment_list_head"
         out.append(Finding(HEAD, ERROR, walk.stop_address if walk.stop_address is not None else head_sym,
-                           f"heap_segment_list_head: {walk.stop_detail}"
+                           f"{head_name}: {walk.stop_detail}"
                            + (f" ({fmt(walk.stop_address)})" if walk.stop_address else ""),
                            {"list_head": walk.stop_address, "heap_start": hs, "heap_end": he}))
         return out
@@ -480,7 +522,7 @@ def validate_heap(prog: Any, walk: Optional[HeapWalk] = None,
             h = Header(c.address[i], c.next[i], c.prev[i], c.flag[i], c.size[i])
             b = None if lo + i == 0 else Header(c.expected_prev[i], c.before_next[i], 0, c.before_flag[i],
                                                 c.before_end[i] - c.expected_prev[i])
-            for p in _with_culprit(prog, h, Place(hs, he, hdr, b, lo + i == 0), problems):
+            for p in _with_culprit(prog, h, Place(hs, he, hdr, b, lo + i == 0, walk.alignment), problems):
                 (coverage if p.code == COVERAGE else out).append(p)
         if observe is not None:
             observe(c)
@@ -520,7 +562,8 @@ def _place_of(prog: Any, h: Header) -> Place:
     b = prog.bounds
     first = h.prev == 0 and h.address == b.list_head
     before = None if first or h.prev == 0 else _header_at(prog, h.prev)
-    return Place(b.start, b.end, prog.layouts.segment.header_size, before, first)
+    layout = prog.layouts.segment
+    return Place(b.start, b.end, layout.header_size, before, first, layout.alignment.value)
 
 
 def check_header_at(prog: Any, address: int) -> Tuple[Optional[Header], List[Finding]]:
@@ -556,7 +599,7 @@ def validate_segments(prog: Any, start: int, count: int = 4) -> List[Finding]:
             out.append(Finding(UNREADABLE, ERROR, h.next, f"header at {fmt(h.next)} is unreadable",
                                {"address": h.address, "next": h.next}))
             return out
-        place = Place(place.heap_start, place.heap_end, place.header_size, h, False)
+        place = Place(place.heap_start, place.heap_end, place.header_size, h, False, place.alignment)
         h = nxt
     return out
 
@@ -684,7 +727,7 @@ class SegmentMatch:
 
 
 def _segment(prog: Any, h: Header) -> Segment:
-    layout = prog.layouts.segment
+    layout = layout_of(prog)
     extra = {}
     if layout.extra_fields:
         try:
@@ -714,7 +757,7 @@ def find_segment(prog: Any, address: int) -> Optional[SegmentMatch]:
     b = prog.bounds
     if not b.start <= address < b.end:
         return None
-    layout = prog.layouts.segment
+    layout = layout_of(prog)
     hdr, off = layout.header_size, layout.payload_offset
     for cand in (address - off, address):
         seg = plausible_header(prog, cand)

@@ -15,12 +15,14 @@ of chasing pointers through a heap that no longer fits in the CPU's caches.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, replace
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..memory import MemoryFault
+from ..names import Fact
 
-__all__ = ["Header", "Segment", "HeapWalk", "HeapWalker", "walk_heap", "for_each_segment", "segment_state", "STOP_END", "STOP_FAULT",
+__all__ = ["Header", "Segment", "HeapWalk", "HeapWalker", "walk_heap", "layout_of", "list_extent", "for_each_segment",
+           "segment_state", "STOP_END", "STOP_FAULT",
            "STOP_BOUND", "STOP_CYCLE", "STOP_LEFT_HEAP", "STOP_BAD_HEAD"]
 
 STOP_END = "end"              # a NULL next: the list ended normally
@@ -114,6 +116,7 @@ class HeapWalk:
     _extra: Optional[Dict[int, Dict[str, int]]] = dc_field(default=None, repr=False)
     _segments: Optional[List[Segment]] = dc_field(default=None, repr=False)
     _figures: Any = dc_field(default=None, repr=False)      # the family's figures, once counted
+    alignment: int = 16                                      # segments' and sizes' alignment
 
     @property
     def complete(self) -> bool:
@@ -167,7 +170,6 @@ def walk_heap(prog: Any, start: Optional[int] = None, max_steps: Optional[int] =
     """
     return HeapWalker(prog, start, max_steps).finish()
 
-
 class HeapWalker:
     """:func:`walk_heap` in steps: :meth:`feed` walks the headers that lie inside the bytes that
     have arrived so far, :meth:`finish` walks the rest and says why the walk stopped.
@@ -191,6 +193,7 @@ class HeapWalker:
         self.frm: Optional[int] = None
         self.seen: Optional[set] = None
         self.walk: Optional[HeapWalk] = None
+        self._stopped: Optional[Tuple[str, Optional[int], Optional[int], str]] = None
         head, hs, he = self.head, self.hs, self.he
         if head is None:
             self._stop(STOP_BAD_HEAD, None, None, bounds.list_head_error or "list head unknown")
@@ -202,27 +205,34 @@ class HeapWalker:
     @property
     def next_address(self) -> Optional[int]:
         """The header the walk needs next (None once it has stopped)."""
-        return None if self.walk is not None else self.addr
+        return None if self._stopped is not None else self.addr
 
     def feed(self, data: Any, base: int) -> None:
         """Walk on through ``data``, the bytes from ``base`` that have arrived (more will come)."""
-        if self.walk is None:
+        if self._stopped is None:
             self._run(data, base, final=False)
 
     def finish(self) -> HeapWalk:
-        """The whole walk: on through :meth:`Program.heap_bytes` and past it to the end."""
-        if self.walk is None:
+        """The whole walk: on through :meth:`Program.heap_bytes` and past it to the end.
+
+        What needs more memory than the headers (the payload offset when the ELF does not give
+        it, the extra fields) is read here, after the stream a ``check`` feeds the walk from."""
+        if self._stopped is None:
             self._run(self.prog.heap_bytes(), self.hs, final=True)
-        assert self.walk is not None
+        if self.walk is None:
+            assert self._stopped is not None
+            reason, address, frm, detail = self._stopped
+            layout = layout_of(self.prog)       # the ELF's, or with the payload offset learnt from memory
+            walk = HeapWalk(self.addresses, reason, address, frm, detail, self.hs, self.he, self.hdr,
+                            layout.payload_offset, self.head, self.bound, self.raw, layout,
+                            alignment=layout.alignment.value)
+            if layout.extra_fields and self.addresses:
+                walk._extra = _read_extra(self.prog, layout, self.addresses)
+            self.walk = walk
         return self.walk
 
     def _stop(self, reason: str, address: Optional[int], frm: Optional[int], detail: str) -> None:
-        layout = self.layout
-        walk = HeapWalk(self.addresses, reason, address, frm, detail, self.hs, self.he, self.hdr,
-                        layout.payload_offset, self.head, self.bound, self.raw, layout)
-        if layout.extra_fields and self.addresses:
-            walk._extra = _read_extra(self.prog, layout, self.addresses)
-        self.walk = walk
+        self._stopped = (reason, address, frm, detail)
 
     def _run(self, buf: Any, base: int, final: bool) -> None:
         prog, layout = self.prog, self.layout
@@ -271,6 +281,98 @@ class HeapWalker:
                 return self._stop(STOP_BOUND, addr, frm,
                                   f"more than {self.bound} segments: the heap cannot hold that many")
         self.addr, self.frm = addr, frm
+
+
+# -- what the ELF may not say: the payload offset, the list's extent ---------------------------------
+
+PROBE_SEGMENTS = 64           # headers followed from the head when looking for a back pointer
+PROBE_USED = 8                # used segments whose payloads are looked at
+PROBE_SPAN = 64               # bytes past the header where the back pointer may sit
+
+
+def layout_of(prog: Any) -> Any:
+    """The header layout for ``prog``: the ELF's, with the payload offset learnt from memory
+    when the ELF gives none (no payload-offset constant).
+
+    A layout that 16-aligns payloads and stores the header's address just before the payload
+    (Mazarin's later layout, ``segmentOf(payload) = *(payload - 8)``) shows it in every used
+    segment: the offset ``k`` past the header where ``*(header + k - P) == header`` in all of
+    the first used segments is the payload offset. Without such a word the payload follows
+    the header (``sizeof``). The answer is kept in ``prog.layouts`` until the program's memory
+    is dropped; when memory cannot be read yet the ELF's layout is used and nothing is kept."""
+    layout = prog.layouts.segment
+    if layout.payload_known:
+        return layout
+    from ..program import ProgramError      # program -> families -> this package
+    try:
+        fact = _probe_payload(prog, layout)
+    except (ProgramError, MemoryFault):      # no bounds or no memory yet: the ELF's layout, not kept
+        return layout
+    resolved = layout.with_payload(fact)
+    prog.layouts = replace(prog.layouts, segment=resolved)
+    return resolved
+
+
+def _probe_payload(prog: Any, layout: Any) -> Fact:
+    b = prog.bounds
+    hs, he, hdr, p = b.start, b.end, layout.header_size, prog.pointer_size
+    order = prog.byteorder
+    head = b.list_head
+    used: List[Tuple[int, int]] = []
+    address, seen = head, 0
+    while address and hs <= address and address + layout.decode_size <= he and seen < PROBE_SEGMENTS \
+            and len(used) < PROBE_USED:
+        nxt, _, flag, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+        if flag == 1 and hdr + p <= size:
+            used.append((address, size))
+        seen += 1
+        if nxt <= address:
+            break
+        address = nxt
+    common: Optional[set] = None
+    for a, size in used:
+        span = min(size, hdr + PROBE_SPAN)
+        try:
+            data = prog.read(a, span)
+        except MemoryFault:
+            continue
+        found = {k for k in range(hdr + p, span + 1, p)
+                 if int.from_bytes(data[k - p:k], order) == a}
+        common = found if common is None else common & found
+    if common and (len(used) >= 2 or seen < PROBE_SEGMENTS):
+        k = min(common)
+        return Fact(k, "inferred", None,
+                    f"the header's address is stored at payload - {p} in the {len(used)} used segment"
+                    f"{'s' if len(used) != 1 else ''} looked at")
+    return Fact(hdr, "sizeof", layout.struct.name,
+                "no payload-offset constant in the ELF and no header address stored before the payload "
+                f"of the {len(used)} used segment{'s' if len(used) != 1 else ''} looked at")
+
+
+def list_extent(prog: Any, head: int, start: int, limit: int) -> Optional[int]:
+    """Where the segment list from ``head`` ends (the last segment's address + size), following
+    ``next`` while it ascends, at most ``limit`` bytes past ``start``; None when the list does
+    not look like one (a header outside that range, a size that is not positive). Used to
+    infer the heap's size when the ELF does not say it (no bounds exist yet)."""
+    layout = prog.layouts.segment
+    hdr = layout.header_size
+    address, end, steps = head, None, limit // max(hdr, 1) + 1
+    try:
+        while address and steps:
+            if not start <= address <= start + limit - hdr:
+                return None
+            nxt, _, _, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+            if size < hdr or address + size > start + limit:
+                return None
+            end = address + size
+            if nxt == 0:
+                return end
+            if nxt <= address:
+                return None
+            address, steps = nxt, steps - 1
+    except MemoryFault:
+        return None
+    return None
 
 
 def for_each_segment(prog: Any) -> Iterator[Segment]:
