@@ -22,6 +22,7 @@ import threading
 from gdbext.core.memory import MemoryFault
 from gdbext.core.blame import STACK_WINDOW
 from gdbext.frontends.blame_controller import NEEDS_QEMU, BlameTarget
+from gdbext.frontends.cli_session import thread_number
 from gdbext.frontends.session import CommandError
 from gdbext.targets import TargetError
 
@@ -36,15 +37,6 @@ OBJDUMPS = {
             "llvm-objdump"),
     "aarch64": ("aarch64-linux-gnu-objdump", "aarch64-none-elf-objdump", "llvm-objdump"),
 }
-
-
-def _thread_number(thread):
-    if not thread:
-        return None
-    try:
-        return int(thread.split(".")[-1], 16)
-    except ValueError:
-        return None
 
 
 class CliBlameTarget(BlameTarget):
@@ -82,7 +74,7 @@ class CliBlameTarget(BlameTarget):
     def stop_location(self):
         stop = self.rsp.last_stop or self.rsp.stop_reason()
         registers = self.rsp.registers(stop.thread) if stop.thread else self.rsp.registers()
-        return registers.get("pc"), _thread_number(stop.thread)
+        return registers.get("pc"), thread_number(stop.thread)
 
     def read(self, address, size):
         return self.rsp.read(address, size)
@@ -197,7 +189,7 @@ class CliBlameTarget(BlameTarget):
             if sp is not None:
                 copy = replies[1]
                 stack = (sp, copy) if len(copy) == STACK_WINDOW and not copy.startswith(b"E") else None
-            keep = on_hit(pc, registers, value, _thread_number(stop.thread), stack) if on_hit else True
+            keep = on_hit(pc, registers, value, thread_number(stop.thread), stack) if on_hit else True
             if not keep:
                 return "max-hits"
             if pc is not None and pc + 4 == self._until:

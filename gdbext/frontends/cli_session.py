@@ -58,7 +58,8 @@ def _article(word):
     return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
-def _thread_number(thread):
+def thread_number(thread):
+    """The thread id of a stop reply's ``thread:`` (``p01.02`` or ``2``, hex), or None."""
     if not thread:
         return None
     try:
@@ -272,7 +273,7 @@ class CliSession(Session):
         if kind == "remote":
             stop = target.last_stop or target.stop_reason()
             registers = target.registers(stop.thread) if stop.thread else target.registers()
-            thread = _thread_number(stop.thread)
+            thread = thread_number(stop.thread)
         elif kind == "core":
             cpus, index = self.all_registers()
             registers, thread = cpus[index], index + 1
