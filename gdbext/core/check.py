@@ -13,6 +13,7 @@ live target costs about one packet per 2 KiB (a few thousand packets).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, List
 
 from .findings import CODES, ERROR, STRUCTURAL, WARNING, Finding, register_code
@@ -93,29 +94,44 @@ def validate_stats(prog: Program, walk: Any, structure_ok: bool = True) -> List[
 
 class _Follower:
     """The read's progress callback: feeds the allocator's walker the heap's bytes as they
-    arrive, so over the remote protocol the walk is done while the client waits for the stub
-    (a link's read calls it only then). It keeps only the bytes from the header the walk needs
-    next: a few KiB, never a second copy of the heap.
+    arrive and lets the family's validator judge what has been walked, so over the remote
+    protocol the walk and most of the rule run while the client waits for the stub (a link's
+    read calls it only then). It keeps only the bytes from the header the walk needs next: a
+    few KiB, never a second copy of the heap. Nothing here may read memory: the read is busy.
     """
 
-    def __init__(self, walker: Any) -> None:
+    def __init__(self, walker: Any, validator: Any) -> None:
         self.walker = walker
+        self.validator = validator
+        self.need: Any = None              # the lowest address the validator still needs bytes from
         self.run: Any = None               # the address of the range being followed
         self.window = bytearray()
         self.base = 0
         self.used = 0                      # chunks of that range already in the window
 
+    def _wanted(self) -> Any:
+        want, need = self.walker.next_address, self.need
+        return need if want is None else want if need is None else min(want, need)
+
+    # Replies worth a round (walk, rule, poison): each round has a fixed cost of some
+    # microseconds, and a bulk read of the remote protocol waits ~500 times for 2 KiB replies;
+    # the client itself is busy most of the stream, so every round must count.
+    BATCH = 8
+
     def __call__(self, address: int, chunks: List[bytes]) -> None:
-        want = self.walker.next_address
+        if address == self.run and len(chunks) - self.used < self.BATCH:
+            return                         # too little new since the last round
+        want = self._wanted()
         if want is None or address > want:
-            return                         # the walk is done, or this range is not the heap's
+            return                         # all done, or this range is not the heap's
         if address != self.run:
             self.run, self.window, self.base, self.used = address, bytearray(), address, 0
-        for chunk in chunks[self.used:]:
+        for chunk in islice(chunks, self.used, None):
             self.window += chunk
         self.used = len(chunks)
         self.walker.feed(self.window, self.base)
-        want = self.walker.next_address
+        self.need = self.validator.follow(self.walker, self.window, self.base)
+        want = self._wanted()
         if want is not None and want - self.base > len(self.window) // 2:
             cut = min(want - self.base, len(self.window))
             del self.window[:cut]
@@ -132,10 +148,10 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     if pages and b.page_array is not None:
         wanted.append((b.page_array, pages_checked(prog, full) * prog.layouts.page.size))
     allocator = prog.allocator
-    walker = allocator.walker(prog)
-    prog.memory.prefetch_ranges(wanted, progress=_Follower(walker))
+    walker, validator = allocator.walker(prog), allocator.validator(prog)
+    prog.memory.prefetch_ranges(wanted, progress=_Follower(walker, validator))
     walk = walker.finish()
-    findings = allocator.validate(prog, walk)
+    findings = validator.finish(walk)
     notes = list(prog.notes)
     structure_ok = not any(f.code in STRUCTURAL for f in findings)
     if prog.poison_byte() is None:

@@ -412,7 +412,7 @@ def validate_pages(prog: Program, full: bool = False, pages: Any = None, free_li
                            {"fault_address": rng.fault, "entries_read": len(rng.entries)}))
     entries = rng.entries
     n = len(entries)
-    vaddrs, words, nexts, prevs = ([e[k] for e in entries] for k in range(4)) if entries else ([], [], [], [])
+    vaddrs, words, nexts, prevs = map(list, zip(*entries)) if entries else ([], [], [], [])     # columns, in C
     kind_of = {w: page_kind(fv(w)) for w in set(words)}
     heap_kinds, other_kinds = conv.heap_kinds(), conv.other_kinds()
 

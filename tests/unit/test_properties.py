@@ -149,18 +149,25 @@ class _TrickleReader:
 @SETTINGS
 @given(LAYOUT, OPS, st.lists(st.tuples(st.integers(0, 10 ** 6), FIELD, st.integers(-64, 64)), max_size=2),
        st.lists(st.tuples(st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)), max_size=2),
-       st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 512]),
+       st.lists(st.integers(0, 1 << 16), min_size=1, max_size=12), st.booleans(), st.sampled_from([1, 3, 8]),
        st.booleans(), st.sampled_from([None, 4096]),
-       st.lists(st.tuples(st.integers(0, 10 ** 6), PAGE_FIELD, st.integers(0, 7)), max_size=2))
+       st.lists(st.tuples(st.integers(0, 10 ** 6), PAGE_FIELD, st.integers(0, 7)), max_size=2),
+       st.sampled_from([1, 2, 5, 1024]), st.booleans())
 def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layout, ops, seg_edits, writes,
                                                                           cuts, poison_off, batch, reverse,
-                                                                          num_pages, page_edits):
+                                                                          num_pages, page_edits, step, known):
     """A check over a reader that hands the heap over in pieces: whatever the corruption and
-    wherever the pieces end, its findings and walk are those of a check on a plain reader."""
+    wherever the pieces end, however many pieces a round waits for (``batch``) and however
+    many walked headers the rule judges at once while they arrive (``step``), its findings and walk are those of a check on a plain reader."""
     from gdbext.core.memory import BlockCache
+    from gdbext.core.seglist.rules import HeapJudge
 
     # num_pages 4096: the page entries checked are a range of their own, before the heap.
-    k = SyntheticKernel(*layout, heap_size=16 * 1024, poison=-1 if poison_off else 0xA5, num_pages=num_pages)
+    # ``known``: the ELF gives the payload offset, so free payloads are looked at as they arrive
+    # (otherwise only once the offset has been learnt from the first segments).
+    from test_validate import known_payload_layouts
+    k = SyntheticKernel(*layout, heap_size=16 * 1024, poison=-1 if poison_off else 0xA5, num_pages=num_pages,
+                        layouts=known_payload_layouts(*layout) if known else None)
     _random_ops(k, ops)
     segs = k.segments()
     for pick, name, delta in seg_edits:
@@ -175,7 +182,13 @@ def test_a_check_fed_while_the_heap_arrives_finds_what_a_plain_check_finds(layou
     prog = k.program(block_size=4096)
     trickle = _TrickleReader(prog.memory.reader, cuts, reverse)
     prog.memory = BlockCache(trickle, 4096)
-    fed = check(prog)
+    from gdbext.core.check import _Follower
+    saved, HeapJudge.STEP, _Follower.BATCH = (HeapJudge.STEP, _Follower.BATCH), step, batch
+    try:
+        fed = check(prog)
+    finally:
+        HeapJudge.STEP, _Follower.BATCH = saved
     assert fed.findings == plain.findings
+    assert fed.walk._figures == plain.walk._figures
     assert list(fed.walk.headers()) == list(plain.walk.headers())
     assert (fed.walk.stop_reason, fed.walk.stop_address) == (plain.walk.stop_reason, plain.walk.stop_address)

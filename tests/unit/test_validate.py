@@ -357,14 +357,25 @@ def test_each_subtle_corruption_gives_a_structural_finding(case):
 def _fed_and_plain(k, cuts):
     """(findings of a check fed in pieces ending at ``cuts`` (heap offsets), plain findings)."""
     from gdbext.core.memory import BlockCache
+    from gdbext.core.check import _Follower
+    from gdbext.core.seglist.rules import HeapJudge
     from test_properties import _TrickleReader
 
     plain = check(k.program(block_size=4096)).findings
     prog = k.program(block_size=4096)
     run_start = min(prog.bounds.start, prog.bounds.page_array)     # the page array and heap may be one run
-    trickle = _TrickleReader(prog.memory.reader, [prog.bounds.start - run_start + c for c in cuts])
-    prog.memory = BlockCache(trickle, 4096)
-    return check(prog).findings, plain
+    cuts = [prog.bounds.start - run_start + c for c in cuts]
+    fed = []
+    for step in (1, HeapJudge.STEP):            # each walked header judged at once, or a few thousand
+        prog = k.program(block_size=4096)
+        prog.memory = BlockCache(_TrickleReader(prog.memory.reader, cuts), 4096)
+        saved, HeapJudge.STEP, _Follower.BATCH = (HeapJudge.STEP, _Follower.BATCH), step, 1
+        try:
+            fed.append(check(prog).findings)
+        finally:
+            HeapJudge.STEP, _Follower.BATCH = saved
+    assert fed[0] == fed[1]
+    return fed[0], plain
 
 
 @pytest.mark.parametrize("index", range(1, 8))
@@ -413,4 +424,58 @@ def test_poison_lost_in_a_cleared_free_payload_is_found(victim):
     k.write(seg[0] + 40, b"\x00")
     fed, plain = _fed_and_plain(k, [0x3000, 0x3800])
     assert any(f.code == "HEAP-POISON" for f in plain)
+    assert fed == plain
+
+
+def known_payload_layouts(pointer_size=4, endian="<"):
+    """The default layouts with the payload offset given by the ELF (a constant), so a check
+    need not learn it from memory before it can look at payloads."""
+    from dataclasses import replace
+    from gdbext.core.layouts import default_layouts
+    from gdbext.core.names import Fact
+    ls = default_layouts(pointer_size, endian)
+    return replace(ls, segment=ls.segment.with_payload(Fact(ls.segment.header_size, "DWARF constant",
+                                                            "HEAP_PAYLOAD_OFFSET")))
+
+
+@pytest.mark.parametrize("known", [False, True])
+@pytest.mark.parametrize("short", [1, 8, 32])
+def test_a_free_payload_cut_short_by_a_piece_end_is_not_judged_until_it_has_arrived(short, known):
+    """While the heap arrives, a free payload whose last bytes are still on the wire is left
+    for later: held to the poison rule early, a clean heap would show lost poison."""
+    k, _ = busy_kernel(heap_size=16 * 1024, layouts=known_payload_layouts() if known else None)
+    frees = [s for s in k.segments() if s[2] == 0 and s[1] > 64]
+    for seg in frees:
+        fed, plain = _fed_and_plain(k, [seg[0] + seg[1] - short - k.heap_start])
+        assert plain == [] and fed == plain, hex(seg[0])
+    last = frees[-2]
+    k.write(last[0] + last[1] - 1, b"!")          # only the payload's last byte is lost
+    fed, plain = _fed_and_plain(k, [last[0] + last[1] - 1 - k.heap_start])
+    assert [f.code for f in plain] == ["HEAP-POISON"] and fed == plain
+
+
+@pytest.mark.parametrize("known", [False, True])
+@pytest.mark.parametrize("past", [16, 40, 63])
+def test_an_oversized_free_segment_is_held_to_poison_only_once_all_it_covers_has_arrived(past, known):
+    """A free segment whose size runs 64 bytes into the next one: the next header arrives
+    (and the walk goes on) before the end of what the size covers."""
+    k, _ = busy_kernel(heap_size=16 * 1024, layouts=known_payload_layouts() if known else None)
+    segs = k.segments()
+    i = next(i for i, s in enumerate(segs) if s[2] == 0 and i + 1 < len(segs))
+    a, size = segs[i][0], segs[i][1]
+    k.set_seg(a, segment_size=size + 64)
+    fed, plain = _fed_and_plain(k, [a + size + past - k.heap_start])
+    assert {"HEAP-OVERLAP", "HEAP-POISON"} <= {f.code for f in plain}
+    assert fed == plain
+
+
+@pytest.mark.parametrize("back", [0, 2, 4])
+def test_a_cycle_found_while_the_heap_arrives_is_judged_as_a_plain_check_judges_it(back):
+    """The walk stops at a cycle before the heap has all arrived: the header whose next closes
+    it is judged knowing that (the cycle explains its next), as a plain check judges it."""
+    k, _ = busy_kernel(heap_size=16 * 1024)
+    segs = [s[0] for s in k.segments()]
+    k.set_seg(segs[5], next=segs[back])
+    fed, plain = _fed_and_plain(k, [segs[6] + 16 - k.heap_start, segs[-1] - k.heap_start])
+    assert "HEAP-CYCLE" in {f.code for f in plain}
     assert fed == plain

@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..allocator import Block, HeapFigures
 from ..findings import Finding
 from .layout import SEGMENT_NAMES, SegmentLayout
-from .rules import (OWN_FIELD_CODES, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
+from .rules import (OWN_FIELD_CODES, HeapJudge, PoisonCheck, Tally, walk_columns, SegmentMatch, check_header_at, culprit_for, extent, find_segment, header_problems,
                     validate_heap, validate_poison, validate_segments)
-from .walk import (STOP_BAD_HEAD, STOP_END, Header, HeapWalk, HeapWalker, Segment, for_each_segment, layout_of,
+from .walk import (PROBE_SEGMENTS, STOP_BAD_HEAD, STOP_END, Header, HeapWalk, HeapWalker, Segment, for_each_segment, layout_of,
                    list_extent, segment_state, walk_heap)
 
 __all__ = ["SegmentList", "SEGMENT_LIST", "Header", "HeapWalk", "Segment", "SegmentMatch", "SegmentLayout",
@@ -39,15 +39,14 @@ class SegmentList:
     def find(self, prog: Any, address: int) -> Optional[SegmentMatch]:
         return find_segment(prog, address)
 
+    def validator(self, prog: Any) -> "SegmentValidator":
+        """:meth:`validate` in steps, to follow a :meth:`walker` while the heap streams in."""
+        return SegmentValidator(prog)
+
     def validate(self, prog: Any, walk: HeapWalk) -> List[Finding]:
         """Every header by the rule, why the walk stopped, and each free payload's poison (the
         figures of the same pass are kept for :meth:`figures`)."""
-        tally = Tally()
-        findings = validate_heap(prog, walk, observe=tally)
-        walk._figures = self._figures(walk, tally)
-        if walk.stop_reason != STOP_BAD_HEAD:
-            findings += validate_poison(prog, walk, tally)
-        return findings
+        return SegmentValidator(prog).finish(walk)
 
     def validate_around(self, prog: Any, address: int, count: int = 4) -> List[Finding]:
         return validate_segments(prog, address, count)
@@ -151,6 +150,47 @@ class SegmentList:
         its first byte), or None outside headers (``kheap blame ADDR``)."""
         from .blame import range_at
         return range_at(prog, address)
+
+
+
+class SegmentValidator:
+    """The family's check in steps: :meth:`follow` judges the headers a walker has walked and
+    holds the free payloads that have arrived to the poison rule, while the rest of the heap
+    arrives (a check's read calls it in its waits for the stub); :meth:`finish` does the rest,
+    adds the culprits (they may read memory) and why the walk stopped. The same
+    :class:`HeapJudge`, :class:`Tally` and :class:`PoisonCheck` serve a one-step
+    :meth:`SegmentList.validate`."""
+
+    def __init__(self, prog: Any) -> None:
+        self.prog = prog
+        self.tally = Tally()
+        self.judge = HeapJudge(prog, observe=self.tally)
+        self.poison = PoisonCheck(prog, self.tally)
+
+    def follow(self, walker: HeapWalker, window: Any, base: int) -> Optional[int]:
+        """After ``walker`` was fed ``window`` (the heap's bytes from ``base`` that have
+        arrived): the lowest address whose bytes are still needed (None: only the walker's)."""
+        judged = self.judge.done
+        self.judge.follow(walker)
+        done = self.judge.done
+        poison = self.poison
+        # Free payloads to look at come only with headers judged (counted); the payload offset
+        # can be learnt once the walk is past the segments its probe looks at.
+        if done != judged if poison.offset is not None else \
+                len(walker.addresses) > PROBE_SEGMENTS or walker.stop_reason is not None:
+            poison.follow(window, base)
+        need = poison.needs_from()
+        if done < len(walker.addresses):         # walked, not yet counted: their payloads
+            first = walker.addresses[done]
+            need = first if need is None else min(need, first)
+        return need
+
+    def finish(self, walk: HeapWalk) -> List[Finding]:
+        findings = self.judge.finish(walk)
+        walk._figures = SegmentList._figures(walk, self.tally)
+        if walk.stop_reason != STOP_BAD_HEAD:
+            findings += self.poison.finish(walk)
+        return findings
 
 
 SEGMENT_LIST = SegmentList()

@@ -14,6 +14,7 @@ names (:mod:`gdbext.core.names`), and nowhere else.
 
 from __future__ import annotations
 
+import copy
 import sys
 from itertools import repeat
 from operator import and_, itemgetter, rshift
@@ -191,8 +192,11 @@ class SegmentLayout:
         return self.struct.decode(data, base, [f.name for f in self.extra_fields])
 
     def with_payload(self, payload: Fact) -> "SegmentLayout":
-        """The same layout with a payload offset learnt elsewhere (memory)."""
-        return SegmentLayout(self.struct, payload, self.alignment)
+        """The same layout with a payload offset learnt elsewhere (memory); a copy, the
+        decoders are the same."""
+        out = copy.copy(self)
+        out.payload, out.payload_known, out.payload_offset = payload, True, payload.value
+        return out
 
     def describe(self) -> Dict[str, Any]:
         """For ``kheap info``: the struct, the roles' names, the payload offset and alignment."""

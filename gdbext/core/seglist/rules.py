@@ -22,7 +22,7 @@ from ..findings import ERROR, WARNING, Culprit, Finding, classify_bytes, registe
 from ..layout import HEAP_ALIGN
 from ..memory import MemoryFault
 from .walk import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP, Header,
-                   HeapWalk, Segment, layout_of, segment_state, walk_heap)
+                   HeapWalk, NotArrived, Segment, layout_of, segment_state, walk_heap)
 
 __all__ = ["Place", "header_problems", "culprit_for", "extent", "validate_heap", "validate_segments",
            "validate_poison", "plausible_header", "check_header_at", "find_segment", "SegmentMatch"]
@@ -475,74 +475,167 @@ def _with_culprit(prog: Any, h: Header, place: Place, problems: List[Finding]) -
 CHUNK = 1 << 16       # headers judged at once: columns of a million headers would need ~200 MiB
 
 
+class ColumnCursor:
+    """A walk's headers as :class:`Columns` of at most :data:`CHUNK` headers, taken in order as
+    far as the walk has gone: the one decoding of the heap a check needs.
+
+    Why a cursor: over the remote protocol the walk grows while the heap streams in, and the
+    headers already walked can be decoded (and judged) in those waits; the cursor remembers
+    where it stopped and the header before it, so the columns come out the same however the
+    walk was cut. ``explained`` (the index whose ``next`` the walk's stop explains) is only
+    known once the walk has stopped: until then the last header walked is not taken.
+    """
+
+    def __init__(self, heap_start: int, heap_end: int, header_size: int, alignment: int, layout: Any) -> None:
+        self.heap_start, self.heap_end, self.header_size = heap_start, heap_end, header_size
+        self.alignment, self.layout = alignment, layout
+        self.done = 0                                             # headers taken so far
+        self.before: Tuple[int, int, int, int] = (0, -1, -1, -1)  # (address, next, flag, end) of the last one
+
+    @classmethod
+    def of(cls, walk: HeapWalk) -> "ColumnCursor":
+        return cls(walk.heap_start, walk.heap_end, walk.header_size, walk.alignment, walk._layout)
+
+    def take(self, addresses: Any, raw: Any, upto: int, explained: Optional[int] = None) -> Iterator[Tuple[int, Columns]]:
+        """Headers ``[done, upto)`` of ``addresses``/``raw`` (a walk's, whole or growing)."""
+        ds = self.layout.decode_size
+        while self.done < upto:
+            lo = self.done
+            hi = min(upto, lo + CHUNK)
+            address = addresses[lo:hi].tolist()
+            with memoryview(raw) as view:         # released at once: the walk's bytes may grow
+                columns = self.layout.columns(view[lo * ds:hi * ds])
+            before = self.before
+            c = Columns(address, columns, [before[0]] + address[:-1], [], [], [], self.heap_start, self.heap_end,
+                        self.header_size, None if explained is None else explained - lo, self.alignment)
+            c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
+            c.before_flag = [before[2]] + c.flag[:-1]
+            c.before_end = [before[3]] + c.end[:-1]
+            self.done, self.before = hi, (address[-1], c.next[-1], c.flag[-1], c.end[-1])
+            yield lo, c
+
+
+def _explained(walk: HeapWalk) -> Optional[int]:
+    """The index of the header whose ``next`` the walk's stop (a cycle, the bound) explains."""
+    return len(walk) - 1 if walk.stop_reason in (STOP_CYCLE, STOP_BOUND) else None
+
+
 def walk_columns(walk: HeapWalk) -> Iterator[Tuple[int, Columns]]:
     """The walk's headers as :class:`Columns` of at most :data:`CHUNK` headers, with the index
-    of each chunk's first header: the one decoding of the heap a check needs."""
-    n = len(walk)
-    explained = n - 1 if walk.stop_reason in (STOP_CYCLE, STOP_BOUND) else None
-    before: Tuple[int, int, int, int] = (0, -1, -1, -1)       # (address, next, flag, end) of the header before
-    for lo in range(0, n, CHUNK):
-        address = walk.addresses[lo:lo + CHUNK].tolist()
-        c = Columns(address, walk.columns(lo, CHUNK), [before[0]] + address[:-1], [], [], [], walk.heap_start, walk.heap_end,
-                    walk.header_size, None if explained is None else explained - lo, walk.alignment)
-        c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
-        c.before_flag = [before[2]] + c.flag[:-1]
-        c.before_end = [before[3]] + c.end[:-1]
-        yield lo, c
-        before = (address[-1], c.next[-1], c.flag[-1], c.end[-1])
+    of each chunk's first header."""
+    return ColumnCursor.of(walk).take(walk.addresses, walk.raw, len(walk), _explained(walk))
+
+
+class _Judged(NamedTuple):
+    """A header the rule found something wrong with, and the header before it (if any)."""
+
+    index: int
+    header: Header
+    before: Optional[Header]
+    problems: List[Finding]
+
+
+class HeapJudge:
+    """:func:`validate_heap` in steps: :meth:`follow` judges the headers a walker has walked so
+    far (while the rest of the heap streams in), :meth:`finish` judges the rest, adds the
+    culprits (they may read memory, so never during a read) and why the walk stopped.
+
+    ``observe``: called with each chunk of :class:`Columns` once judged (the family's figures
+    and the poison check's free segments come from the same decoding).
+    """
+
+    STEP = 256        # headers worth judging at once while the heap streams in
+
+    def __init__(self, prog: Any, observe: Optional[Callable[[Columns], None]] = None) -> None:
+        self.prog = prog
+        self.observe = observe
+        self.cursor: Optional[ColumnCursor] = None
+        self.judged: List[_Judged] = []
+
+    def _judge(self, addresses: Any, raw: Any, upto: int, explained: Optional[int]) -> None:
+        assert self.cursor is not None
+        fmt = self.prog.fmt
+        for lo, c in self.cursor.take(addresses, raw, upto, explained):
+            for i, problems in sorted(judge(c, fmt).items()):
+                h = Header(c.address[i], c.next[i], c.prev[i], c.flag[i], c.size[i])
+                b = None if lo + i == 0 else Header(c.expected_prev[i], c.before_next[i], 0, c.before_flag[i],
+                                                    c.before_end[i] - c.expected_prev[i])
+                self.judged.append(_Judged(lo + i, h, b, problems))
+            if self.observe is not None:
+                self.observe(c)
+
+    @property
+    def done(self) -> int:
+        """How many headers have been judged."""
+        return 0 if self.cursor is None else self.cursor.done
+
+    def follow(self, walker: Any) -> None:
+        """Judge what ``walker`` (a :class:`HeapWalker` being fed) has walked: all of it once
+        the walk has stopped, else all but its last header (whether the walk's stop explains
+        that one's ``next`` is not known yet)."""
+        if self.cursor is None:
+            layout = walker.layout
+            self.cursor = ColumnCursor(walker.hs, walker.he, walker.hdr, layout.alignment.value, layout)
+        n = len(walker.addresses)
+        stop = walker.stop_reason
+        if stop is not None:
+            if stop != STOP_BAD_HEAD and self.cursor.done < n:
+                self._judge(walker.addresses, walker.raw, n, n - 1 if stop in (STOP_CYCLE, STOP_BOUND) else None)
+        elif n - 1 - self.cursor.done >= self.STEP:
+            self._judge(walker.addresses, walker.raw, n - 1, None)
+
+    def finish(self, walk: HeapWalk) -> List[Finding]:
+        """Every finding of ``walk`` (the walk the followed walker finished, or any walk)."""
+        prog, fmt = self.prog, self.prog.fmt
+        hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
+        out: List[Finding] = []
+        coverage: List[Finding] = []
+        if walk.stop_reason == STOP_BAD_HEAD:
+            head_sym = prog.elf.address_of("heap_segment_list_head")
+            head_name = prog.elf.symbol_name("heap_segment_list_head") or "heap_segment_list_head"
+            out.append(Finding(HEAD, ERROR, walk.stop_address if walk.stop_address is not None else head_sym,
+                               f"{head_name}: {walk.stop_detail}"
+                               + (f" ({fmt(walk.stop_address)})" if walk.stop_address else ""),
+                               {"list_head": walk.stop_address, "heap_start": hs, "heap_end": he}))
+            return out
+        if self.cursor is None:
+            self.cursor = ColumnCursor.of(walk)
+        n = len(walk)
+        self._judge(walk.addresses, walk.raw, n, _explained(walk))
+        for j in self.judged:
+            place = Place(hs, he, hdr, j.before, j.index == 0, walk.alignment)
+            for p in _with_culprit(prog, j.header, place, j.problems):
+                (coverage if p.code == COVERAGE else out).append(p)
+        frm = walk.stop_from
+        if walk.stop_reason in (STOP_CYCLE, STOP_BOUND):
+            msg = (f"segment at {fmt(frm)} links back to {fmt(walk.stop_address)}, already visited"
+                   if walk.stop_reason == STOP_CYCLE else
+                   f"the list is longer than the heap can hold ({walk.bound} segments)")
+            out.append(Finding(CYCLE, ERROR, frm, msg, {"from": frm, "next": walk.stop_address, "steps": n}))
+        elif walk.stop_reason == STOP_FAULT:
+            out.append(Finding(UNREADABLE, ERROR, walk.stop_address,
+                               f"walk stopped: {walk.stop_detail} (fault at {fmt(walk.stop_address)})",
+                               {"from": frm, "fault_address": walk.stop_address, "segments_read": n}))
+        if n and walk.addresses[0] != hs:
+            first = walk.addresses[0]
+            out.append(Finding(COVERAGE, ERROR, first, f"the list starts at {fmt(first)} but the heap starts at {fmt(hs)}",
+                               {"first": first, "heap_start": hs}))
+        if walk.stop_reason == STOP_END:
+            out += coverage
+        return out
 
 
 def validate_heap(prog: Any, walk: Optional[HeapWalk] = None,
                   observe: Optional[Callable[[Columns], None]] = None) -> List[Finding]:
     """Structure of the ``heap_segment_t`` list: every header by the header rule, then why the
-    walk stopped and whether the list starts where the heap starts.
+    walk stopped and whether the list starts where the heap starts (:class:`HeapJudge` in one
+    step).
 
     ``prog``: the :class:`~gdbext.core.program.Program`; ``walk``: a walk of it (walked if None).
-    ``observe``: called with each chunk of :class:`Columns` once judged (the family's figures
-    and the poison check's free segments come from the same decoding). Coverage findings come
+    ``observe``: called with each chunk of :class:`Columns` once judged. Coverage findings come
     last: they are about the list as a whole.
     """
-    if walk is None:
-        walk = walk_heap(prog)
-    fmt = prog.fmt
-    hs, he, hdr = walk.heap_start, walk.heap_end, walk.header_size
-    out: List[Finding] = []
-    coverage: List[Finding] = []
-    if walk.stop_reason == STOP_BAD_HEAD:
-        head_sym = prog.elf.address_of("heap_segment_list_head")
-        head_name = prog.elf.symbol_name("heap_segment_list_head") or "heap_segment_list_head"
-        out.append(Finding(HEAD, ERROR, walk.stop_address if walk.stop_address is not None else head_sym,
-                           f"{head_name}: {walk.stop_detail}"
-                           + (f" ({fmt(walk.stop_address)})" if walk.stop_address else ""),
-                           {"list_head": walk.stop_address, "heap_start": hs, "heap_end": he}))
-        return out
-    n = len(walk)
-    for lo, c in walk_columns(walk):
-        for i, problems in sorted(judge(c, fmt).items()):
-            h = Header(c.address[i], c.next[i], c.prev[i], c.flag[i], c.size[i])
-            b = None if lo + i == 0 else Header(c.expected_prev[i], c.before_next[i], 0, c.before_flag[i],
-                                                c.before_end[i] - c.expected_prev[i])
-            for p in _with_culprit(prog, h, Place(hs, he, hdr, b, lo + i == 0, walk.alignment), problems):
-                (coverage if p.code == COVERAGE else out).append(p)
-        if observe is not None:
-            observe(c)
-    frm = walk.stop_from
-    if walk.stop_reason in (STOP_CYCLE, STOP_BOUND):
-        msg = (f"segment at {fmt(frm)} links back to {fmt(walk.stop_address)}, already visited"
-               if walk.stop_reason == STOP_CYCLE else
-               f"the list is longer than the heap can hold ({walk.bound} segments)")
-        out.append(Finding(CYCLE, ERROR, frm, msg, {"from": frm, "next": walk.stop_address, "steps": n}))
-    elif walk.stop_reason == STOP_FAULT:
-        out.append(Finding(UNREADABLE, ERROR, walk.stop_address,
-                           f"walk stopped: {walk.stop_detail} (fault at {fmt(walk.stop_address)})",
-                           {"from": frm, "fault_address": walk.stop_address, "segments_read": n}))
-    if n and walk.addresses[0] != hs:
-        first = walk.addresses[0]
-        out.append(Finding(COVERAGE, ERROR, first, f"the list starts at {fmt(first)} but the heap starts at {fmt(hs)}",
-                           {"first": first, "heap_start": hs}))
-    if walk.stop_reason == STOP_END:
-        out += coverage
-    return out
+    return HeapJudge(prog, observe).finish(walk_heap(prog) if walk is None else walk)
 
 
 def _header_at(prog: Any, address: int) -> Optional[Header]:
@@ -656,43 +749,23 @@ def _poison_run(poison: int, size: int) -> bytes:
     return bytes([poison]) * size
 
 
-def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) -> List[Finding]:
-    """HEAP-POISON: a free payload (``is_allocated`` 0) that is not all poison.
-
-    Only when ``heap_poison`` (ELF .rodata or target memory) says poison is on. Each payload is
-    compared with a run of poison by memcmp (the stress heap has 800 KiB of free payload);
-    only one that differs is looked at byte by byte. ``tally``: the walk's :class:`Tally`
-    when the caller has it (its free segments).
-    """
-    poison = prog.poison_byte()
-    if poison is None or walk.stop_reason == STOP_BAD_HEAD:
-        return []
-    buf = prog.heap_bytes()
-    hs, he, off = walk.heap_start, walk.heap_end, walk.payload_offset
-    if tally is None:
-        tally = Tally()
-        for _, c in walk_columns(walk):
-            tally(c)
-    addresses, sizes = tally.free_addresses, tally.free_sizes
-    limit = min(he, hs + len(buf))
-    if min(sizes, default=off + 1) <= off or any(map(gt, map(add, addresses, sizes), repeat(limit))):
-        # Segments with no payload (or a corrupt size), or a heap cut short: only those with a
-        # payload inside what was read.
-        keep = list(map(and_, map(gt, sizes, repeat(off)), map(le, map(add, addresses, sizes), repeat(limit))))
-        addresses, sizes = list(compress(addresses, keep)), list(compress(sizes, keep))
+def _poison_findings(prog: Any, poison: int, off: int, buf: Any, base: int,
+                     addresses: List[int], sizes: List[int]) -> List[Finding]:
+    """The poison rule: each payload ``[a + off, a + s)`` (all inside ``buf``, which holds the
+    bytes from ``base``) is all ``poison``. One memcmp per payload against a slice of a run of
+    poison; only one that differs is looked at byte by byte."""
     run = memoryview(_poison_run(poison, 1 << max(16, max(sizes, default=0).bit_length())))
     # A payload of size - off bytes from a + off.
     lengths = list(map(sub, sizes, repeat(off)))
-    starts = list(map(add, addresses, repeat(off - hs)))
-    # One memcmp per payload against a slice of the poison run (bytes.startswith; lazily, so a
-    # million free segments cost no list of slices).
+    starts = list(map(add, addresses, repeat(off - base)))
+    # Lazily, so a million free segments cost no list of slices.
     intact = map(buf.startswith, map(run.__getitem__, map(slice, lengths)), starts, map(add, starts, lengths))
     damaged = compress(zip(addresses, sizes), map(not_, intact))
     out: List[Finding] = []
     pb = bytes([poison])
     fmt = prog.fmt
     for a, s in damaged:
-        payload = buf[a + off - hs:a + s - hs]
+        payload = bytes(buf[a + off - base:a + s - base])
         first = len(payload) - len(payload.lstrip(pb))
         last = len(payload.rstrip(pb))
         changed = len(payload) - payload.count(pb)
@@ -704,6 +777,95 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None) ->
                             "changed_bytes": changed, "poison": poison},
                            Culprit(a, "written after it was freed (use after free)", kind, detail)))
     return out
+
+
+def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None, first: int = 0) -> List[Finding]:
+    """HEAP-POISON: a free payload (``is_allocated`` 0) that is not all poison.
+
+    Only when ``heap_poison`` (ELF .rodata or target memory) says poison is on. ``tally``: the
+    walk's :class:`Tally` when the caller has it (its free segments); ``first``: how many of
+    them :class:`PoisonCheck` already looked at while the heap arrived.
+    """
+    poison = prog.poison_byte()
+    if poison is None or walk.stop_reason == STOP_BAD_HEAD:
+        return []
+    if tally is None:
+        tally = Tally()
+        for _, c in walk_columns(walk):
+            tally(c)
+    addresses, sizes = tally.free_addresses[first:], tally.free_sizes[first:]
+    if not addresses:
+        return []
+    buf = prog.heap_bytes()
+    hs, he, off = walk.heap_start, walk.heap_end, walk.payload_offset
+    limit = min(he, hs + len(buf))
+    if min(sizes, default=off + 1) <= off or any(map(gt, map(add, addresses, sizes), repeat(limit))):
+        # Segments with no payload (or a corrupt size), or a heap cut short: only those with a
+        # payload inside what was read.
+        keep = list(map(and_, map(gt, sizes, repeat(off)), map(le, map(add, addresses, sizes), repeat(limit))))
+        addresses, sizes = list(compress(addresses, keep)), list(compress(sizes, keep))
+    return _poison_findings(prog, poison, off, buf, hs, addresses, sizes)
+
+
+class PoisonCheck:
+    """:func:`validate_poison` in steps: while the heap streams in, the free segments the
+    :class:`Tally` has counted are held to the poison rule as soon as their payloads have
+    arrived (in order; the first that has not stops the round); :meth:`finish` does the rest
+    from the whole heap. The payload offset must be known first: the family's probe
+    (:func:`layout_of`) runs on the bytes that have arrived.
+    """
+
+    def __init__(self, prog: Any, tally: Tally) -> None:
+        self.prog, self.tally = prog, tally
+        self.poison = prog.poison_byte()        # now, before the read: it may read the target
+        self.offset: Optional[int] = None
+        self.done = 0                           # free segments of the tally looked at
+        self.found: List[Finding] = []
+
+    def needs_from(self) -> Optional[int]:
+        """The lowest address whose bytes it still needs while the heap arrives (None: none)."""
+        if self.poison is None:
+            return None
+        if self.offset is None:
+            return self.prog.bounds.start
+        free = self.tally.free_addresses
+        return free[self.done] + self.offset if self.done < len(free) else None
+
+    def follow(self, window: Any, base: int) -> None:
+        """Look at the free payloads that lie in ``window`` (the bytes from ``base``)."""
+        if self.poison is None:
+            return
+        end = base + len(window)
+        if self.offset is None:
+            def arrived(address: int, size: int) -> bytes:
+                if address < base or address + size > end:
+                    raise NotArrived(address)
+                return bytes(window[address - base:address - base + size])
+            try:
+                layout = layout_of(self.prog, arrived)
+            except NotArrived:
+                return
+            if not layout.payload_known:
+                return
+            self.offset = layout.payload_offset
+        off, he = self.offset, self.prog.bounds.end
+        limit = min(he, end)
+        addresses, sizes = self.tally.free_addresses, self.tally.free_sizes
+        lo = hi = self.done
+        n = len(addresses)
+        while hi < n and addresses[hi] + off >= base and addresses[hi] + sizes[hi] <= limit:
+            hi += 1
+        if hi == lo:
+            return
+        a, s = addresses[lo:hi], sizes[lo:hi]
+        if min(s) <= off:                        # no payload: nothing to look at
+            keep = list(map(gt, s, repeat(off)))
+            a, s = list(compress(a, keep)), list(compress(s, keep))
+        self.found += _poison_findings(self.prog, self.poison, off, window, base, a, s)
+        self.done = hi
+
+    def finish(self, walk: HeapWalk) -> List[Finding]:
+        return self.found + validate_poison(self.prog, walk, self.tally, self.done)
 
 
 # -- find ---------------------------------------------------------------------------------------

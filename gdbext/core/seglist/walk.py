@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field as dc_field, replace
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..memory import MemoryFault
 from ..names import Fact
@@ -207,6 +207,11 @@ class HeapWalker:
         """The header the walk needs next (None once it has stopped)."""
         return None if self._stopped is not None else self.addr
 
+    @property
+    def stop_reason(self) -> Optional[str]:
+        """Why the walk stopped (None while it goes on)."""
+        return None if self._stopped is None else self._stopped[0]
+
     def feed(self, data: Any, base: int) -> None:
         """Walk on through ``data``, the bytes from ``base`` that have arrived (more will come)."""
         if self._stopped is None:
@@ -290,7 +295,11 @@ PROBE_USED = 8                # used segments whose payloads are looked at
 PROBE_SPAN = 64               # bytes past the header where the back pointer may sit
 
 
-def layout_of(prog: Any) -> Any:
+class NotArrived(Exception):
+    """Bytes a computation needs have not arrived yet (a check's read is still streaming)."""
+
+
+def layout_of(prog: Any, read: Optional[Callable[[int, int], bytes]] = None) -> Any:
     """The header layout for ``prog``: the ELF's, with the payload offset learnt from memory
     when the ELF gives none (no payload-offset constant).
 
@@ -299,13 +308,15 @@ def layout_of(prog: Any) -> Any:
     segment: the offset ``k`` past the header where ``*(header + k - P) == header`` in all of
     the first used segments is the payload offset. Without such a word the payload follows
     the header (``sizeof``). The answer is kept in ``prog.layouts`` until the program's memory
-    is dropped; when memory cannot be read yet the ELF's layout is used and nothing is kept."""
+    is dropped; when memory cannot be read yet the ELF's layout is used and nothing is kept.
+    ``read``: where the bytes come from (``prog.read`` by default; a check passes the bytes
+    that have arrived so far, and may get :class:`NotArrived`)."""
     layout = prog.layouts.segment
     if layout.payload_known:
         return layout
     from ..program import ProgramError      # program -> families -> this package
     try:
-        fact = _probe_payload(prog, layout)
+        fact = _probe_payload(prog, layout, read or prog.read)
     except (ProgramError, MemoryFault):      # no bounds or no memory yet: the ELF's layout, not kept
         return layout
     resolved = layout.with_payload(fact)
@@ -313,7 +324,7 @@ def layout_of(prog: Any) -> Any:
     return resolved
 
 
-def _probe_payload(prog: Any, layout: Any) -> Fact:
+def _probe_payload(prog: Any, layout: Any, read: Callable[[int, int], bytes]) -> Fact:
     b = prog.bounds
     hs, he, hdr, p = b.start, b.end, layout.header_size, prog.pointer_size
     order = prog.byteorder
@@ -322,7 +333,7 @@ def _probe_payload(prog: Any, layout: Any) -> Fact:
     address, seen = head, 0
     while address and hs <= address and address + layout.decode_size <= he and seen < PROBE_SEGMENTS \
             and len(used) < PROBE_USED:
-        nxt, _, flag, size = layout.unpack_from(prog.read(address, layout.decode_size), 0)
+        nxt, _, flag, size = layout.unpack_from(read(address, layout.decode_size), 0)
         if flag == 1 and hdr + p <= size:
             used.append((address, size))
         seen += 1
@@ -333,7 +344,7 @@ def _probe_payload(prog: Any, layout: Any) -> Fact:
     for a, size in used:
         span = min(size, hdr + PROBE_SPAN)
         try:
-            data = prog.read(a, span)
+            data = read(a, span)
         except MemoryFault:
             continue
         found = {k for k in range(hdr + p, span + 1, p)
