@@ -479,3 +479,23 @@ def test_a_cycle_found_while_the_heap_arrives_is_judged_as_a_plain_check_judges_
     fed, plain = _fed_and_plain(k, [segs[6] + 16 - k.heap_start, segs[-1] - k.heap_start])
     assert "HEAP-CYCLE" in {f.code for f in plain}
     assert fed == plain
+
+
+@pytest.mark.parametrize("known", [False, True])
+@pytest.mark.parametrize("where", [None, 0, 1, "edge", "edge2", 0x7FF, 0x800, 0x1234, -1])
+def test_a_free_payload_arriving_in_many_pieces_is_judged_as_a_whole(where, known):
+    """The free tail arrives in 512-byte pieces and is looked at piece by piece while it
+    arrives; lost poison anywhere in it (first byte, a piece's edges, last byte) gives the
+    finding a plain check gives, with the same offsets and counts."""
+    k, _ = busy_kernel(heap_size=16 * 1024, layouts=known_payload_layouts() if known else None)
+    tail = k.segments()[-1]
+    assert tail[2] == 0 and tail[1] > 0x2000
+    payload = tail[0] + k.hdr
+    if isinstance(where, str):                    # the first byte after the payload's first (second) piece
+        where = (512 if where == "edge" else 1024) - k.hdr
+    if where is not None:
+        k.write(payload + (where if where >= 0 else tail[1] - k.hdr - 1), b"\x00")
+    first = tail[0] - k.heap_start
+    fed, plain = _fed_and_plain(k, list(range(first, k.heap_size, 512)))
+    assert [f.code for f in plain] == ([] if where is None else ["HEAP-POISON"])
+    assert fed == plain

@@ -174,9 +174,9 @@ class SegmentValidator:
         self.judge.follow(walker)
         done = self.judge.done
         poison = self.poison
-        # Free payloads to look at come only with headers judged (counted); the payload offset
-        # can be learnt once the walk is past the segments its probe looks at.
-        if done != judged if poison.offset is not None else \
+        # Free payloads to look at come with headers judged (counted) or are still arriving;
+        # the payload offset can be learnt once the walk is past the segments its probe reads.
+        if done != judged or poison.waiting() if poison.offset is not None else \
                 len(walker.addresses) > PROBE_SEGMENTS or walker.stop_reason is not None:
             poison.follow(window, base)
         need = poison.needs_from()

@@ -544,7 +544,7 @@ class HeapJudge:
     and the poison check's free segments come from the same decoding).
     """
 
-    STEP = 256        # headers worth judging at once while the heap streams in
+    STEP = 512        # headers worth judging at once while the heap streams in
 
     def __init__(self, prog: Any, observe: Optional[Callable[[Columns], None]] = None) -> None:
         self.prog = prog
@@ -809,10 +809,12 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None, fi
 
 class PoisonCheck:
     """:func:`validate_poison` in steps: while the heap streams in, the free segments the
-    :class:`Tally` has counted are held to the poison rule as soon as their payloads have
-    arrived (in order; the first that has not stops the round); :meth:`finish` does the rest
-    from the whole heap. The payload offset must be known first: the family's probe
-    (:func:`layout_of`) runs on the bytes that have arrived.
+    :class:`Tally` has counted are held to the poison rule as their payloads arrive, in list
+    order; a payload still arriving is looked at piece by piece (so its bytes need not be
+    kept: the free tail of a heap is most of it). :meth:`finish` does the rest from the whole
+    heap, and everything from the first payload that is not all poison (its finding needs
+    the whole payload), or that cannot be looked at in order. The payload offset must be
+    known first: the family's probe (:func:`layout_of`) runs on the bytes that have arrived.
     """
 
     def __init__(self, prog: Any, tally: Tally) -> None:
@@ -820,20 +822,35 @@ class PoisonCheck:
         self.poison = prog.poison_byte()        # now, before the read: it may read the target
         self.offset: Optional[int] = None
         self.done = 0                           # free segments of the tally looked at
+        self.partial: Optional[int] = None      # free segment ``done``'s payload is poison up to here
+        self.stopped = False                    # the rest is :meth:`finish`'s
         self.found: List[Finding] = []
 
     def needs_from(self) -> Optional[int]:
         """The lowest address whose bytes it still needs while the heap arrives (None: none)."""
-        if self.poison is None:
+        if self.poison is None or self.stopped:
             return None
         if self.offset is None:
             return self.prog.bounds.start
+        if self.partial is not None:
+            return self.partial
         free = self.tally.free_addresses
         return free[self.done] + self.offset if self.done < len(free) else None
 
+    def waiting(self) -> bool:
+        """Whether free payloads counted so far are still to be looked at while the heap arrives."""
+        return not self.stopped and self.poison is not None and (
+            self.partial is not None or self.done < len(self.tally.free_addresses))
+
+    def _intact(self, window: Any, base: int, start: int, stop: int) -> bool:
+        """Whether ``[start, stop)`` (inside ``window``) is all poison: the rule on a piece."""
+        assert self.poison is not None
+        run = _poison_run(self.poison, 1 << max(16, (stop - start).bit_length()))
+        return window.startswith(memoryview(run)[:stop - start], start - base, stop - base)
+
     def follow(self, window: Any, base: int) -> None:
         """Look at the free payloads that lie in ``window`` (the bytes from ``base``)."""
-        if self.poison is None:
+        if self.poison is None or self.stopped:
             return
         end = base + len(window)
         if self.offset is None:
@@ -851,18 +868,37 @@ class PoisonCheck:
         off, he = self.offset, self.prog.bounds.end
         limit = min(he, end)
         addresses, sizes = self.tally.free_addresses, self.tally.free_sizes
-        lo = hi = self.done
         n = len(addresses)
+        if self.partial is not None:             # a payload begun in an earlier round
+            a, s = addresses[self.done], sizes[self.done]
+            stop = min(a + s, limit)
+            if self.partial < base or not self._intact(window, base, self.partial, stop):
+                self.stopped = True
+                return
+            if stop < a + s:
+                self.partial = stop
+                return
+            self.partial = None
+            self.done += 1
+        lo = hi = self.done
         while hi < n and addresses[hi] + off >= base and addresses[hi] + sizes[hi] <= limit:
             hi += 1
-        if hi == lo:
-            return
-        a, s = addresses[lo:hi], sizes[lo:hi]
-        if min(s) <= off:                        # no payload: nothing to look at
-            keep = list(map(gt, s, repeat(off)))
-            a, s = list(compress(a, keep)), list(compress(s, keep))
-        self.found += _poison_findings(self.prog, self.poison, off, window, base, a, s)
-        self.done = hi
+        if hi > lo:
+            a_, s_ = addresses[lo:hi], sizes[lo:hi]
+            if min(s_) <= off:                   # no payload: nothing to look at
+                keep = list(map(gt, s_, repeat(off)))
+                a_, s_ = list(compress(a_, keep)), list(compress(s_, keep))
+            self.found += _poison_findings(self.prog, self.poison, off, window, base, a_, s_)
+            self.done = hi
+        if hi < n:
+            a, s = addresses[hi], sizes[hi]
+            if a + off < base or a + s > he:
+                self.stopped = True              # out of order, or past the heap: finish's
+            elif s > off and a + off < limit:    # arriving: the part that is here
+                if self._intact(window, base, a + off, limit):
+                    self.partial = limit
+                else:
+                    self.stopped = True
 
     def finish(self, walk: HeapWalk) -> List[Finding]:
         return self.found + validate_poison(self.prog, walk, self.tally, self.done)
