@@ -9,7 +9,9 @@ to add another (a free list without headers on used blocks, as ``linked_list_all
 
 A family provides (see :class:`~gdbext.core.seglist.SegmentList`): ``name``, ``type_names``,
 ``walk(prog)`` (a walk with ``addresses``, ``segments``, ``complete``, ``stop_reason``,
-``stop_json()``), ``find(prog, address)``, ``validate(prog, walk)``,
+``stop_json()``), ``walker(prog)`` and ``validator(prog)`` (the walk and the check in steps,
+followed while a check's read streams the heap in: see :func:`gdbext.core.check.check`),
+``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
 ``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)``,
 ``links_into(walk, address, span)``, ``payload_ranges(walk, blocks)`` (the bytes each block
