@@ -8,18 +8,19 @@ completed where:
   option excludes, as ``--free`` and ``--used``);
 - an option's or a positional's value with ``choices`` -> the choices (``kheap watch o`` ->
   ``on``, ``off``);
-- a value whose metavar says it is an address or expression (``ADDR``), a location
-  (``LOCATION``) or a file (``FILE``) -> the debugger's own completer of that kind (gdb:
-  symbols, linespecs, file names);
+- a value whose metavar says it is an address or expression (``ADDR``) or a location
+  (``LOCATION``) -> the debugger's own completer of that kind (gdb: symbols and fields);
+  a file (``FILE``) -> the paths that start so;
 - any other value (a count, a name) -> nothing: offering symbols there would be noise.
 
-No debugger import here: gdb's ``complete`` method turns a :class:`Completion` into words or one
-of its ``COMPLETE_*`` completers; lldb 14 takes one completion type per command, which
-:func:`argument_kinds` tells.
+No debugger import here: gdb's ``complete`` method turns a :class:`Completion` into words or its
+expression completer. (lldb 14 completes the ``kheap`` container's subcommands itself, and its
+``command script add`` has no way to complete a script command's arguments.)
 """
 
 import argparse
 import functools
+import os
 import shlex
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -42,7 +43,8 @@ class Completion:
     """What completes the last word of a command line.
 
     ``kind`` is WORDS (``words`` are the whole tokens that complete ``token``), or the kind of
-    the debugger's completer to run (EXPRESSION, LOCATION, FILENAME), or NONE."""
+    the debugger's completer to run (EXPRESSION, LOCATION), or NONE; a FILE value is
+    completed here, as WORDS."""
 
     kind: str
     token: str = ""
@@ -94,9 +96,34 @@ def _value_kind(action):
 
 def _complete_value(action, token):
     kind = _value_kind(action)
+    if kind == FILENAME:
+        return Completion(WORDS, token, files(token))
     if kind != WORDS:
         return Completion(kind, token)
     return Completion(WORDS, token, tuple(str(c) for c in action.choices if str(c).startswith(token)))
+
+
+MAX_FILES = 500
+
+
+def files(token):
+    """The paths that complete ``token`` (directories end in '/'; dot files only when asked
+    for): the same in every face, and a debugger's own file completer would read the whole
+    argument text (``--html he``) as one file name."""
+    directory, slash, prefix = token.rpartition("/")
+    where = os.path.expanduser(directory + slash) if slash else "."
+    try:
+        names = sorted(os.listdir(where or "/"))
+    except OSError:
+        return ()
+    out = []
+    for name in names:
+        if name.startswith(prefix) and (prefix.startswith(".") or not name.startswith(".")):
+            path = directory + slash + name
+            out.append(path + "/" if os.path.isdir(os.path.join(where or "/", name)) else path)
+            if len(out) == MAX_FILES:
+                break
+    return tuple(out)
 
 
 def _option_named(parser, name):
@@ -164,8 +191,3 @@ def complete(cmd, text):
         return _options(parser, token, given)
     return Completion(NONE, token)
 
-
-def argument_kinds(cmd):
-    """The kinds of the values a command takes (for a debugger that gives each command one
-    completion type, as lldb 14 does)."""
-    return {_value_kind(a) for a in _parser(cmd)._actions if _takes_value(a)} - {NONE}

@@ -271,7 +271,11 @@ class KheapSubcommand(gdb.Command):
             return gdb.COMPLETE_NONE
         if found.kind == completion.WORDS:
             return found.relative_to(word) if word is not None else gdb.COMPLETE_NONE
-        return _COMPLETERS.get(found.kind, gdb.COMPLETE_NONE)
+        if found.kind not in _EXPRESSION_KINDS:
+            return gdb.COMPLETE_NONE
+        if word is None or text.lstrip() == found.token:
+            return gdb.COMPLETE_EXPRESSION      # the expression is all the text gdb hands over
+        return _expression_completions(found, word)
 
     def invoke(self, argument, from_tty):
         self.dont_repeat()
@@ -287,9 +291,23 @@ class KheapSubcommand(gdb.Command):
             _SESSION.from_tty = False
 
 
-_COMPLETERS = {completion.EXPRESSION: gdb.COMPLETE_EXPRESSION,
-               completion.LOCATION: gdb.COMPLETE_LOCATION,
-               completion.FILENAME: gdb.COMPLETE_FILENAME}
+# Values gdb completes as an expression (symbols, fields after '->'): a location too, since
+# gdb's location completer reads the whole argument text as one linespec ('--until kmal').
+_EXPRESSION_KINDS = (completion.EXPRESSION, completion.LOCATION)
+
+
+def _expression_completions(found, word):
+    """gdb's completions of the expression ``found.token`` when options come before it.
+
+    gdb's expression completer parses the whole argument text, and '--around ptr->n' is no
+    expression (it would offer globals for 'n'), so ask it about the token alone, as
+    'print' would complete it."""
+    try:
+        listing = gdb.execute(f"complete print {found.token}", to_string=True)
+    except gdb.error:
+        return []
+    words = tuple(line[len("print "):] for line in listing.splitlines() if line.startswith("print "))
+    return completion.Completion(completion.WORDS, found.token, words).relative_to(word)
 
 
 def _run(name, argv):

@@ -25,20 +25,40 @@ def one_line_error(step):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_show_kheap_lists_every_setting_and_color_takes_every_faces_values(kernel_build, arch):
+def test_show_kheap_lists_every_setting_with_its_value(kernel_build, arch):
     run = run_gdb(kernel_build[arch], 0,
-                  ["show kheap", "show kheap color", "set kheap color always", "show kheap color",
-                   "set kheap color blue", "set kheap color never", "show kheap", "show kheap nosuch"],
+                  ["show kheap", "show kheap color", "set kheap block-size 8192", "show kheap",
+                   "show kheap nosuch", "set kheap"],
                   connect=False, post=())
     lines = run.output(0).splitlines()
     assert [re.match(r"kheap (\S+) is ", line).group(1) for line in lines] == SETTING_NAMES, lines
-    assert "kheap color is auto" in lines
+    assert "kheap color is auto" in lines and "kheap auto-check is off" in lines
     assert run.output(1).strip() == "kheap color is auto"
-    assert run.steps[2].error == "" and "kheap color is always" in run.output(3)
-    error = one_line_error(run.steps[4])
+    assert "kheap block-size is 8192" in run.output(3).splitlines()
+    assert "nosuch" in one_line_error(run.steps[4])
+    assert "auto-check" in one_line_error(run.steps[5])
+
+
+def _lldb():
+    return shutil.which("lldb") is not None
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_color_takes_the_same_values_in_every_face(kernel_build, arch):
+    run = run_gdb(kernel_build[arch], 0,
+                  ["set kheap color always", "show kheap color", "set kheap color blue",
+                   "set kheap color never", "show kheap color"], connect=False, post=())
+    assert run.steps[0].error == "" and "kheap color is always" in run.output(1)
+    error = one_line_error(run.steps[2])
     assert "kheap color" in error and all(v in error for v in COLOR_VALUES), error
-    assert "kheap color is never" in run.output(6)
-    assert "nosuch" in one_line_error(run.steps[7])
+    assert "kheap color is never" in run.output(4)
+    if not _lldb():
+        return
+    run = run_lldb(kernel_build[arch], 0, ["kheap set color always", "kheap set color blue",
+                                           "kheap show color"], connect=False, post=())
+    assert run.steps[0].error == ""
+    assert all(v in run.steps[1].error for v in COLOR_VALUES), run.steps[1]
+    assert "kheap color is on" in run.output(2)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -64,24 +84,28 @@ def _completions(step):
 def test_tab_completion_comes_from_the_command_table(kernel_build, arch):
     walk_options = sorted(s for a in commands.build_parser(commands.command_named("walk"))._actions
                           for s in a.option_strings if s.startswith("--"))
+    # gdb.execute strips a trailing space, so 'kheap <TAB>' is asked on gdb's command line.
     run = run_gdb(kernel_build[arch], 0,
                   ["complete kheap walk --f", "complete kheap walk --", "complete kheap wat",
-                   "complete kheap ", "complete kheap watch o", "complete kheap find kmal",
-                   "complete kheap walk --around kmal", "complete kheap walk --limit ",
+                   "complete kheap w", "complete kheap watch o", "complete kheap find kmal",
+                   "complete kheap walk --around kmal", "complete kheap walk --limit 1",
                    "complete kheap walk --free --", "complete kheap blame --until kmal"],
-                  connect=False, post=())
+                  connect=False, post=(), pre=["complete kheap "])
     assert _completions(run.steps[0]) == ["kheap walk --free"]
     # Options only: no symbols after '--' (there were 124 before).
     assert _completions(run.steps[1]) == [f"kheap walk {o}" for o in walk_options]
     assert _completions(run.steps[2]) == ["kheap watch"]
-    assert {f"kheap {c.name}" for c in commands.commands_for("gdb")} <= set(_completions(run.steps[3]))
+    assert _completions(run.steps[3]) == ["kheap walk", "kheap watch"]
+    subcommands = [f"kheap {c.name}" for c in commands.commands_for("gdb")]
+    assert [line for line in run.stdout.splitlines() if line.startswith("kheap ") and ":" not in line] \
+        == sorted(subcommands)
     assert _completions(run.steps[4]) == ["kheap watch off", "kheap watch on"]
     # Symbols where an address or expression goes, and a location where a location goes.
     assert "kheap find kmalloc" in _completions(run.steps[5])
     assert "kheap walk --around kmalloc" in _completions(run.steps[6])
     assert _completions(run.steps[7]) == []
-    assert "kheap walk --used" not in _completions(run.steps[8])
-    assert "kheap walk --limit" in _completions(run.steps[8])
+    assert "kheap walk --free --used" not in _completions(run.steps[8])
+    assert "kheap walk --free --limit" in _completions(run.steps[8])
     assert "kheap blame --until kmalloc" in _completions(run.steps[9])
 
 
@@ -130,13 +154,8 @@ def test_watch_off_after_a_failed_watch_on_says_nothing_was_set(kernel_build, ar
     one_line_error(run.steps[0])
     text = run.output(1) + run.steps[1].error
     assert "nothing to remove" in text and "breakpoints removed" not in text, text
-    if shutil.which("lldb") is None:
+    if not _lldb():
         return
-    run = run_lldb(kernel_build[arch], 0, ["kheap watch on", "kheap watch off", "kheap set color always",
-                                           "kheap set color blue", "kheap show color"],
-                   connect=False, post=())
+    run = run_lldb(kernel_build[arch], 0, ["kheap watch on", "kheap watch off"], connect=False, post=())
     text = run.output(1) + run.steps[1].error
     assert "nothing to remove" in text and "breakpoints removed" not in text, run.steps
-    assert run.steps[2].error == ""
-    assert all(v in run.steps[3].error for v in COLOR_VALUES), run.steps[3]
-    assert "kheap color is on" in run.output(4)
