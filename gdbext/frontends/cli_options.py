@@ -12,6 +12,7 @@ import functools
 from gdbext import SCHEMA_VERSION
 from gdbext.frontends import commands
 from gdbext.frontends.cmdline import SafeArgumentParser, address
+from gdbext.frontends.session import COLOR_VALUES
 
 PROG = "kheap"
 
@@ -45,7 +46,7 @@ def add_global_options(parser, json_option=True, with_help=True):
     if json_option:
         out.add_argument("--json", action="store_true",
                          help=f"one JSON object (schema_version {SCHEMA_VERSION}), the same as in gdb and lldb")
-    out.add_argument("--color", choices=("auto", "always", "never", "on", "off"), default="auto",
+    out.add_argument("--color", choices=COLOR_VALUES, default="auto",
                      help="colour the text (auto: when stdout is a terminal)")
     out.add_argument("-q", "--quiet", action="count", default=0,
                      help="only the verdict line (check, triage); -qq: nothing, the exit code only")

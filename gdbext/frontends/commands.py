@@ -31,6 +31,16 @@ from gdbext.frontends.session import SETTINGS, CommandError  # noqa: F401 - face
 PREFIX_SUMMARY = "Inspect and validate the kernel heap (heap_segment_t list and page_t array)."
 
 
+@dataclass(frozen=True)
+class NamedSegment:
+    """The one segment a command named (``find``, ``walk --around``, ``refs ADDR``): its
+    header and its payload. Faces that can keep it do (gdb: ``$_`` and ``$__``, as ``x`` and
+    ``info line`` leave the address they looked at), so the next command can use it."""
+
+    header: int
+    payload: int
+
+
 @dataclass
 class Outcome:
     """What a handler produced: ``data`` is the JSON report, ``render`` makes the text."""
@@ -38,6 +48,7 @@ class Outcome:
     data: dict
     render: Callable[[bool], str]
     failed: bool = False            # findings of error severity (CLI exit code 1)
+    named: Optional[NamedSegment] = None    # the segment the command named, if exactly one
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Text:
     is_error: bool = False
     status: int = 0                 # 0 healthy, 1 error findings, 2 usage/target error
     data: Optional[dict] = None     # the report the text was made from (None on error or help)
+    named: Optional[NamedSegment] = None    # the segment the command named (Outcome.named)
 
 
 @dataclass(frozen=True)
@@ -148,8 +160,10 @@ def run(session, name, argv):
 def outcome_to_text(session, args, outcome):
     status = 1 if outcome.failed else 0
     if getattr(args, "json", False):
-        return Text(reports.to_json_text(outcome.data), status=status, data=outcome.data)
-    return Text(outcome.render(session.color_wanted()), status=status, data=outcome.data)
+        return Text(reports.to_json_text(outcome.data), status=status, data=outcome.data,
+                    named=outcome.named)
+    return Text(outcome.render(session.color_wanted()), status=status, data=outcome.data,
+                named=outcome.named)
 
 
 def execute_to_text(session, name, argv):
@@ -202,8 +216,8 @@ def segment_header_for(session, address):
 # The commands. Each handler reads through session.program() and returns an Outcome whose data
 # is the core's JSON report; text is always rendered from that same dict.
 # ---------------------------------------------------------------------------------------------
-def _outcome(report, failed=False):
-    return Outcome(report, lambda color: reports.render_text(report, color), failed)
+def _outcome(report, failed=False, named=None):
+    return Outcome(report, lambda color: reports.render_text(report, color), failed, named)
 
 
 def _address_arg(session, text):
@@ -259,12 +273,14 @@ def _walk(session, args):
     report = reports.walk_report(prog, walk)
     segments = report["segments"]
     around = None if args.around is None else _address_arg(session, args.around)
+    named = None
     if around is not None:
         target = around
         index = next((i for i, b in enumerate(prog.allocator.blocks(walk, prog.heap_end))
                       if b.address <= target < b.address + b.extent), None)
         if index is None:
             raise CommandError(f"kheap walk: {prog.fmt(target)} is in no segment on the list")
+        named = NamedSegment(segments[index]["address"], segments[index]["payload"])
         segments = segments[max(0, index - args.context):index + args.context + 1]
     if args.free or args.used:
         wanted = "free" if args.free else "used"
@@ -280,7 +296,7 @@ def _walk(session, args):
     report["matched"] = matched
     report["not_shown"] = matched - len(segments)
     report["truncated"] = report["not_shown"] > 0
-    return _outcome(report)
+    return _outcome(report, named=named)
 
 
 def _check_options(parser):
@@ -321,8 +337,10 @@ def _find_options(parser):
 def _find(session, args):
     prog = session.program()
     target = _address_arg(session, args.address)
-    report = reports.find_report(prog, target, prog.allocator.find(prog, target))
-    return _outcome(report)
+    match = prog.allocator.find(prog, target)
+    report = reports.find_report(prog, target, match)
+    named = NamedSegment(match.segment.address, match.segment.payload) if match else None
+    return _outcome(report, named=named)
 
 
 def _pages_options(parser):
@@ -467,11 +485,12 @@ def _watch_options(parser):
 @options(_watch_options)
 def _watch(session, args):
     controller = session.watch_controller()
+    status = {}
     if args.action == "on":
         controller.enable(args.history, args.full_every, checkpoint=not args.no_checkpoint)
     elif args.action == "off":
-        controller.disable()
-    report = reports.watch_report(args.action, controller.status())
+        status["removed"] = controller.disable()
+    report = reports.watch_report(args.action, {**controller.status(), **status})
     if args.html:
         report["html"] = write_watch_page(session, controller, args.html)
     return _outcome(report)
@@ -625,4 +644,5 @@ def _refs(session, args):
         report = reports.dangling_report(prog, index, items, roots)
         return _outcome(report, report["count"] > 0)
     index, block, refs = reach.find_refs(prog, roots, target)
-    return _outcome(reports.refs_report(prog, index, block, refs, target, roots))
+    named = None if block is None else NamedSegment(index.starts[block], index.payloads[block][0])
+    return _outcome(reports.refs_report(prog, index, block, refs, target, roots), named=named)

@@ -11,7 +11,7 @@ import gdb.printing
 import gdb.types
 
 from gdbext.core.memory import MemoryFault
-from gdbext.frontends import commands, describe
+from gdbext.frontends import commands, completion, describe
 from gdbext.frontends.session import CommandError, Session, StopPlace
 
 
@@ -78,10 +78,7 @@ class GdbSession(Session):
     # Expressions and stop state -----------------------------------------------------------
     def evaluate(self, expression):
         try:
-            value = gdb.parse_and_eval(expression)
-            if value.type.strip_typedefs().code == gdb.TYPE_CODE_ARRAY:
-                value = value.address
-            return int(value) & ((1 << 64) - 1)
+            return _address_of(gdb.parse_and_eval(expression))
         except gdb.error as error:
             raise CommandError(f"cannot evaluate {expression!r}: {error}") from None
 
@@ -172,11 +169,40 @@ class GdbSession(Session):
         return self._watch
 
 
+def _address_of(value):
+    """The address a gdb.Value stands for: a number or pointer as is, an array or a struct
+    (``*seg``) by where it lies."""
+    code = value.type.strip_typedefs().code
+    if code in (gdb.TYPE_CODE_ARRAY, gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION) \
+            and value.address is not None:
+        value = value.address
+    return int(value) & ((1 << 64) - 1)
+
+
 # Settings as gdb parameters -------------------------------------------------------------------
 class _Prefix(gdb.Command):
     def __init__(self, name, doc):
         self.__doc__ = doc
+        self._name = name
         super().__init__(name, gdb.COMMAND_DATA, prefix=True)
+
+    def invoke(self, argument, from_tty):
+        # An invoke makes gdb hand unknown subcommands here: say so as gdb's own prefixes do.
+        if argument.strip():
+            raise gdb.GdbError(f'Undefined {self._name} command: "{argument.strip()}".  '
+                               f'Try "help {self._name}".')
+        names = ", ".join(name for name, *_ in commands.SETTINGS)
+        raise gdb.GdbError(f'"{self._name}" must be followed by a setting: {names}')
+
+
+class _ShowPrefix(_Prefix):
+    """``show kheap``: every setting and its value, as gdb's own ``show`` prefixes list theirs."""
+
+    def invoke(self, argument, from_tty):
+        if argument.strip():
+            super().invoke(argument, from_tty)
+        for name, *_ in commands.SETTINGS:
+            gdb.write(gdb.execute(f"show kheap {name}", to_string=True))
 
 
 class _Parameter(gdb.Parameter):
@@ -214,7 +240,7 @@ def _settings():
 class KheapPrefix(gdb.Command):
     def __init__(self):
         self.__doc__ = commands.prefix_help("gdb")
-        super().__init__("kheap", gdb.COMMAND_DATA, gdb.COMPLETE_COMMAND, prefix=True)
+        super().__init__("kheap", gdb.COMMAND_DATA, prefix=True)
 
     def invoke(self, argument, from_tty):
         if argument.strip():
@@ -222,12 +248,34 @@ class KheapPrefix(gdb.Command):
         else:
             gdb.write(commands.prefix_help("gdb") + "\n")
 
+    def complete(self, text, word):
+        """``kheap <TAB>``: the subcommands (gdb completes a prefix's own list itself; this
+        answers for a word it does not know, which is no subcommand)."""
+        names = [c.name for c in commands.commands_for("gdb")]
+        return [n for n in names if n.startswith(word or "")]
+
 
 class KheapSubcommand(gdb.Command):
     def __init__(self, command):
         self._command = command
         self.__doc__ = commands.long_help(command)
-        super().__init__(f"kheap {command.name}", gdb.COMMAND_DATA, gdb.COMPLETE_EXPRESSION)
+        # No completer class: gdb then asks complete() below, which reads the argparse spec.
+        super().__init__(f"kheap {command.name}", gdb.COMMAND_DATA)
+
+    def complete(self, text, word):
+        """TAB: option names, an option's choices, and gdb's symbol, location or file name
+        completion only where the value is an address, a location or a file."""
+        try:
+            found = completion.complete(self._command, text)
+        except Exception:  # noqa: BLE001 - a completion bug must not break the command line
+            return gdb.COMPLETE_NONE
+        if found.kind == completion.WORDS:
+            return found.relative_to(word) if word is not None else gdb.COMPLETE_NONE
+        if found.kind not in _EXPRESSION_KINDS:
+            return gdb.COMPLETE_NONE
+        if word is None or text.lstrip() == found.token:
+            return gdb.COMPLETE_EXPRESSION      # the expression is all the text gdb hands over
+        return _expression_completions(found, word)
 
     def invoke(self, argument, from_tty):
         self.dont_repeat()
@@ -243,12 +291,55 @@ class KheapSubcommand(gdb.Command):
             _SESSION.from_tty = False
 
 
+# Values gdb completes as an expression (symbols, fields after '->'): a location too, since
+# gdb's location completer reads the whole argument text as one linespec ('--until kmal').
+_EXPRESSION_KINDS = (completion.EXPRESSION, completion.LOCATION)
+
+
+def _expression_completions(found, word):
+    """gdb's completions of the expression ``found.token`` when options come before it.
+
+    gdb's expression completer parses the whole argument text, and '--around ptr->n' is no
+    expression (it would offer globals for 'n'), so ask it about the token alone, as
+    'print' would complete it."""
+    try:
+        listing = gdb.execute(f"complete print {found.token}", to_string=True)
+    except gdb.error:
+        return []
+    words = tuple(line[len("print "):] for line in listing.splitlines() if line.startswith("print "))
+    return completion.Completion(completion.WORDS, found.token, words).relative_to(word)
+
+
 def _run(name, argv):
     """Run one command and print its output; never let an exception reach gdb."""
     text = commands.execute_to_text(_SESSION, name, argv)
     if text.text:
         gdb.write(text.text if text.text.endswith("\n") else text.text + "\n",
                   gdb.STDERR if text.is_error else gdb.STDOUT)
+    if text.named is not None:
+        _keep_named(text.named)
+
+
+def _keep_named(named):
+    """``$_``: the header of the segment the command named, typed as a pointer to the header
+    (``p *$_`` prints it), and ``$__`` its payload (``void *``; ``x/16xb $__``), as ``x`` and
+    ``info line`` leave ``$_`` at the address they looked at."""
+    try:
+        gdb.set_convenience_variable("_", _segment_pointer(named.header))
+        gdb.set_convenience_variable("__", gdb.Value(named.payload).cast(gdb.lookup_type("void").pointer()))
+    except gdb.error:
+        pass  # no types to give them (never worth failing the command that ran)
+
+
+def _segment_pointer(address):
+    """``address`` as a pointer to the kernel's segment header type (or an unsigned long)."""
+    value = gdb.Value(address)
+    for name in describe.type_spellings(describe.SEGMENT_TAGS):
+        try:
+            return value.cast(gdb.lookup_type(name).pointer())
+        except gdb.error:
+            continue
+    return value.cast(gdb.lookup_type("unsigned long"))
 
 
 # Pretty printers and $kheap_segment ------------------------------------------------------------
@@ -269,15 +360,29 @@ class _StructPrinter:
             return f"<kheap: {error}>"
 
 
-def _lookup_printer(value):
-    try:
-        tag = gdb.types.get_basic_type(value.type).tag
-    except (gdb.error, RuntimeError):
+# The printer's parts: 'info pretty-printer' lists them under 'kheap' and each can be disabled
+# on its own ('disable pretty-printer global kheap;page').
+_PRINTED = (("heap_segment", describe.SEGMENT_TAGS), ("page", describe.PAGE_TAGS))
+
+
+class KheapPrinter(gdb.printing.PrettyPrinter):
+    """The pretty printer named ``kheap`` (gdb's convention: ``info pretty-printer`` shows it,
+    ``disable pretty-printer global kheap`` turns it off), a subprinter per struct kind."""
+
+    def __init__(self):
+        super().__init__("kheap", [gdb.printing.SubPrettyPrinter(name) for name, _ in _PRINTED])
+
+    def __call__(self, value):
+        try:
+            tag = gdb.types.get_basic_type(value.type).tag
+            if value.type.strip_typedefs().code != gdb.TYPE_CODE_STRUCT:
+                return None
+        except (gdb.error, RuntimeError):
+            return None
+        for sub, (_, tags) in zip(self.subprinters, _PRINTED):
+            if sub.enabled and tag in tags:
+                return _StructPrinter(value, commands.struct_describer(tag))
         return None
-    describe = commands.struct_describer(tag)
-    if describe is None or value.type.strip_typedefs().code != gdb.TYPE_CODE_STRUCT:
-        return None
-    return _StructPrinter(value, describe)
 
 
 class SegmentFunction(gdb.Function):
@@ -287,18 +392,21 @@ class SegmentFunction(gdb.Function):
     def __init__(self):
         super().__init__("kheap_segment")
 
-    def invoke(self, address):
+    def invoke(self, *args):
+        # gdb hands every argument the user typed: a wrong count is one line, not a TypeError.
+        if len(args) != 1:
+            raise gdb.GdbError(f"$kheap_segment takes one argument, an address or pointer "
+                               f"(e.g. $kheap_segment($r0)), not {len(args)}")
         try:
-            header = commands.segment_header_for(_SESSION, int(address))
+            address = _address_of(args[0])
+        except gdb.error:
+            raise gdb.GdbError(f"$kheap_segment: expected an address or pointer, not a value of "
+                               f"type {args[0].type}") from None
+        try:
+            header = commands.segment_header_for(_SESSION, address)
         except Exception as error:  # noqa: BLE001
             raise gdb.GdbError(f"$kheap_segment: {error}") from None
-        value = gdb.Value(header or 0)
-        for name in describe.type_spellings(describe.SEGMENT_TAGS):
-            try:
-                return value.cast(gdb.lookup_type(name).pointer())
-            except gdb.error:
-                continue
-        return value.cast(gdb.lookup_type("unsigned long"))
+        return _segment_pointer(header or 0)
 
 
 # Events ---------------------------------------------------------------------------------------
@@ -310,15 +418,8 @@ def _on_stop(event):
     gdb.write(line.text if line.text.endswith("\n") else line.text + "\n")
 
 
-def _register_printers(objfile):
-    """Printers for heap_segment_t and page_t, attached to the kernel's objfile."""
-    if _lookup_printer not in objfile.pretty_printers:
-        objfile.pretty_printers.append(_lookup_printer)
-
-
 def _on_new_objfile(event):
     _SESSION.invalidate()
-    _register_printers(event.new_objfile)
 
 
 _SESSION = GdbSession()
@@ -336,12 +437,11 @@ def register():
     for command in commands.commands_for("gdb"):
         KheapSubcommand(command)
     _Prefix("set kheap", "Set kheap options.")
-    _Prefix("show kheap", "Show kheap options.")
+    _ShowPrefix("show kheap", "Show kheap options.")
     for name, kind, doc, default in commands.SETTINGS:
         _Parameter(name, getattr(gdb, kind), doc, default)
     SegmentFunction()
-    for objfile in gdb.objfiles():
-        _register_printers(objfile)
+    gdb.printing.register_pretty_printer(None, KheapPrinter())
     for event, handler in ((gdb.events.stop, _on_stop), (gdb.events.cont, _SESSION.invalidate),
                            (gdb.events.memory_changed, _SESSION.invalidate),
                            (gdb.events.inferior_call, _SESSION.invalidate),

@@ -45,11 +45,22 @@ class StopPlace:
     thread: Optional[int] = None
 
 
+# The values 'color' takes in every face (gdb 'set kheap color', lldb 'kheap set color', the CLI's
+# --color): always/never are on/off as ls and git spell them.
+COLOR_VALUES = ("auto", "on", "off", "always", "never")
+COLOR_ALIASES = {"always": "on", "never": "off"}
+
+
+def _one_of(values):
+    """'a, b or c': the values a setting takes, as its error message lists them."""
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
 # name, gdb parameter kind, one-line doc, default. gdb shows them with 'show kheap NAME'; lldb
 # and the CLI take the same names as options, so a user moving between faces finds them again.
 SETTINGS = (
     ("auto-check", "PARAM_BOOLEAN", "Whether kheap checks the heap at every stop.", False),
-    ("color", "PARAM_STRING", "Colour output: auto, on or off.", "auto"),
+    ("color", "PARAM_STRING", f"Colour output: {_one_of(COLOR_VALUES)}.", "auto"),
     # 4 KiB: the cache reads each run of missing blocks in one request, so small blocks cost no
     # extra round trips and keep bulk reads exact (64 KiB blocks overfetched ~10% on the heap).
     ("block-size", "PARAM_STRING", "Bytes per cache block of target memory (a power of two).",
@@ -80,9 +91,9 @@ def _parse_setting(name, value):
         return bool(value)
     if name == "color":
         text = (value or "auto").lower()
-        if text not in ("auto", "on", "off", "always", "never"):
-            raise CommandError(f"kheap color: expected auto, on or off, not {value!r}")
-        return {"always": "on", "never": "off"}.get(text, text)
+        if text not in COLOR_VALUES:
+            raise CommandError(f"kheap color: expected {_one_of(COLOR_VALUES)}, not {value!r}")
+        return COLOR_ALIASES.get(text, text)
     if name == "page-convention":
         try:
             parse_page_convention(value)

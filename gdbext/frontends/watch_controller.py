@@ -91,9 +91,13 @@ class WatchControllerBase:
         self.return_sites = {k: [r.to_json() for r in s.returns] for k, s in sites.items()}
 
     def disable(self):
+        """Remove the watch's breakpoints; returns how many there were (0: none was set, as
+        after a 'watch on' that failed, and 'watch off' must not claim it removed any)."""
+        removed = len(self.breakpoints)
         for breakpoint in self.breakpoints:
             self._delete(breakpoint)
         self.breakpoints = []
+        return removed
 
     def refresh(self):
         """The watch's Program with this stop's memory (bounds kept once the heap exists)."""

@@ -72,7 +72,10 @@ def _render_watch(report: Dict[str, Any], out: Text) -> None:
         out.line(f"kheap watch: on: {report['breakpoints']} breakpoints: {where}; continue to run the kernel")
         return
     if report["action"] == "off":
-        out.line("kheap watch: off: breakpoints removed" + (
+        removed = report.get("removed")
+        done = ("nothing to remove: no kheap watch breakpoints were set" if removed == 0
+                else f"{removed} breakpoints removed" if removed is not None else "breakpoints removed")
+        out.line(f"kheap watch: off: {done}" + (
             f" ({report['counters']['operations']} operations recorded)" if "counters" in report else ""))
         return
     if "counters" not in report:
