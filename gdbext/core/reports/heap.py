@@ -386,8 +386,8 @@ def _render_stats(r: Dict[str, Any], out: Text) -> None:
 def _render_find(r: Dict[str, Any], out: Text) -> None:
     if not r["found"]:
         if r.get("where"):
-            out.line(f"{out.addr(r['address'])} {where_text(r['where'], out.pointer_size)} (not in the heap)",
-                     WARNING)
+            out.line(f"{out.addr(r['address'])} {where_text(r['where'], out.pointer_size)} "
+                     "(not in any heap segment)", WARNING)
         else:
             out.line(f"{out.addr(r['address'])}: not in any heap segment ({r.get('reason', '')})", WARNING)
     else:

@@ -97,7 +97,8 @@ def triage_text(report: Dict[str, Any], color: bool = False) -> str:
     if stop.get("pc") is not None:
         where = escape_text(stop.get("function") or "??")
         if stop.get("inlined"):
-            where += f" (inlined {escape_text(stop['inlined'])})"
+            # As gdb's backtrace shows it: the inlined function, in the function that holds it.
+            where = f"{escape_text(stop['inlined'])} (inlined in {where})"
         if stop.get("source"):
             where += f" at {escape_text(stop['source'])}"
         lines.append(f"stopped at {addr(stop['pc'])} in {where}"
