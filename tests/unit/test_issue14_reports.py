@@ -280,7 +280,7 @@ def test_show_of_a_healthy_segment_escapes_its_bytes_and_bounds_the_dump():
     k.write(a, b"\x1b[31mred\x00" + b"A" * 190)
     out = run(ProgSession(k), f"show {a:#x} --bytes 20")
     assert out.status == 0 and "\x1b" not in out.text
-    assert "|.[31mred.AAAAAAAAAA|" in out.text and "|AAAA|" in out.text
+    assert "|.[31mred.AAAAAAA|" in out.text and "|AAAA|" in out.text
     assert "first 20 of 208 bytes" in out.text and "findings touching it: none" in out.text
     assert re.search(r"^  prev  none \(NULL\)", out.text, re.M)
 
