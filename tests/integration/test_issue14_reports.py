@@ -219,3 +219,19 @@ def test_history_and_leaks_show_the_callers_file_and_line(start_vm, arch):
     assert groups and all(g["sources"] and all(re.fullmatch(r"[\w-]+\.c:\d+", s) for s in g["sources"])
                           for g in groups), groups
     assert f"at {groups[0]['sources'][0]}" in run.output(6)
+
+
+def test_show_in_lldb_shares_the_word_with_the_settings(vm_pool):
+    """lldb's ``kheap show [NAME]`` shows settings (gdb's ``show kheap``); with an address it is
+    the segment view."""
+    if not _lldb_works():
+        pytest.skip("lldb with a working Python module is not installed")
+    vm = vm_pool.get("arm", "overflow")
+    vm.qmp("stop")                     # lldb 14 cannot connect to a running QEMU (see test_lldb)
+    run = run_lldb(vm.elf, vm.gdb_port, ["kheap show heap_segment_list_head", "kheap show block-size",
+                                         "kheap show", "kheap show 0x10"])
+    no_traceback(run)
+    assert "segment at 0x" in run.output(0) and "culprit" in run.output(0), run.output(0)
+    assert run.output(1).strip() == "kheap block-size is 4096"
+    assert "kheap auto-check is off" in run.output(2)
+    assert "no segment to show" in run.steps[3].error and run.steps[3].error.count("\n") <= 1
