@@ -235,3 +235,26 @@ def test_show_in_lldb_shares_the_word_with_the_settings(vm_pool):
     assert run.output(1).strip() == "kheap block-size is 4096"
     assert "kheap auto-check is off" in run.output(2)
     assert "no segment to show" in run.steps[3].error and run.steps[3].error.count("\n") <= 1
+
+
+@pytest.mark.parametrize("name", ["renamed/arm", "bitfield/aarch64"])
+def test_show_names_the_fields_as_the_kernel_does(name):
+    """``kheap show`` lists the header by the kernel's own field names (the renamed variant's
+    in_use/block_size) and shows bit-fields as such, read through the allocator seam."""
+    import variants as V
+
+    t = V.target(name)
+    if not t.elf.is_file():
+        pytest.skip(f"{t.elf} not built")
+    with V.launch(t, "clean") as vm:
+        vm.wait_until_settled(60)
+        first = json.loads(kheap("walk", "--json", "--remote", f"127.0.0.1:{vm.gdb_port}", "--elf", t.elf).stdout)
+        seg = first["segments"][0]
+        out = kheap("show", hex(seg["payload"]), "--json", "--remote", f"127.0.0.1:{vm.gdb_port}", "--elf", t.elf)
+    assert out.returncode == 0, out.stderr
+    fields = {f["role"]: f for f in json.loads(out.stdout)["fields"] if f["role"]}
+    assert fields["is_allocated"]["value"] == 1 and fields["segment_size"]["value"] == seg["size"]
+    if name.startswith("renamed"):
+        assert fields["is_allocated"]["name"] == "in_use" and fields["segment_size"]["name"] == "block_size"
+    else:
+        assert "bits" in fields["is_allocated"] and "bits" in fields["segment_size"]
