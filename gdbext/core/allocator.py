@@ -14,7 +14,9 @@ followed while a check's read streams the heap in: see :func:`gdbext.core.check.
 ``find(prog, address)``, ``validate(prog, walk)``,
 ``validate_around(prog, address, count)``, ``header_of_payload(prog, pointer)``,
 ``check_payload(prog, pointer)``, ``figures(walk)``, ``blocks(walk, heap_end)``,
-``links_into(walk, address, span)``, ``payload_ranges(walk, blocks)`` (the bytes each block
+``links_into(walk, address, span)`` (with the field a fault at that offset read),
+``header_fields(prog, address)`` (a header's fields by the kernel's names, for ``kheap show``),
+``payload_ranges(walk, blocks)`` (the bytes each block
 hands its owner: the reachability scan of :mod:`gdbext.core.reach` reads those),
 ``list_end(prog, head, start, limit)`` (where its list ends, for a heap whose size the ELF does
 not give) and ``facts(prog)`` (its layout's facts and their sources, for ``kheap info``);

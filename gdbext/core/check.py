@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, List
 
-from .findings import CODES, ERROR, STRUCTURAL, WARNING, Finding, register_code
+from .findings import CODES, ERROR, STRUCTURAL, WARNING, Culprit, Finding, register_code
 from .pages import pages_checked, validate_pages
 from .program import Program
 
@@ -79,17 +79,42 @@ def validate_stats(prog: Program, walk: Any, structure_ok: bool = True) -> List[
     if structure_ok and walk.complete and alloc is not None and frees is not None:
         figures = prog.allocator.figures(walk)
         live = (alloc - frees) & 0xFFFFFFFF
+        hint = _double_free(prog, walk, figures, live, cur)
         if live != figures.used_count:
             out.append(Finding(STATS, ERROR, addr,
                                f"heap_stats: allocations - frees = {live} but the walk found "
                                f"{figures.used_count} used segments",
-                               {"kernel_live": live, "walk_used": figures.used_count, **ks}))
+                               {"kernel_live": live, "walk_used": figures.used_count, **ks}, hint))
         if cur is not None and cur != figures.used_bytes:
             out.append(Finding(STATS, ERROR, addr,
                                f"heap_stats: current_usage = {cur} but used segments total "
                                f"{figures.used_bytes} bytes",
-                               {"current_usage": cur, "walk_used_bytes": figures.used_bytes, **ks}))
+                               {"current_usage": cur, "walk_used_bytes": figures.used_bytes, **ks}, hint))
     return out
+
+
+def _double_free(prog: Program, walk: Any, figures: Any, live: int, current_usage: Any) -> Any:
+    """The culprit of counters that disagree the way a double free makes them, else None.
+
+    A second ``kfree`` of a block already free counts one more free and subtracts the block's
+    size from ``current_usage`` again, while the list does not change: the kernel then counts
+    fewer live allocations than the walk finds used segments, and fewer bytes in use than they
+    hold. (A kmalloc that forgot to count looks the same; a double free is the usual cause.)
+    When exactly one free segment has the missing size, it is named."""
+    extra = figures.used_count - live
+    if extra <= 0 or current_usage is None:
+        return None
+    missing = figures.used_bytes - current_usage
+    if missing <= 0:
+        return None
+    same = [b.address for b in prog.allocator.blocks(walk, prog.heap_end)
+            if b.state == "free" and b.size == missing] if extra == 1 else []
+    reason = (f"likely double free: the kernel counts {extra} fewer live allocation{'s' if extra != 1 else ''} "
+              f"and {missing} fewer bytes in use than the list holds, as when kfree runs twice on one "
+              "block (the second call counts it again)")
+    if len(same) == 1:
+        return Culprit(same[0], reason + f"; the free segment at {prog.fmt(same[0])} has exactly that size")
+    return Culprit(None, reason)
 
 
 class _Follower:

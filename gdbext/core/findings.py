@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from .text import escape_bytes, printable_ratio
 
-__all__ = ["Finding", "Culprit", "CODES", "STRUCTURAL", "ERROR", "WARNING", "register_code", "classify_bytes"]
+__all__ = ["Finding", "Culprit", "CODES", "STRUCTURAL", "ERROR", "WARNING", "register_code", "classify_bytes",
+           "spaced_hex"]
 
 ERROR, WARNING = "error", "warning"
 
@@ -42,16 +43,25 @@ class Culprit:
     ``classification``: 'ascii' (``detail`` is the escaped text), 'zeros', 'poison', 'pointer'
     (``detail`` is ``symbol+0xoff``), 'binary' (``detail`` is hex), 'heap-pointer', 'header' (the
     bytes are a well-formed header: ``detail`` is its fields), or '' when not classified.
+
+    ``bytes_at`` / ``bytes_of``: where the classified bytes were read and what they are (the
+    clobbered ``header`` of the segment after the culprit, its ``prev`` word, a free
+    ``payload``): the culprit is who wrote them, not where they are.
     """
 
     address: Optional[int]
     reason: str
     classification: str = ""
     detail: str = ""
+    bytes_at: Optional[int] = None
+    bytes_of: str = ""
 
     def to_json(self) -> Dict[str, Any]:
-        return {"address": self.address, "reason": self.reason,
-                "classification": self.classification, "detail": self.detail}
+        out = {"address": self.address, "reason": self.reason,
+               "classification": self.classification, "detail": self.detail}
+        if self.bytes_at is not None:
+            out.update(bytes_at=self.bytes_at, bytes_of=self.bytes_of)
+        return out
 
 
 @dataclass(frozen=True)
@@ -95,4 +105,13 @@ def classify_bytes(prog: Any, data: bytes) -> Tuple[str, str]:
             name = prog.elf.symbolize(value)
             if name:
                 return "pointer", name
-    return "binary", data[:32].hex()
+    return "binary", spaced_hex(data)
+
+
+HEX_BYTES = 32          # bytes a culprit's hex shows (a 64-bit header); more are "..."
+
+
+def spaced_hex(data: bytes, limit: int = HEX_BYTES) -> str:
+    """Bytes as hex, one pair per byte in memory order, spaced (``00 00 ad de``), at most
+    ``limit`` of them (then ``...``): one unspaced run of 64 digits cannot be read."""
+    return data[:limit].hex(" ") + (" ..." if len(data) > limit else "")

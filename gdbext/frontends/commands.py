@@ -18,10 +18,11 @@ from gdbext.core.memory import MemoryFault, RangesReader
 from gdbext.core.pages import for_each_page, page_summary, read_pages, validate_pages, walk_free_list
 from gdbext.core.program import Program, ProgramError
 from gdbext.core.reports.reach import DEFAULT_GROUPS, DEFAULT_PREFIX
-from gdbext.core.snapshot import diff_snapshots, take_snapshot
+from gdbext.core.snapshot import SnapshotMismatch, diff_snapshots, take_snapshot
 from gdbext.core.stats import heap_stats
 from gdbext.core.symbols import load_elf_info
 from gdbext.core.watch import DEFAULT_FULL_EVERY, DEFAULT_HISTORY
+from gdbext.core.whereis import where_text
 from gdbext.core.blame import DEFAULT_MAX_HITS
 from gdbext.frontends import describe
 from gdbext.frontends.html_data import write_heap_page, write_watch_page
@@ -276,12 +277,13 @@ def _walk(session, args):
     named = None
     if around is not None:
         target = around
-        index = next((i for i, b in enumerate(prog.allocator.blocks(walk, prog.heap_end))
-                      if b.address <= target < b.address + b.extent), None)
+        blocks = prog.allocator.blocks(walk, prog.heap_end)
+        index = next((i for i, b in enumerate(blocks) if b.address <= target < b.address + b.extent), None)
         if index is None:
             raise CommandError(f"kheap walk: {prog.fmt(target)} is in no segment on the list")
         named = NamedSegment(segments[index]["address"], segments[index]["payload"])
         segments = segments[max(0, index - args.context):index + args.context + 1]
+        report["target"] = blocks[index].address        # the row the text marks with ->
     if args.free or args.used:
         wanted = "free" if args.free else "used"
         segments = [s for s in segments if s["state"] == wanted]
@@ -341,6 +343,30 @@ def _find(session, args):
     report = reports.find_report(prog, target, match)
     named = NamedSegment(match.segment.address, match.segment.payload) if match else None
     return _outcome(report, named=named)
+
+
+def _show_options(parser):
+    parser.add_argument("address", metavar="ADDR",
+                        help="a header, a payload pointer (as kmalloc returned it) or any address inside a "
+                             "segment; in a debugger any expression ($r0, ptr)")
+    parser.add_argument("--bytes", type=count, default=reports.SHOW_BYTES, metavar="N",
+                        help=f"payload bytes in the hexdump (default {reports.SHOW_BYTES}; 0: none)")
+
+
+@command("show", "One segment in full: header fields by name, a hexdump of its payload, its "
+         "neighbours on the list, every finding touching it.", "kheap show $r0 --bytes 128")
+@options(_show_options)
+def _show(session, args):
+    prog = session.program()
+    target = _address_arg(session, args.address)
+    match = prog.allocator.find(prog, target)
+    if match is None:
+        where = reports.find_report(prog, target, None)
+        what = (where_text(where["where"], prog.pointer_size) if where.get("where")
+                else "is inside the heap but in no segment on the list")
+        raise CommandError(f"kheap show: {prog.fmt(target)} {what}; no segment to show")
+    report = reports.show_report(prog, target, match, check(prog, pages=False), args.bytes)
+    return _outcome(report, report["errors"] > 0)
 
 
 def _pages_options(parser):
@@ -435,6 +461,9 @@ def _diff_options(parser):
     parser.add_argument("before", metavar="A", help="snapshot name (or, in the CLI, a snapshot file)")
     parser.add_argument("after", metavar="B", nargs="?",
                         help="snapshot name or file; default: the heap now")
+    parser.add_argument("--limit", type=count, default=reports.DIFF_LIMIT, metavar="N",
+                        help=f"blocks listed per list: new, freed, resized (default {reports.DIFF_LIMIT}; "
+                             "0: all); the rest is counted")
 
 
 @command("diff", "What changed between two snapshots: new, freed, resized, live growth (leaks).",
@@ -446,8 +475,12 @@ def _diff(session, args):
         after = take_snapshot(session.program(), tag="now")
     else:
         after = session.load_snapshot(args.after)
-    report = reports.diff_report(diff_snapshots(before, after), before.pointer_size)
-    return _outcome(report)
+    try:
+        diff = diff_snapshots(before, after)
+    except SnapshotMismatch as why:
+        raise CommandError(f"kheap diff: {args.before} and {args.after or 'the heap now'} are not "
+                           f"snapshots of the same heap ({why}): nothing to compare") from None
+    return _outcome(reports.diff_report(diff, before.pointer_size, args.limit))
 
 
 def _triage_options(parser):
@@ -523,7 +556,7 @@ def _history(session, args):
         ops = ops[-args.limit:]
     report = reports.history_report(prog.pointer_size, target, ops, matched, watch.counters.to_json(),
                                     watch.freed_by.get(target) if target is not None else None,
-                                    watch.live.get(target) if target is not None else None)
+                                    watch.live.get(target) if target is not None else None, prog=prog)
     return _outcome(report)
 
 
@@ -587,7 +620,9 @@ def _leaks(session, args):
     prog = controller.prog
     if args.mark:
         return _outcome(reports.leaks_report(prog.pointer_size, watch.set_mark(), [], args.blocks, mark_set=True))
-    return _outcome(reports.leaks_report(prog.pointer_size, watch.mark, watch.leaks(), args.blocks))
+    groups = watch.leaks()
+    reports.leak_sources(prog, watch, groups)
+    return _outcome(reports.leaks_report(prog.pointer_size, watch.mark, groups, args.blocks))
 
 
 # kheap blame (gdb, lldb, CLI: re-runs the kernel from reset with a watchpoint; see core/blame.py)

@@ -344,6 +344,24 @@ class ShowSettingsCommand(SettingsCommand):
     show = True
 
 
+class ShowCommand(_KheapCommand):
+    """``kheap show``: lldb's settings (``kheap show [NAME]``, gdb's ``show kheap``) and the
+    table's one-segment view (``kheap show ADDR``) share the word: no argument or a setting's
+    name shows settings, anything else is an address."""
+
+    name = "show"
+
+    def __call__(self, debugger, command, exe_ctx, result):
+        words = command.split()
+        if not words or words[0] in {name for name, *_ in commands.SETTINGS}:
+            ShowSettingsCommand(debugger, None)(debugger, command, exe_ctx, result)
+            return
+        super().__call__(debugger, command, exe_ctx, result)
+
+    def get_short_help(self):
+        return f"{self._command.summary} Without ADDR, or with a setting's name: the kheap settings."
+
+
 def _summary(tag):
     describe = commands.struct_describer(tag)
 
@@ -383,13 +401,15 @@ def register(debugger):
     run(f"script import {module}")
     run(f"command container add -h '{commands.PREFIX_SUMMARY}' kheap")
     for command in commands.commands_for("lldb"):
+        if command.name == "show":
+            run(f"command script add -c {module}.ShowCommand kheap show")     # and the settings
+            continue
         class_name = "Kheap_" + command.name.replace("-", "_")
         globals()[class_name] = type(class_name, (_KheapCommand,), {"name": command.name})
         run(f"command script add -c {module}.{class_name} kheap {command.name}")
     run(f"command script add -c {module}.AutoCheckCommand kheap auto-check")
     run(f"command script add -c {module}.ConnectCommand kheap connect")
     run(f"command script add -c {module}.SettingsCommand kheap set")
-    run(f"command script add -c {module}.ShowSettingsCommand kheap show")
     for type_name in describe.type_spellings(describe.SEGMENT_TAGS):
         run(f"type summary add -F {module}.segment_summary '{type_name}'")
     for type_name in describe.type_spellings(describe.PAGE_TAGS):

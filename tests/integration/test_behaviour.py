@@ -84,10 +84,85 @@ def _blame_suggestion(command, old, new):
     return ok and stripped == o
 
 
+def _undo_culprit_and_stop(command, new):
+    """``new`` without issue 14's report changes (items 9, 14, the double-free hint), or None if
+    it has one that is not as those fixes say: a culprit names whose bytes it classified
+    (``bytes_at``/``bytes_of``: the finding's header, its prev word, the poisoned payload) and
+    spaces its hex; HEAP-STATS gets a "likely double free" culprit; triage's stop gets
+    ``inlined``/``source`` (its ``function`` is the ELF symbol in every face) and a link's
+    ``reads`` names the header field at the fault's offset."""
+    import copy
+
+    n = copy.deepcopy(new)
+    out = n.get("output")
+    if not isinstance(out, dict):
+        return n
+    triage = command.startswith("kheap triage")
+    check = out.get("check") if triage else out
+    for f in (check or {}).get("findings", []):
+        c = f.get("culprit")
+        if not c:
+            continue
+        if f["code"] == "HEAP-STATS":
+            if not c["reason"].startswith("likely double free"):
+                return None
+            f["culprit"] = None
+            continue
+        if "bytes_at" in c:
+            at, of, v = c.pop("bytes_at"), c.pop("bytes_of"), f.get("values") or {}
+            header = v.get("address", v.get("from"))
+            if not ((of == "header" and at == header) or (of == "payload" and at == f["address"])
+                    or (of == "prev" and header is not None and header < at < header + 32)):
+                return None
+        if c.get("classification") == "binary":
+            c["detail"] = c["detail"].removesuffix(" ...").replace(" ", "")
+    if triage:
+        stop = out.get("stop") or {}
+        if stop.get("pc") is not None:
+            if not ({"inlined", "source"} <= stop.keys()):
+                return None
+            stop.pop("inlined"), stop.pop("source")
+        for link in (out.get("fault_origin") or {}).get("links", []):
+            if not link.pop("reads", None):
+                return None
+    return n
+
+
+def _culprit_and_stop(command, old, new):
+    """Issue 14 items 9 and 14 and the double-free hint (see :func:`_undo_culprit_and_stop`),
+    on top of the blame suggestion (issue 13)."""
+    undone = _undo_culprit_and_stop(command, new)
+    return undone is not None and undone != new and (undone == old or _blame_suggestion(command, old, undone))
+
+
+def _find_says_what_it_is(command, old, new):
+    """``find`` of an address outside the heap says what it is (issue 14: pwndbg's xinfo): a
+    new ``where`` key, and nothing else changes."""
+    n = dict(new.get("output") or {})
+    where = n.pop("where", None)
+    return (where is not None and where.get("kind") in ("stack", "page-array", "section", "image", "unmapped", "memory")
+            and dict(new, output=n) == old)
+
+
+def _around_marks_row(command, old, new):
+    """``walk --around`` names the segment it marks (issue 14): a new ``target`` key, the
+    header of the listed segment holding the address, and nothing else changes."""
+    n = dict(new.get("output") or {})
+    target = n.pop("target", None)
+    words = command.split()
+    around = int(words[words.index("--around") + 1], 0)
+    held = [s for s in n.get("segments", []) if s["address"] <= around < s["address"] + s["size"]]
+    return target is not None and [s["address"] for s in held] == [target] and dict(new, output=n) == old
+
+
 # Each: (what the command line starts with, the check that the difference is that fix).
 NAMED_FIXES = (
     ("kheap check ", _blame_suggestion),
     ("kheap triage ", _blame_suggestion),
+    ("kheap check ", _culprit_and_stop),
+    ("kheap triage ", _culprit_and_stop),
+    ("kheap find ", _find_says_what_it_is),
+    ("kheap walk --around ", _around_marks_row),
     ("kheap pages --page ", _page_report),
     ("kheap pages --address ", _page_report),
     ("kheap walk --around ", _around_corrupt_size),
@@ -167,3 +242,31 @@ def test_a_named_fix_accepts_only_its_own_difference():
     assert not named_fix(command, old, dict(good, exit=1))
     assert not named_fix(command, old, {"exit": 0, "output": {"report": "page", "page": {"index": 980}}})
     assert not named_fix(command.replace("pages --page 981", "walk"), old, good)
+
+
+def test_issue14_report_fixes_accept_only_their_difference():
+    """The culprit/stop, find and walk --around fixes (issue 14) excuse only their own change."""
+    import copy
+
+    tail = " --json --remote HOST:PORT --elf kernel/build/arm/kernel.elf"
+    finding = {"code": "HEAP-BOUNDS", "severity": "error", "address": 0xDEAD0000, "message": "m",
+               "values": {"from": 0x3D5040, "next": 0xDEAD0000},
+               "culprit": {"address": 0x3D5000, "reason": "overflow", "classification": "binary",
+                           "detail": "0000adde00503d00"}}
+    old = {"exit": 1, "stderr": "", "output": {"report": "check", "errors": 1, "findings": [finding], "blame": None}}
+    new = copy.deepcopy(old)
+    new["output"]["findings"][0]["culprit"].update(detail="00 00 ad de 00 50 3d 00", bytes_at=0x3D5040,
+                                                   bytes_of="header")
+    assert named_fix("kheap check" + tail, old, new) == "_culprit_and_stop"
+    wrong = copy.deepcopy(new)
+    wrong["output"]["findings"][0]["culprit"]["bytes_at"] = 0x3D5000          # the culprit's own address
+    assert not named_fix("kheap check" + tail, old, wrong)
+    wrong = copy.deepcopy(new)
+    wrong["output"]["findings"][0]["message"] = "other"
+    assert not named_fix("kheap check" + tail, old, wrong)
+    old_find = {"exit": 0, "stderr": "", "output": {"report": "find", "found": False, "reason": "outside the heap"}}
+    new_find = copy.deepcopy(old_find)
+    new_find["output"]["where"] = {"kind": "memory", "readable": True}
+    assert named_fix("kheap find 0x4d5000" + tail, old_find, new_find) == "_find_says_what_it_is"
+    new_find["output"]["reason"] = "elsewhere"
+    assert not named_fix("kheap find 0x4d5000" + tail, old_find, new_find)

@@ -7,9 +7,9 @@ group of reports holds their builders and renderers. Faces print only what these
 
 from .base import SCHEMA_VERSION, clean, render_text, report_base, to_json_text
 from .blame import blame_report
-from .heap import (MAP_LEGEND, check_report, map_page_report, find_report, info_report, map_report, stats_report, verdict_line,
+from .heap import (MAP_LEGEND, SHOW_BYTES, check_report, show_report, map_page_report, find_report, info_report, map_report, stats_report, verdict_line,
                    walk_report)
-from .history import diff_report, history_report, leaks_report, snapshot_report, watch_report, watch_stop_report
+from .history import DIFF_LIMIT, diff_report, history_report, leak_sources, leaks_report, snapshot_report, watch_report, watch_stop_report
 from .pages import page_report, pages_report
 from .reach import dangling_report, leak_scan_report, refs_report
 from .runs import DUMP_STATUSES, check_many_report, demo_report, demo_text, dump_report, dump_verdict_line
@@ -20,4 +20,4 @@ __all__ = ["SCHEMA_VERSION", "clean", "render_text", "report_base", "to_json_tex
            "history_report", "leaks_report", "snapshot_report", "watch_report", "watch_stop_report", "page_report", "pages_report",
            "triage_report", "triage_text", "DUMP_STATUSES", "check_many_report", "demo_report", "demo_text",
            "dump_report", "dump_verdict_line", "blame_report", "leak_scan_report", "refs_report",
-           "dangling_report"]
+           "dangling_report", "DIFF_LIMIT", "show_report", "SHOW_BYTES", "leak_sources"]

@@ -21,7 +21,7 @@ from ..text import escape_text, format_address
 
 __all__ = ["SCHEMA_VERSION", "report_base", "clean", "to_json_text", "render_text", "renders", "Text",
            "USED", "FREE", "ERROR", "WARNING", "OK", "HEADING", "NOTE", "PLAIN", "STATE_TOKEN",
-           "heap_line", "stop_text", "finding_lines", "culprit_bytes"]
+           "heap_line", "stop_text", "finding_lines", "findings_lines", "culprit_line", "culprit_bytes"]
 
 # One token type per state, so a style (here: the 16 ANSI colours) can colour them.
 USED = Token.Kheap.Used
@@ -176,21 +176,49 @@ def stop_text(stop: Dict[str, Any], out: Text) -> str:
     return f"walk stopped: {reason}{where} ({stop.get('detail', '')})"
 
 
-def finding_lines(f: Dict[str, Any], out: Text) -> None:
+def finding_lines(f: Dict[str, Any], out: Text, culprit: bool = True) -> None:
+    """One finding's line, and (``culprit``) its culprit's line under it."""
     tok = ERROR if f["severity"] == "error" else WARNING
     out.add("  ").add(f"{f['severity'].upper():<7}", tok).add(f" {f['code']:<15} ", tok)
     out.add(f"{out.addr(f['address']):<{out.width + 2}}  ").line(f["message"])
     c = f.get("culprit")
-    if c:
-        where = out.addr(c["address"]) + " " if c.get("address") is not None else ""
-        out.line(f"  {'':<7} {'culprit:':<15} {where}{c['reason']}{culprit_bytes(c)}", WARNING)
+    if c and culprit:
+        culprit_line(c, out)
 
 
-def culprit_bytes(c: Dict[str, Any], quotes: Tuple[str, str] = ('"', '"')) -> str:
-    """What a culprit's bytes look like, for its line (``; bytes there: ascii "..."``)."""
+def culprit_line(c: Dict[str, Any], out: Text, label: str = "culprit:") -> None:
+    where = out.addr(c["address"]) + " " if c.get("address") is not None else ""
+    out.line(f"  {'':<7} {label:<15} {where}{c['reason']}{culprit_bytes(c, addr=out.addr)}", WARNING)
+
+
+def findings_lines(findings: Sequence[Dict[str, Any]], out: Text) -> None:
+    """Every finding, each culprit once: under the last of the consecutive findings it explains
+    (an overwritten header breaks four rules at once, and the four share one culprit)."""
+    run = 0
+    for i, f in enumerate(findings):
+        finding_lines(f, out, culprit=False)
+        c = f.get("culprit")
+        run += 1
+        if i + 1 < len(findings) and c and findings[i + 1].get("culprit") == c:
+            continue
+        if c:
+            culprit_line(c, out, "culprit:" if run == 1 else f"culprit of all {run}:")
+        run = 0
+
+
+def culprit_bytes(c: Dict[str, Any], quotes: Tuple[str, str] = ('"', '"'),
+                  addr: Optional[Callable[[int], str]] = None) -> str:
+    """What a culprit's bytes look like, and whose bytes they are, for its line
+    (``; header at 0x003d5040 holds: ascii "..."``): the culprit is who wrote them, the bytes
+    are where they landed. ``addr``: the address formatter (the report's width)."""
     if not c.get("classification"):
         return ""
-    what = f"; bytes there: {c['classification']}"
+    at = c.get("bytes_at")
+    if at is not None:
+        where = addr(at) if addr is not None else f"0x{at:x}"
+        what = f"; {c.get('bytes_of') or 'bytes'} at {where} holds: {c['classification']}"
+    else:
+        what = f"; bytes there: {c['classification']}"
     if c.get("detail"):
         what += f" {quotes[0]}{c['detail']}{quotes[1]}" if c["classification"] == "ascii" else f" {c['detail']}"
     return what

@@ -7,14 +7,16 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..blame import suggest_blame
 from ..check import CheckReport
 from ..findings import Finding
+from ..memory import MemoryFault
 from ..program import Program
 from ..stats import HeapStats
 from ..text import escape_text
-from .base import (ERROR, FREE, HEADING, NOTE, OK, PLAIN, STATE_TOKEN, USED, WARNING, Text, clean, finding_lines,
+from ..whereis import where_is, where_text
+from .base import (ERROR, FREE, HEADING, NOTE, OK, PLAIN, STATE_TOKEN, USED, WARNING, Text, clean, findings_lines,
                    heap_line, renders, report_base, stop_text)
 
 __all__ = ["info_report", "walk_report", "check_report", "stats_report", "find_report", "map_report",
-           "verdict_line", "MAP_LEGEND", "map_page_report"]
+           "verdict_line", "MAP_LEGEND", "map_page_report", "show_report", "SHOW_BYTES", "hexdump_lines"]
 
 
 def info_report(prog: Program) -> Dict[str, Any]:
@@ -75,7 +77,95 @@ def find_report(prog: Program, address: int, match: Any) -> Dict[str, Any]:
         except Exception:  # noqa: BLE001
             inside = False
         d["reason"] = "inside the heap but in no segment on the list" if inside else "outside the heap"
+        if not inside:
+            d["where"] = where_is(prog, address)      # what it is instead (pwndbg's xinfo)
     return clean(d)
+
+
+SHOW_BYTES = 64           # payload bytes ``kheap show`` dumps by default
+
+
+def show_report(prog: Program, address: int, match: Any, result: CheckReport,
+                nbytes: int = SHOW_BYTES) -> Dict[str, Any]:
+    """``kheap show ADDR``: one segment in full: its header's fields by the kernel's names, the
+    first ``nbytes`` of its payload, its neighbours on the list, and every finding of the
+    check ``result`` that touches it (at it, about its links, or naming it as the culprit).
+
+    ``match``: what ``prog.allocator.find`` said of ``address``. The findings are the check's
+    (the one header rule, judged with the true neighbours of the walk), not a second rule."""
+    d = report_base("show", prog)
+    seg = match.segment
+    allocator = prog.allocator
+    d.update({"address": address, "match": match.to_json(), "segment": seg.to_json()})
+    try:
+        d["fields"] = allocator.header_fields(prog, seg.address)
+    except MemoryFault as fault:
+        d["fields"], d["fields_error"] = [], str(fault)
+    d["payload"] = _payload_dump(prog, seg, nbytes)
+    walk = result.walk
+    blocks = allocator.blocks(walk, prog.heap_end)
+    index = next((i for i, b in enumerate(blocks) if b.address == seg.address), None)
+    extent = blocks[index].extent if index is not None else prog.header_size
+    d["on_list"] = index is not None
+    d["neighbours"] = {
+        "prev": _neighbour(prog, walk, index - 1 if index else None, seg.prev),
+        "next": _neighbour(prog, walk, index + 1 if index is not None and index + 1 < len(blocks) else None,
+                           seg.next),
+    }
+    touching = []
+    for f in result.findings:
+        relation = _touches(f, seg.address, extent)
+        if relation:
+            touching.append(dict(f.to_json(), relation=relation))
+    d["findings"] = touching
+    d["errors"] = sum(1 for f in touching if f["severity"] == "error")
+    return clean(d)
+
+
+def _payload_dump(prog: Program, seg: Any, nbytes: int) -> Dict[str, Any]:
+    """The first bytes of a payload, bounded by ``nbytes``, the payload's size and the heap end
+    (a corrupt size must not make us read past it)."""
+    size = seg.payload_size
+    try:
+        limit = max(0, prog.heap_end - seg.payload)
+    except Exception:  # noqa: BLE001 - bounds unknown
+        limit = size
+    want = max(0, min(nbytes, size, limit))
+    out: Dict[str, Any] = {"address": seg.payload, "size": size, "shown": 0, "hex": ""}
+    if want:
+        try:
+            data = prog.memory.read_prefix(seg.payload, want)
+        except MemoryFault as fault:
+            data, out["error"] = b"", str(fault)
+        if len(data) < want and "error" not in out:
+            out["error"] = f"only {len(data)} of {want} bytes readable"
+        out["shown"], out["hex"] = len(data), data.hex()
+    return out
+
+
+def _neighbour(prog: Program, walk: Any, index: Optional[int], link: int) -> Dict[str, Any]:
+    """A neighbour: the segment before/after it on the walked list, and whether its link says so."""
+    out: Dict[str, Any] = {"link": link, "segment": None}
+    if index is not None and index >= 0:
+        out["segment"] = walk.segments[index].to_json()
+    elif link:
+        match = prog.allocator.find(prog, link)
+        if match is not None and match.segment.address == link:
+            out["segment"] = match.segment.to_json()
+    out["agrees"] = out["segment"] is not None and out["segment"]["address"] == link
+    return out
+
+
+def _touches(f: Finding, segment: int, extent: int) -> Optional[str]:
+    """How a finding touches the segment at ``segment``: 'at' it (its address, or the header a
+    link finding follows from), 'culprit' (it is blamed for a neighbour's damage), or None."""
+    v = f.values or {}
+    if (f.address is not None and segment <= f.address < segment + extent) or \
+            segment in (v.get("address"), v.get("from"), v.get("segment")):
+        return "at"
+    if f.culprit is not None and f.culprit.address == segment:
+        return "culprit"
+    return None
 
 
 MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "corrupt", " ": "not on the list"}
@@ -224,14 +314,18 @@ def _render_walk(r: Dict[str, Any], out: Text) -> None:
     rows = []
     # Fields of the header beyond the four the walk reads (a canary's magic, Mazarin's isReserved).
     extra = list(dict.fromkeys(k for s in r["segments"] for k in (s.get("extra") or {})))
+    # walk --around: the segment holding the address asked about is marked, as gdb's x/i marks pc.
+    target = r.get("target")
     for s in r["segments"]:
         tok = STATE_TOKEN.get(s["state"], PLAIN)
         state = s["state"] if s["state"] != "bad" else f"bad({s['is_allocated']})"
         values = s.get("extra") or {}
-        rows.append([(out.addr(s["address"]), PLAIN), (str(s["size"]), PLAIN), (state, tok),
-                     (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)]
+        mark = [("->" if s["address"] == target else "", HEADING)] if target is not None else []
+        rows.append(mark + [(out.addr(s["address"]), PLAIN), (str(s["size"]), PLAIN), (state, tok),
+                            (out.addr(s["next"]), PLAIN), (out.addr(s["prev"]), PLAIN), (out.addr(s["payload"]), PLAIN)]
                     + [(_extra_text(values.get(k)), PLAIN) for k in extra])
-    out.table(["address", "size", "state", "next", "prev", "payload"] + extra, rows)
+    out.table(([""] if target is not None else []) + ["address", "size", "state", "next", "prev", "payload"] + extra,
+              rows)
     not_shown = r.get("not_shown", r["count"] - len(r["segments"]) if r.get("truncated") else 0)
     if not_shown:
         out.line(f"  ... {not_shown} more not shown (raise or drop --limit to see them)")
@@ -254,8 +348,7 @@ def _render_check(r: Dict[str, Any], out: Text) -> None:
              f"{'s' if r['warnings'] != 1 else ''}; {r['segments']} segments walked, "
              f"{stop_text(r['stop'], out)}{'; full page check' if r.get('full') else ''}")
     out.line(heap_line(r, out))
-    for f in r["findings"]:
-        finding_lines(f, out)
+    findings_lines(r["findings"], out)
     if r.get("blame"):
         out.line(f"which instruction wrote it: {r['blame']['command']}  (on the live target; "
                  "restarts the kernel)", NOTE)
@@ -292,7 +385,11 @@ def _render_stats(r: Dict[str, Any], out: Text) -> None:
 @renders("find")
 def _render_find(r: Dict[str, Any], out: Text) -> None:
     if not r["found"]:
-        out.line(f"{out.addr(r['address'])}: not in any heap segment ({r.get('reason', '')})", WARNING)
+        if r.get("where"):
+            out.line(f"{out.addr(r['address'])} {where_text(r['where'], out.pointer_size)} "
+                     "(not in any heap segment)", WARNING)
+        else:
+            out.line(f"{out.addr(r['address'])}: not in any heap segment ({r.get('reason', '')})", WARNING)
     else:
         m = r["match"]
         s = m["segment"]
@@ -303,6 +400,70 @@ def _render_find(r: Dict[str, Any], out: Text) -> None:
         out.line(f" segment at {out.addr(s['address'])} (size {s['size']}, payload {out.addr(s['payload'])}), {where}")
         out.line(f"  next {out.addr(s['next'])}  prev {out.addr(s['prev'])}")
     out.notes(r.get("notes", []))
+
+
+@renders("show")
+def _render_show(r: Dict[str, Any], out: Text) -> None:
+    s, m = r["segment"], r["match"]
+    tok = STATE_TOKEN.get(s["state"], PLAIN)
+    out.add(f"segment at {out.addr(s['address'])}: ").add(s["state"], tok)
+    out.add(f", size {s['size']}, payload {out.addr(s['payload'])} ({r['payload']['size']} bytes)")
+    where = (f"payload offset {m['payload_offset']}" if m["where"] == "payload" else f"header offset {m['offset']}")
+    out.line(f"; {out.addr(r['address'])} is at its {where}" if r["address"] != s["address"] else "")
+    if not r.get("on_list"):
+        out.line("  not on the walked list (found by its header alone)", WARNING)
+    out.line("header:", HEADING)
+    if r.get("fields_error"):
+        out.line(f"  unreadable: {r['fields_error']}", ERROR)
+    rows = []
+    for f in r["fields"]:
+        value = f["value"]
+        text = out.addr(value) if f.get("pointer") else (f"{value} (0x{value:x})" if value > 9 else str(value))
+        pos = str(f["offset"]) + (f" bits {f['bits'][0]}+{f['bits'][1]}" if f.get("bits") else "")
+        rows.append([(f["name"], PLAIN), (pos, PLAIN), (str(f["size"]), PLAIN), (text, PLAIN)])
+    if rows:
+        out.table(["field", "offset", "size", "value"], rows)
+    p = r["payload"]
+    out.line(f"payload: first {p['shown']} of {p['size']} bytes" + (" (raise --bytes to see more)"
+                                                                     if p["shown"] < p["size"] and not p.get("error")
+                                                                     else ""), HEADING)
+    for line in hexdump_lines(bytes.fromhex(p["hex"]), p["address"], out.addr):
+        out.line(line)
+    if p.get("error"):
+        out.line(f"  {p['error']}", WARNING)
+    out.line("neighbours on the list:", HEADING)
+    for name in ("prev", "next"):
+        n = r["neighbours"][name]
+        seg = n["segment"]
+        if seg is None:
+            what = "none (NULL)" if not n["link"] else f"{out.addr(n['link'])}: no segment there"
+            out.line(f"  {name}  {what}", PLAIN if not n["link"] else ERROR)
+            continue
+        line = (f"  {name}  {out.addr(seg['address'])}  {seg['state']:<4}  size {seg['size']}  "
+                f"payload {out.addr(seg['payload'])}")
+        if not n["agrees"]:
+            line += f"  (but its {name} link holds {out.addr(n['link']) if n['link'] else 'NULL'})"
+        out.line(line, STATE_TOKEN.get(seg["state"], PLAIN) if n["agrees"] else ERROR)
+    if r["findings"]:
+        out.line("findings touching it:", HEADING)
+        findings_lines(r["findings"], out)
+    else:
+        out.line("findings touching it: none ('kheap check' judged the whole heap)", OK)
+    out.notes(r.get("notes", []))
+
+
+def hexdump_lines(data: bytes, address: int, addr: Any, per_line: int = 16) -> List[str]:
+    """``address  hex bytes (two groups of 8)  |ascii|`` lines as ``xxd``/``hexdump -C`` print
+    them; the ASCII column shows printable bytes and ``.`` for the rest (never raw control
+    characters from target memory)."""
+    lines = []
+    for i in range(0, len(data), per_line):
+        chunk = data[i:i + per_line]
+        hexes = [f"{b:02x}" for b in chunk] + ["  "] * (per_line - len(chunk))
+        half = per_line // 2
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"  {addr(address + i)}  {' '.join(hexes[:half])}  {' '.join(hexes[half:])}  |{text}|")
+    return lines
 
 
 @renders("map")

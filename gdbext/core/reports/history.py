@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from ..debuginfo import code_info
 from ..snapshot import Snapshot, SnapshotDiff
 from ..text import format_address
 from ..watch import describe_operation
-from .base import ERROR, FREE, OK, PLAIN, USED, Text, clean, renders, report_base
+from .base import ERROR, FREE, OK, PLAIN, USED, Text, clean, culprit_bytes, renders, report_base
 
-__all__ = ["snapshot_report", "diff_report", "watch_report", "watch_stop_report", "history_report", "leaks_report"]
+__all__ = ["snapshot_report", "diff_report", "watch_report", "watch_stop_report", "history_report", "leaks_report",
+           "leak_sources", "call_site", "DIFF_LIMIT"]
 
 
 def snapshot_report(snapshot: Snapshot) -> Dict[str, Any]:
@@ -18,10 +20,25 @@ def snapshot_report(snapshot: Snapshot) -> Dict[str, Any]:
     return clean(snapshot.to_json())
 
 
-def diff_report(diff: SnapshotDiff, pointer_size: int = 4) -> Dict[str, Any]:
-    """``kheap diff``: new, freed and resized allocations, and live growth (the leak view)."""
+DIFF_LIMIT = 50          # blocks each list of ``kheap diff`` shows by default
+
+
+def diff_report(diff: SnapshotDiff, pointer_size: int = 4, limit: Optional[int] = DIFF_LIMIT) -> Dict[str, Any]:
+    """``kheap diff``: new, freed and resized allocations, and live growth (the leak view).
+
+    Each block is listed by its payload (what kmalloc returned, what a user greps for; as
+    ``kheap leaks`` lists them) and its header. ``limit``: at most that many blocks per list
+    (None or 0: all); ``counts`` has every list's length and ``not_shown`` what was left out."""
     d = report_base("diff", pointer_size=pointer_size)
     d.update(diff.to_json())
+    counts = {k: len(d[k]) for k in ("new", "freed", "resized")}
+    if limit:
+        for k in counts:
+            d[k] = d[k][:limit]
+        d["new_by_size"] = sorted(d["new_by_size"], key=lambda x: -x[0] * x[1])[:limit]
+    d["limit"] = limit or None
+    d["counts"] = counts
+    d["not_shown"] = {k: counts[k] - len(d[k]) for k in counts}
     return clean(d)
 
 
@@ -36,26 +53,27 @@ def _render_diff(r: Dict[str, Any], out: Text) -> None:
     live = r["live"]
     tags = r.get("tags", {})
     grow = live["bytes_growth"]
+    counts = r.get("counts") or {k: len(r[k]) for k in ("new", "freed", "resized")}
+    hidden = r.get("not_shown") or {}
     out.add(f"{tags.get('before') or 'before'} -> {tags.get('after') or 'after'}: live bytes "
             f"{live['bytes_before']} -> {live['bytes_after']} (")
     out.add(f"{grow:+d}", ERROR if grow > 0 else OK).add(f"), allocations {live['count_before']} -> "
                                                           f"{live['count_after']} ({live['count_growth']:+d})").nl()
-    out.line(f"new: {len(r['new'])}  freed: {len(r['freed'])}  resized: {len(r['resized'])}")
+    out.line(f"new: {counts['new']}  freed: {counts['freed']}  resized: {counts['resized']}")
     if r["new_by_size"]:
         out.line("new allocations by size (possible leaks):")
         out.table(["size", "count", "bytes"], [[(str(s), PLAIN), (str(c), USED), (str(s * c), PLAIN)]
                                               for s, c in sorted(r["new_by_size"], key=lambda x: -x[0] * x[1])])
-    for name, items, tok in (("new", r["new"], USED), ("freed", r["freed"], FREE)):
-        if items:
-            out.line(f"{name}:")
-            out.table(["address", "size"], [[(out.addr(a), tok), (str(s), PLAIN)] for a, s in items[:200]])
-            if len(items) > 200:
-                out.line(f"  ... {len(items) - 200} more")
-    if r["resized"]:
-        out.line("resized:")
-        out.table(["address", "old", "new"], [[(out.addr(a), PLAIN), (str(o), PLAIN), (str(n), PLAIN)]
-                                              for a, o, n in r["resized"]])
-
+    for name, tok in (("new", USED), ("freed", FREE), ("resized", PLAIN)):
+        items = r[name]
+        if not items:
+            continue
+        out.line(f"{name}:")
+        head = ["payload", "header", "size"] + (["was"] if name == "resized" else [])
+        out.table(head, [[(out.addr(b["payload"]), tok), (out.addr(b["header"]), PLAIN), (str(b["size"]), PLAIN)]
+                         + ([(str(b["old_size"]), PLAIN)] if name == "resized" else []) for b in items])
+        if hidden.get(name):
+            out.line(f"  ... {hidden[name]} more not shown (raise --limit, or --limit 0 for all)")
 
 
 def watch_report(action: str, status: Dict[str, Any]) -> Dict[str, Any]:
@@ -101,16 +119,40 @@ def _render_watch_and_page(report: Dict[str, Any], out: Text) -> None:
         out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {page['operations']} operations)")
 
 
+def call_site(prog: Any, caller_pc: Optional[int]) -> Optional[str]:
+    """``file:line`` of the call that returns to ``caller_pc`` (the line of the instruction
+    before the return address), from the ELF's DWARF; None without it."""
+    if not caller_pc or prog is None:
+        return None
+    try:
+        return code_info(prog.elf).line_at(caller_pc - 1)
+    except Exception:  # noqa: BLE001 - no line table: the symbol alone is shown
+        return None
+
+
 def history_report(pointer_size: int, target: Optional[int], operations: List[Any], matched: int,
-                   counters: Dict[str, Any], first_free: Any = None, allocated_by: Any = None) -> Dict[str, Any]:
-    """``kheap history [ADDR]``: the recorded operations (all, or those touching ADDR)."""
+                   counters: Dict[str, Any], first_free: Any = None, allocated_by: Any = None,
+                   prog: Any = None) -> Dict[str, Any]:
+    """``kheap history [ADDR]``: the recorded operations (all, or those touching ADDR); with
+    ``prog`` each has ``caller_source``: the file:line of its call."""
     d = report_base("history", pointer_size=pointer_size)
+
+    def op_json(o: Any) -> Dict[str, Any]:
+        out = o.to_json()
+        out["caller_source"] = call_site(prog, o.caller_pc)
+        return out
+
     d.update({"address": target, "matched": matched, "not_shown": matched - len(operations),
-              "operations": [o.to_json() for o in operations], "counters": counters})
+              "operations": [op_json(o) for o in operations], "counters": counters})
     if target is not None:
-        d["first_free"] = first_free.to_json() if first_free else None
-        d["allocated_by"] = allocated_by.to_json() if allocated_by else None
+        d["first_free"] = op_json(first_free) if first_free else None
+        d["allocated_by"] = op_json(allocated_by) if allocated_by else None
     return clean(d)
+
+
+def _operation_line(op: Dict[str, Any], fmt: Any) -> str:
+    line = describe_operation(op, fmt)
+    return line + (f" at {op['caller_source']}" if op.get("caller_source") else "")
 
 
 @renders("history")
@@ -119,12 +161,31 @@ def _render_history(r: Dict[str, Any], out: Text) -> None:
             else f"{r['matched']} operations recorded")
     out.line(head + (f" ({r['not_shown']} earlier not shown)" if r["not_shown"] else ""))
     for op in r["operations"]:
-        out.line(describe_operation(op, lambda a: out.addr(a) if a else "NULL"))
+        out.line(_operation_line(op, lambda a: out.addr(a) if a else "NULL"))
+
+
+def leak_sources(prog: Any, watch: Any, groups: List[Dict[str, Any]]) -> None:
+    """Add ``sources`` to each group of :meth:`Watch.leaks`: the file:line of each call that
+    allocated its blocks (the outermost call's, as the group's caller is: kcalloc's own
+    kmalloc is not the caller), most blocks first."""
+    by_index = {o.index: o for o in watch.history}
+    for g in groups:
+        lines: Dict[str, int] = {}
+        for payload in g["blocks"]:
+            op = watch.live.get(payload)
+            while op is not None and op.parent is not None and op.parent in by_index:
+                op = by_index[op.parent]
+            where = call_site(prog, op.caller_pc) if op is not None and op.parent is None else None
+            if where:
+                lines[where] = lines.get(where, 0) + 1
+        g["sources"] = sorted(lines, key=lambda k: (-lines[k], k))
 
 
 def leaks_report(pointer_size: int, mark: int, groups: List[Dict[str, Any]], blocks_shown: int = 8,
                  mark_set: bool = False) -> Dict[str, Any]:
-    """``kheap leaks``: live allocations since the mark, by caller (``mark_set``: --mark ran)."""
+    """``kheap leaks``: live allocations since the mark, by caller (``mark_set``: --mark ran);
+    each group's ``blocks`` are payload addresses (what kmalloc returned), ``sources`` the
+    calls' file:line (:func:`leak_sources`)."""
     d = report_base("leaks", pointer_size=pointer_size)
     d.update({"mark": mark, "groups": groups, "count": sum(g["count"] for g in groups),
               "bytes": sum(g["bytes"] for g in groups), "blocks_shown": blocks_shown, "mark_set": mark_set})
@@ -137,12 +198,15 @@ def _render_leaks(r: Dict[str, Any], out: Text) -> None:
         out.line(f"kheap leaks: mark set at operation #{r['mark']}")
         return
     out.line(f"{r['count']} live blocks ({r['bytes']} bytes) allocated since operation #{r['mark']} "
-             "and not freed, by caller:")
+             "and not freed, by caller (payload addresses, as kmalloc returned them):")
     n = r.get("blocks_shown", 8)
     for g in r["groups"]:
         shown = ", ".join(out.addr(b) for b in g["blocks"][:n])
         more = f" (+{len(g['blocks']) - n} more)" if len(g["blocks"]) > n else ""
         out.line(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")
+        if g.get("sources"):
+            out.line(f"  {'':<28} at {', '.join(g['sources'][:4])}"
+                     + (f" (+{len(g['sources']) - 4} more)" if len(g["sources"]) > 4 else ""))
 
 
 _STOP_REASONS = {"bad-pointer": "bad pointer passed to the allocator",
@@ -166,14 +230,12 @@ def _render_watch_stop(r: Dict[str, Any], out: Text) -> None:
     out.line(f"kheap watch: stopped: {_STOP_REASONS.get(r['reason'], r['reason'])}")
     if r.get("operation"):
         out.line(f"  operation: {describe_operation(r['operation'], fmt)}")
-    for f in r["findings"]:
-        if f["severity"] != "error":
-            continue
+    errors = [f for f in r["findings"] if f["severity"] == "error"]
+    for i, f in enumerate(errors):
         out.line(f"  {f['code']} at {fmt(f['address'])}: {f['message']}")
         c = f.get("culprit")
-        if c:
-            out.line(f"    culprit: {fmt(c['address'])} ({c['reason']})"
-                     + (f" [{c['classification']}: {c['detail']}]" if c["classification"] else ""))
+        if c and (i + 1 == len(errors) or errors[i + 1].get("culprit") != c):    # once per header
+            out.line(f"    culprit: {fmt(c['address'])} ({c['reason']}){culprit_bytes(c, addr=fmt)}")
     if r.get("allocated_by"):
         out.line(f"  allocated by: {describe_operation(r['allocated_by'], fmt)}")
     if r.get("first_free"):

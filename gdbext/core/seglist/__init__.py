@@ -129,14 +129,37 @@ class SegmentList:
         off = walk.payload_offset
         return [(a + off if off < e else a + e, a + e) for a, e, _, _ in blocks]
 
-    def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, int]]:
+    def links_into(self, walk: HeapWalk, address: int, span: int) -> List[Dict[str, Any]]:
         """The ``next``/``prev`` links whose value is within ``span`` bytes below ``address``
-        (a kernel following a clobbered link faults at that value plus a field offset)."""
+        (a kernel following a clobbered link faults at that value plus a field offset);
+        ``reads``: the header field at that offset, by the kernel's name (what it was reading)."""
         out = []
         for a, (nxt, prev, _, _) in zip(walk.addresses, walk.all_fields()):
             for name, value in (("next", nxt), ("prev", prev)):
                 if value and value <= address < value + span:
-                    out.append({"segment": a, "field": name, "value": value, "offset": address - value})
+                    out.append({"segment": a, "field": name, "value": value, "offset": address - value,
+                                "reads": _field_at(walk._layout, address - value)})
+        return out
+
+    def header_fields(self, prog: Any, address: int) -> List[Dict[str, Any]]:
+        """Every field of the header at ``address`` as read, by the kernel's names, in offset
+        order: ``{name, role (next, prev, is_allocated, segment_size or None for an extra
+        field), offset, size, value, pointer}`` (a bit-field also ``bits``: ``[shift, width]``)
+        (``kheap show``). Raises MemoryFault when the header cannot be read."""
+        layout = layout_of(prog)
+        raw = prog.read(address, layout.header_size)
+        values = layout.struct.decode(raw)
+        roles = {f.name: role for role, f in layout.fields.items()}
+        out = []
+        for f in sorted(layout.struct.fields, key=lambda f: (f.offset, f.bit_shift or 0)):
+            if f.name not in values:
+                continue
+            row: Dict[str, Any] = {"name": f.name, "role": roles.get(f.name), "offset": f.offset,
+                                   "size": f.size, "value": values[f.name],
+                                   "pointer": f.is_pointer or roles.get(f.name) in ("next", "prev")}
+            if f.is_bitfield:
+                row["bits"] = [f.bit_shift, f.bit_size]
+            out.append(row)
         return out
 
     def blame_range(self, prog: Any, finding: Finding) -> Optional[Tuple[int, int, str]]:
@@ -151,6 +174,14 @@ class SegmentList:
         from .blame import range_at
         return range_at(prog, address)
 
+
+def _field_at(layout: Any, offset: int) -> Optional[str]:
+    """The name of the header field(s) holding byte ``offset`` of a header (bit-fields sharing
+    a word: ``is_allocated/segment_size``), or None past them."""
+    if layout is None:
+        return None
+    names = [f.name for f in layout.struct.fields if f.offset <= offset < f.offset + f.size]
+    return "/".join(dict.fromkeys(names)) or None
 
 
 class SegmentValidator:

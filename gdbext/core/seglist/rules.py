@@ -438,7 +438,8 @@ def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding])
                            "a list update (split, merge, unlink) probably skipped it", "heap-pointer",
                            f"prev = {fmt(h.prev)}")
         kind, detail = classify_bytes(prog, h.prev.to_bytes(prog.pointer_size, prog.byteorder))
-        return Culprit(before.address, "only the prev word was overwritten", kind, detail)
+        return Culprit(before.address, "only the prev word was overwritten", kind, detail,
+                       h.address + prog.layouts.segment.fields["prev"].offset, "prev")
     if codes <= _SIZE_CODES and _well_formed(prog, h, place):
         nxt = "NULL" if h.next == 0 else fmt(h.next)
         what = (f"it ends at {fmt(h.end)} but its next is {nxt}" if h.next else
@@ -447,19 +448,21 @@ def culprit_for(prog: Any, h: Header, place: Place, problems: Sequence[Finding])
                        f"segment_size ({h.segment_size}) does not: {what}; the allocator's own split or merge "
                        "computed that size (e.g. a merge that added the wrong neighbour's size), not an overwrite",
                        "header", f"is_allocated={h.is_allocated} segment_size={h.segment_size} next={nxt} "
-                       f"prev={'NULL' if h.prev == 0 else fmt(h.prev)}")
+                       f"prev={'NULL' if h.prev == 0 else fmt(h.prev)}", h.address, "header")
     try:
         raw = prog.read(h.address, place.header_size)
     except MemoryFault:
         raw = b""
     kind, detail = classify_bytes(prog, raw)
+    seen = (h.address, "header") if kind else (None, "")      # whose bytes these are
     if before is None or place.first:
-        return Culprit(None, "first segment of the heap: nothing before it to overflow", kind, detail)
+        return Culprit(None, "first segment of the heap: nothing before it to overflow", kind, detail, *seen)
     if before.is_allocated == 1:
-        return Culprit(before.address, "overflow from the allocated segment before it", kind, detail)
+        return Culprit(before.address, "overflow from the allocated segment before it", kind, detail, *seen)
     if before.is_allocated == 0:
-        return Culprit(before.address, "write past the free segment before it (use after free?)", kind, detail)
-    return Culprit(before.address, "the segment before it is corrupt too", kind, detail)
+        return Culprit(before.address, "write past the free segment before it (use after free?)", kind, detail,
+                       *seen)
+    return Culprit(before.address, "the segment before it is corrupt too", kind, detail, *seen)
 
 
 def _with_culprit(prog: Any, h: Header, place: Place, problems: List[Finding]) -> List[Finding]:
@@ -775,7 +778,8 @@ def _poison_findings(prog: Any, poison: int, off: int, buf: Any, base: int,
                            f"0x{poison:02x} overwritten from payload offset {first}",
                            {"segment": a, "payload": a + off, "offset": first, "last_offset": last - 1,
                             "changed_bytes": changed, "poison": poison},
-                           Culprit(a, "written after it was freed (use after free)", kind, detail)))
+                           Culprit(a, "written after it was freed (use after free)", kind, detail,
+                                   a + off + first, "payload")))
     return out
 
 
