@@ -366,7 +366,8 @@ def _show(session, args):
                 else "is inside the heap but in no segment on the list")
         raise CommandError(f"kheap show: {prog.fmt(target)} {what}; no segment to show")
     report = reports.show_report(prog, target, match, check(prog, pages=False), args.bytes)
-    return _outcome(report, report["errors"] > 0)
+    return _outcome(report, report["errors"] > 0,
+                    named=NamedSegment(match.segment.address, match.segment.payload))
 
 
 def _pages_options(parser):

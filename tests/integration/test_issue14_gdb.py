@@ -118,7 +118,8 @@ def test_find_and_walk_around_leave_the_segment_in_dollar_underscore(vm_pool, ar
                   [f"kheap find {header + 40:#x} --json", "print $_", "print $__", "print *$_",
                    f"kheap walk --around {truth[4][0] + 20:#x} --context 1",
                    "print/x (unsigned long)$_", "print/x (unsigned long)$__",
-                   "kheap find 0x10", "print/x (unsigned long)$_"])
+                   "kheap find 0x10", "print/x (unsigned long)$_",
+                   f"kheap show {truth[3][0] + 40:#x} --bytes 16", "print/x (unsigned long)$_"])
     found = run.json(0)["match"]["segment"]
     assert found["address"] == header
     assert re.search(rf"\(\w+ \*\) {header:#x}\b", run.output(1)), run.steps[1]
@@ -128,6 +129,7 @@ def test_find_and_walk_around_leave_the_segment_in_dollar_underscore(vm_pool, ar
     assert f"= {truth[4][0] + found['payload'] - header:#x}" in run.output(6)
     # A command that names no segment leaves them as they were (as 'info line' of no line does).
     assert f"= {truth[4][0]:#x}" in run.output(8)
+    assert f"= {truth[3][0]:#x}" in run.output(10), run.steps[10]          # kheap show names one too
 
 
 @pytest.mark.parametrize("arch", ARCHES)
