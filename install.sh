@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for kheap: system packages, the lldb Python path fix, a venv
-# that gdb's and lldb's embedded Python can use, the bundled kernel, its build-time variants
-# and the Go target (userland/mazarin). Safe to run again: every step checks first and says
-# whether it did something or found it done.
+# that gdb's and lldb's embedded Python can use (with .venv/bin/kheap and the lldb launcher
+# .venv/bin/kheap-lldb), the bundled kernel, its build-time variants and the Go target
+# (userland/mazarin). Safe to run again: every step checks first and says whether it did
+# something or found it done.
 #
 #   ./install.sh                 install everything (asks before touching ~/.gdbinit on a tty)
 #   ./install.sh --demo          ... then boot the bundled kernel in QEMU and inspect its heap
@@ -30,7 +31,7 @@ for arg in "$@"; do
         --test) then_run=test ;;
         --gdbinit) init_choice=yes ;;
         --no-gdbinit) init_choice=no ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -92,6 +93,16 @@ fi
 # compileall only redoes files that changed.
 "$venv/bin/python" -m compileall -q "$repo/gdbext" >/dev/null
 say "venv: kheap byte-compiled"
+
+# The lldb launcher beside .venv/bin/kheap: lldb's embedded Python takes its prefix from the first
+# python3 on PATH (pyenv, conda, this very venv when activated) and then fails before kheap loads;
+# bin/kheap-lldb starts lldb with the system's python3 first and kheap loaded.
+if [ "$(readlink "$venv/bin/kheap-lldb" 2>/dev/null)" = "$repo/bin/kheap-lldb" ]; then
+    say "lldb launcher: $venv/bin/kheap-lldb already in place"
+else
+    ln -sfn "$repo/bin/kheap-lldb" "$venv/bin/kheap-lldb"
+    say "lldb launcher: created $venv/bin/kheap-lldb (lldb with kheap, whatever python3 is on PATH)"
+fi
 
 # 4. The bundled kernel, both builds (make rebuilds only what changed).
 if make -s -C "$repo/kernel" -q 2>/dev/null; then

@@ -38,6 +38,9 @@ class LldbSession(Session):
     """Session state for one lldb debugger; ``bind`` points it at a command's context."""
 
     face = "lldb"
+    # How this face spells the setting that turns tracebacks of kheap's own bugs on (the shared
+    # "internal error" line names it): lldb has no 'set kheap', kheap's settings are commands.
+    debug_hint = "kheap set debug on"
 
     def __init__(self):
         super().__init__()
@@ -72,13 +75,13 @@ class LldbSession(Session):
     def _process(self):
         process = self._context.GetProcess() if self._context is not None else None
         if process is None or not process.IsValid():
-            raise CommandError("no live target: connect first (gdb-remote HOST:PORT)")
+            raise CommandError("no live target: connect first (kheap connect HOST:PORT)")
         state = process.GetState()
         if state in (lldb.eStateRunning, lldb.eStateStepping):
             raise CommandError("the target is running: interrupt it first (process interrupt)")
         if state in (lldb.eStateExited, lldb.eStateDetached, lldb.eStateInvalid,
                      lldb.eStateUnloaded, lldb.eStateCrashed):
-            raise CommandError("the target is gone: reconnect with gdb-remote HOST:PORT")
+            raise CommandError("the target is gone: reconnect with kheap connect HOST:PORT")
         return process
 
     def elf_path(self):

@@ -16,7 +16,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GDB = "gdb-multiarch"
-LLDB = "lldb"
+# lldb is started the way users are told to start it: through kheap's launcher, which puts the
+# system's python3 first on PATH (lldb's embedded Python takes its prefix from the first python3
+# there, so a pyenv shim or an activated venv on the caller's PATH would break it) and loads kheap.
+LLDB = REPO / "bin" / "kheap-lldb"
+
+
+def lldb_argv(*arguments, load=True):
+    """argv for lldb through the launcher; ``load=False`` starts it without kheap."""
+    return [str(LLDB)] + ([] if load else ["--no-kheap"]) + list(arguments)
 
 
 @dataclass
@@ -115,9 +123,8 @@ def run_lldb(elf, port, commands, *, connect=True, load=True, timeout=120, pre=(
     """Run ``commands`` in one lldb session attached to QEMU's gdbstub on ``port``."""
 
     def argv(script):
-        line = [LLDB, "--batch", "--no-lldbinit", "-o", f"target create {Path(elf).resolve()}"]
-        if load:
-            line += ["-o", f"command script import {REPO / 'gdbext' / 'lldbinit.py'}"]
+        line = lldb_argv("--batch", "--no-lldbinit", "-o", f"target create {Path(elf).resolve()}",
+                         load=load)
         for command in pre:
             line += ["-o", command]
         if connect:

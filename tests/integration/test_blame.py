@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from debuggers import REPO, run_gdb, run_lldb
+from debuggers import REPO, lldb_argv, run_gdb, run_lldb
 from expectations import ARCHES
 from gdbext.targets.rsp import RemoteTarget
 
@@ -339,9 +339,8 @@ def test_gdb_asks_a_person_first(start_vm):
 
 def test_lldb_stops_on_ctrl_c_and_removes_everything(start_vm):
     vm = start_vm("arm", "stress")
-    term = Terminal(["lldb", "--no-lldbinit", "-o", f"target create {vm.elf}",
-                     "-o", f"command script import {REPO / 'gdbext' / 'lldbinit.py'}",
-                     "-o", f"kheap connect 127.0.0.1:{vm.gdb_port}"])
+    term = Terminal(lldb_argv("--no-lldbinit", "-o", f"target create {vm.elf}",
+                              "-o", f"kheap connect 127.0.0.1:{vm.gdb_port}"))
     try:
         term.expect("Process 1 stopped")
         term.send("kheap blame &heap_stats --size 4 --max-hits 0 -y\n")

@@ -8,22 +8,20 @@ reply answers lldb's QStartNoAckMode), so every test pauses the VM through QMP f
 get the same effect from ``kheap connect`` or by starting QEMU halted (see README).
 """
 
-import shutil
 import subprocess
 
 import pytest
 
-from debuggers import run_gdb, run_lldb
+from debuggers import lldb_argv, run_gdb, run_lldb
 from expectations import ARCHES, CORRUPTION_CODES, HEALTHY, assert_expected_findings
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lldb]
 
 
 def _lldb_has_python():
-    if shutil.which("lldb") is None:
-        return False
-    proc = subprocess.run(["lldb", "--batch", "--no-lldbinit", "-o", "script print(1 + 1)"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(lldb_argv("--batch", "--no-lldbinit", "-o", "script print(1 + 1)",
+                                    load=False),
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     return "2" in proc.stdout.splitlines()[-1:] or "\n2\n" in proc.stdout
 
 

@@ -21,6 +21,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 import variants as V
+from debuggers import lldb_argv
 from qemu.launcher import (CHECKPOINT_FUNCTION, GO_SCENARIOS, MACHINES, SCENARIO_TAGS,
                            find_tool)
 
@@ -495,10 +496,10 @@ def test_kheap_rsp_client_reads_through_the_proxy(go_build, pool):
 # -- lldb -------------------------------------------------------------------------------------------------
 
 def _lldb_read(elf, port, address, size):
-    argv = [find_tool("lldb"), "--batch", "--no-lldbinit", "-o", f"target create {elf}",
-            "-o", f"gdb-remote 127.0.0.1:{port}",
-            "-o", f"memory read --size {size} --format x --count 1 {address:#x}",
-            "-o", "process detach"]
+    argv = lldb_argv("--batch", "--no-lldbinit", "-o", f"target create {elf}",
+                     "-o", f"gdb-remote 127.0.0.1:{port}",
+                     "-o", f"memory read --size {size} --format x --count 1 {address:#x}",
+                     "-o", "process detach", load=False)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                          stdin=subprocess.DEVNULL).stdout
     m = re.search(rf"^0x0*{address:x}: (0x[0-9a-f]+)", out, re.M)
