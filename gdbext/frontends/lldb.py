@@ -47,10 +47,17 @@ class LldbSession(Session):
         self._context = None
         self._stop_key = None
         self._watch = None
+        self._stub_answered = False    # the stub's stop reply just arrived: no probe needed
+        self.in_command = False        # a kheap command is running (blame's stops are its own)
 
-    def bind(self, exe_ctx):
-        """Use this command's execution context, dropping the cache if the target moved on."""
+    def bind(self, exe_ctx, fresh_stop=False):
+        """Use this command's execution context, dropping the cache if the target moved on.
+
+        ``fresh_stop``: lldb is handling the stop reply the stub just sent (a stop hook), so the
+        stub is alive and the liveness probe (a packet of its own) is skipped for that one use.
+        """
         self._context = exe_ctx
+        self._stub_answered = fresh_stop
         process = exe_ctx.GetProcess() if exe_ctx is not None else None
         key = None
         if process is not None and process.IsValid():
@@ -99,6 +106,8 @@ class LldbSession(Session):
         self._probe(self._process())
 
     def _probe(self, process):
+        if self._stub_answered:
+            return
         # After QEMU dies a stopped lldb still says "stopped" (it does not read its socket) and
         # serves ReadMemory from its own caches (code from the ELF file, data per stop), so ask
         # the stub itself: 'qC' is read-only and costs one round trip. (Not '?': its stop reply
@@ -218,7 +227,11 @@ class _KheapCommand:
         except ValueError as error:
             result.SetError(f"kheap {self.name}: {error}")
             return
-        outcome = commands.execute_to_text(_SESSION, self.name, argv)
+        _SESSION.in_command = True
+        try:
+            outcome = commands.execute_to_text(_SESSION, self.name, argv)
+        finally:
+            _SESSION.in_command = False
         if debugger.GetCommandInterpreter().WasInterrupted() and outcome.text:
             # lldb drops an interrupted command's result: what it saw goes to the output.
             stream = debugger.GetErrorFile() if outcome.is_error else debugger.GetOutputFile()
@@ -234,6 +247,59 @@ class _KheapCommand:
         return commands.long_help(self._command)
 
 
+_HOOK_CLASS = f"{__name__}.AutoCheckHook"
+
+
+def _run(debugger, line, exe_ctx=None):
+    """One lldb command through the interpreter; its SBCommandReturnObject."""
+    ret = lldb.SBCommandReturnObject()
+    interpreter = debugger.GetCommandInterpreter()
+    if exe_ctx is not None:
+        interpreter.HandleCommand(line, exe_ctx, ret)
+    else:
+        interpreter.HandleCommand(line, ret)
+    return ret
+
+
+def _auto_check_hooks(debugger, exe_ctx):
+    """The ids of the target's stop hooks that run kheap's auto-check, as lldb lists them (so a
+    hook deleted by hand, or left by an earlier import of kheap, is seen as it is)."""
+    listing = _run(debugger, "target stop-hook list", exe_ctx).GetOutput() or ""
+    ids, hook = [], None
+    for line in listing.splitlines():
+        words = line.replace(":", " ").split()
+        if len(words) >= 2 and words[0] == "Hook" and words[1].isdigit():
+            hook = int(words[1])
+        elif hook is not None and _HOOK_CLASS in line:
+            ids.append(hook)
+            hook = None
+    return ids
+
+
+def set_auto_check(debugger, exe_ctx, value):
+    """``kheap auto-check on|off`` (and ``kheap set auto-check``): exactly one stop hook while
+    on, none while off, however often either is asked for. Returns the message to print."""
+    target = exe_ctx.GetTarget() if exe_ctx is not None else None
+    if target is None or not target.IsValid():
+        target = debugger.GetSelectedTarget()
+    if target is None or not target.IsValid():
+        raise CommandError("kheap auto-check: no target: use 'target create "
+                           "kernel/build/<arch>/kernel.elf' first")
+    _SESSION.apply_setting("auto-check", value)
+    on = _SESSION.auto_check
+    context = lldb.SBExecutionContext(target)
+    hooks = _auto_check_hooks(debugger, context)
+    if on and not hooks:
+        ret = _run(debugger, f"target stop-hook add -P {_HOOK_CLASS}", context)
+        if not ret.Succeeded():
+            _SESSION.apply_setting("auto-check", "off")
+            raise CommandError(f"kheap auto-check: cannot add a stop hook: "
+                               f"{(ret.GetError() or 'failed').strip()}")
+    for hook in hooks[1:] if on else hooks:
+        _run(debugger, f"target stop-hook delete {hook}", context)
+    return f"kheap auto-check is {'on' if on else 'off'}"
+
+
 class AutoCheckCommand:
     """``kheap auto-check on|off``: check the heap at every stop through a stop hook."""
 
@@ -245,35 +311,40 @@ class AutoCheckCommand:
         if len(words) != 1 or words[0] not in ("on", "off"):
             result.SetError("usage: kheap auto-check on|off")
             return
-        target = exe_ctx.GetTarget() if exe_ctx is not None else None
-        if target is None or not target.IsValid():
-            target = debugger.GetSelectedTarget()
-        if target is None or not target.IsValid():
-            result.SetError("kheap auto-check: no target: use 'target create' first")
-            return
-        _SESSION.apply_setting("auto-check", words[0])
-        interpreter = debugger.GetCommandInterpreter()
-        ret = lldb.SBCommandReturnObject()
-        if words[0] == "on" and getattr(target, "_kheap_hook", None) is None:
-            interpreter.HandleCommand(
-                f"target stop-hook add -P {__name__}.AutoCheckHook", exe_ctx, ret)
-        result.AppendMessage(f"kheap auto-check is {words[0]}")
+        try:
+            result.AppendMessage(set_auto_check(debugger, exe_ctx, words[0]))
+        except CommandError as error:
+            result.SetError(str(error))
 
     def get_short_help(self):
         return "Check the heap at every stop (on|off)."
 
 
 class AutoCheckHook:
-    """A scripted stop hook; prints the one-line verdict when auto-check is on."""
+    """The scripted stop hook of ``kheap auto-check``: the one-line verdict at every stop.
+
+    lldb 14 runs stop hooks when its event loop takes the stop event, before it prints the stop
+    ("Process N stopped", the frame), so the verdict comes first; in a script or ``--batch`` the
+    command's own "Process N resuming" comes after it too. lldb has no later hook (the stop's
+    printout is not extensible short of rewriting the user's thread-stop-format).
+
+    ``handle_stop`` returns True: "this thread votes to stop" (False would make lldb resume the
+    target, and a user's breakpoint stop would vanish). It sends no packet of its own (the stop
+    reply proves the stub alive), and it stays quiet at the stops a kheap command makes itself
+    (kheap blame's watchpoint stops run the target under its own control).
+    """
 
     def __init__(self, target, extra_args, internal_dict):
         pass
 
     def handle_stop(self, exe_ctx, stream):
-        if not _SESSION.auto_check:
+        if not _SESSION.auto_check or _SESSION.in_command:
             return True
-        _SESSION.bind(exe_ctx)
-        outcome = commands.execute_to_text(_SESSION, "check", ["--verdict"])
+        _SESSION.bind(exe_ctx, fresh_stop=True)
+        try:
+            outcome = commands.execute_to_text(_SESSION, "check", ["--verdict"])
+        finally:
+            _SESSION._stub_answered = False
         stream.Print(outcome.text if outcome.text.endswith("\n") else outcome.text + "\n")
         return True
 
@@ -335,6 +406,9 @@ class SettingsCommand:
                 return
             if len(words) != 2 or words[0] not in names:
                 raise CommandError(f"usage: kheap set NAME VALUE (NAME: {', '.join(names)})")
+            if words[0] == "auto-check":         # the setting is the stop hook: one way in
+                set_auto_check(debugger, exe_ctx, words[1])
+                return
             _SESSION.apply_setting(words[0], words[1])
         except CommandError as error:
             result.SetError(str(error))
