@@ -160,24 +160,16 @@ class LldbSession(Session):
         if not thread.IsValid():
             thread = process.GetSelectedThread()
         frames = []
-        for index in range(min(thread.GetNumFrames(), frame_limit)):
-            frame = thread.GetFrameAtIndex(index)
+        for frame, pc in _frames(thread, frame_limit):
             line = frame.GetLineEntry()
             source = ""
             if line.IsValid() and line.GetFileSpec().IsValid():
                 source = f"{line.GetFileSpec().GetFilename()}:{line.GetLine()}"
-            frames.append({"pc": frame.GetPC(), "function": frame.GetFunctionName() or "??",
-                           "source": source})
-        registers = {}
-        if thread.GetNumFrames():
-            for register_set in thread.GetFrameAtIndex(0).GetRegisters():
-                if "general" not in (register_set.GetName() or "").lower():
-                    continue
-                for register in register_set:
-                    registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
+            frames.append({"pc": pc, "function": frame.GetFunctionName() or "??", "source": source})
         return StopPlace(pc=frames[0]["pc"] if frames else None,
                          function=frames[0]["function"] if frames else None,
-                         frames=frames, registers=registers, thread=thread.GetIndexID())
+                         frames=frames, registers=_general_registers(thread),
+                         thread=thread.GetIndexID())
 
     def core_states(self, frame_limit=64):
         """Every core (a thread of QEMU's gdbstub): general registers and frames with SP."""
@@ -187,19 +179,37 @@ class LldbSession(Session):
         cores = []
         for index in range(process.GetNumThreads()):
             thread = process.GetThreadAtIndex(index)
-            registers, frames = {}, []
-            if thread.GetNumFrames():
-                for register_set in thread.GetFrameAtIndex(0).GetRegisters():
-                    if "general" not in (register_set.GetName() or "").lower():
-                        continue
-                    for register in register_set:
-                        registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
-            for level in range(min(thread.GetNumFrames(), frame_limit)):
-                frame = thread.GetFrameAtIndex(level)
-                frames.append({"pc": frame.GetPC(), "function": frame.GetFunctionName() or "??",
-                               "sp": frame.GetSP() & _MASK64})
-            cores.append(CoreState(thread.GetIndexID(), registers, frames))
+            frames = [{"pc": pc, "function": frame.GetFunctionName() or "??",
+                       "sp": frame.GetSP() & _MASK64} for frame, pc in _frames(thread, frame_limit)]
+            cores.append(CoreState(thread.GetIndexID(), _general_registers(thread), frames))
         return cores
+
+
+def _frames(thread, limit):
+    """(SBFrame, pc) for the newest ``limit`` frames, each pc as gdb gives it.
+
+    A function inlined into another is a frame of its own in both debuggers, but lldb gives the
+    frame it was inlined into the address of the call site, where gdb (and the hardware) has one
+    pc for the whole physical frame. Frames above an inlined one get that pc here, so triage and
+    the stack slots of leaks --scan/refs say the same in lldb as in gdb."""
+    pc = None
+    for index in range(min(thread.GetNumFrames(), limit)):
+        frame = thread.GetFrameAtIndex(index)
+        if pc is None or not thread.GetFrameAtIndex(index - 1).IsInlined():
+            pc = frame.GetPC()
+        yield frame, pc
+
+
+def _general_registers(thread):
+    """The newest frame's registers of lldb's "general" set, by name."""
+    registers = {}
+    if thread.GetNumFrames():
+        for register_set in thread.GetFrameAtIndex(0).GetRegisters():
+            if "general" not in (register_set.GetName() or "").lower():
+                continue
+            for register in register_set:
+                registers[register.GetName()] = register.GetValueAsUnsigned() & _MASK64
+    return registers
 
 
 _SESSION = LldbSession()
@@ -210,6 +220,50 @@ def _emit(result, outcome):
         result.SetError(outcome.text.rstrip("\n"))
     elif outcome.text:
         result.AppendMessage(outcome.text.rstrip("\n"))
+
+
+def _result_segment(report):
+    """(header, payload) of the one segment a report is about, or None: find's match, refs' or
+    show's segment, the row of walk --around that holds the address."""
+    match = report.get("match")
+    segment = match.get("segment") if isinstance(match, dict) else report.get("segment")
+    around = (report.get("filter") or {}).get("around") if report.get("report") == "walk" else None
+    if around is not None:
+        segment = next((s for s in report.get("segments", ())
+                        if s["address"] <= around < s["address"] + max(s.get("size") or 0, 1)), None)
+    if isinstance(segment, dict) and isinstance(segment.get("address"), int):
+        return segment["address"], segment.get("payload")
+    return None
+
+
+def _set_result_variables(debugger, exe_ctx, report):
+    """gdb's convention in lldb's words: after a command about one segment, the persistent
+    variables ``$_`` (a pointer to its header, typed: ``p *$_``) and ``$__`` (its payload,
+    ``void *``: ``memory read $__``). Best effort: a failure changes nothing and says nothing."""
+    found = _result_segment(report)
+    if found is None:
+        return
+    header, payload = found
+    prog = _SESSION._program            # the command's own Program (no new read or probe)
+    try:
+        facts = prog.allocator.facts(prog).get("segment_type", {}) if prog is not None else {}
+    except Exception:  # noqa: BLE001 - the command already answered; the variables are extra
+        facts = {}
+    names = describe.type_spellings([facts["name"]]) if facts.get("source") == "DWARF type" else []
+    _set_variable(debugger, exe_ctx, "$_", [f"{name} *" for name in names] + ["void *"], header)
+    if payload is not None:
+        _set_variable(debugger, exe_ctx, "$__", ["void *"], payload)
+
+
+def _set_variable(debugger, exe_ctx, name, types, value):
+    """``name = (type)value`` as an lldb persistent variable: assigned if it exists (lldb 14
+    refuses to declare one twice), else declared with the first type lldb accepts."""
+    quiet = "expression --ignore-breakpoints true --unwind-on-error true -- "
+    for spelling in types:
+        if _run(debugger, f"{quiet}(void)({name} = ({spelling})0x{value:x})", exe_ctx).Succeeded():
+            return
+        if _run(debugger, f"{quiet}{spelling}{name} = ({spelling})0x{value:x}", exe_ctx).Succeeded():
+            return
 
 
 class _KheapCommand:
@@ -232,6 +286,8 @@ class _KheapCommand:
             outcome = commands.execute_to_text(_SESSION, self.name, argv)
         finally:
             _SESSION.in_command = False
+        if outcome.data is not None:
+            _set_result_variables(debugger, exe_ctx, outcome.data)
         if debugger.GetCommandInterpreter().WasInterrupted() and outcome.text:
             # lldb drops an interrupted command's result: what it saw goes to the output.
             stream = debugger.GetErrorFile() if outcome.is_error else debugger.GetOutputFile()
@@ -444,12 +500,26 @@ def _summary(tag):
 
     def summary(valobj, internal_dict):
         try:
+            pointer = valobj.TypeIsPointerType()
+            if pointer:
+                # lldb hands a summary the pointers to its type too: describe what they point
+                # to ("" is no summary; lldb would print None as "None").
+                pointee = valobj.GetValueAsUnsigned()
+                if pointee == 0:
+                    return ""
+                # Fresh from memory: Dereference() of a persistent variable ($_) keeps the
+                # pointee it first saw, whatever the variable was assigned since.
+                valobj = valobj.CreateValueFromAddress("*", pointee, valobj.GetType().GetPointeeType())
+                if not valobj.IsValid() or valobj.GetError().Fail():
+                    return "<unreadable>"
             process = valobj.GetProcess()
             _SESSION.bind(lldb.SBExecutionContext(process.GetSelectedThread().GetSelectedFrame())
                           if process.IsValid() else None)
             address = valobj.GetLoadAddress()
             error = lldb.SBError()
             raw = valobj.GetData().ReadRawData(error, 0, valobj.GetByteSize())
+            if pointer and (error.Fail() or not raw):
+                return "<unreadable>"
             return describe(_SESSION, address if address != lldb.LLDB_INVALID_ADDRESS else None,
                             bytes(raw or b""))
         except Exception as error:  # noqa: BLE001 - a summary must never break 'frame variable'

@@ -224,3 +224,61 @@ def test_launcher_loads_kheap_whatever_python3_is_first_on_path(vm_pool, tmp_pat
     assert "kheap loaded" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "kheap check: CORRUPT" in proc.stdout and "HEAP-FLAG" in proc.stdout, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_triage_leaks_and_refs_say_what_gdb_says(vm_pool, arch):
+    """Issue 14 (conventions): lldb's triage, leaks --scan and refs --dangling equal gdb's on
+    the crash scenario, where the stop is in a function inlined into another (kernel_idle into
+    kernel_panic): one pc for the physical frame in both, and the same register roots.
+    (gdb names a frame's file as DWARF spells it, src/panic.c; lldb and the core, panic.c.)"""
+    commands = ["kheap triage --json", "kheap leaks --scan --json", "kheap refs --dangling --json"]
+    vm = vm_pool.get(arch, "crash")
+    gdb_run = run_gdb(vm.elf, vm.gdb_port, commands)
+    vm.qmp("stop")
+    try:
+        lldb_run = run_lldb(vm.elf, vm.gdb_port, commands)
+    finally:
+        vm.qmp("cont")
+    for index, command in enumerate(commands):
+        from_gdb, from_lldb = gdb_run.json(index), lldb_run.json(index)
+        for frame in from_gdb.get("stop", {}).get("frames", []):
+            frame["source"] = os.path.basename(frame["source"])
+        assert from_lldb == from_gdb, command
+    frames = lldb_run.json(0)["stop"]["frames"]
+    assert [f["function"] for f in frames[:2]] == ["kernel_idle", "kernel_panic"]
+    assert frames[0]["pc"] == frames[1]["pc"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_find_and_walk_around_leave_the_segment_in_dollar_variables(vm_pool, arch):
+    """Issue 14 (conventions): as gdb's $_ and $__ after kheap find / walk --around / refs, lldb
+    has the persistent variables $_ (the header, typed: p *$_) and $__ (the payload); a pointer
+    to a header gets the header's summary (not "<heap_segment_t: 8 bytes, need 24>")."""
+    vm = vm_pool.get(arch, "uaf")
+    segments = vm.checkpoints()[-1].segments
+    (first, first_size, _), (second, second_size, second_state) = segments[0], segments[1]
+    vm.qmp("stop")
+    run = run_lldb(vm.elf, vm.gdb_port, [
+        f"kheap find {second + 1:#x} --json", "p $_", "p *$_", "p $__",             # 0-3
+        f"kheap walk --around {first + 1:#x} --context 1", "p $_", "p $__",             # 4-6
+        f"kheap refs {second:#x}", "p $_", "p $_->prev->prev",                          # 7-9
+        "target variable heap_segment_list_head"])                                      # 10
+    for step in run.steps:
+        assert not step.error and "Traceback" not in step.output, step
+    width = 16 if arch == "aarch64" else 8
+
+    def pointer(name, address, state, size):
+        return f"{name} = 0x{address:0{width}x} heap_segment_t {{{state}, size={size}"
+
+    match = run.json(0)["match"]["segment"]
+    assert match["address"] == second
+    assert pointer("(heap_segment_t *) $_", second, second_state, second_size) in run.output(1)
+    assert run.output(2).startswith(f"(heap_segment_t) $0 = heap_segment_t {{{second_state}, "
+                                    f"size={second_size}")
+    assert run.output(3).strip() == f"(void *) $__ = 0x{match['payload']:0{width}x}"
+    assert pointer("$_", first, "used", first_size) in run.output(5)
+    assert run.output(6).strip() == f"(void *) $__ = 0x{first + match['payload'] - second:0{width}x}"
+    assert pointer("$_", second, second_state, second_size) in run.output(8)
+    assert run.output(9).strip().endswith("= NULL")                   # first's prev: no summary
+    assert pointer("heap_segment_list_head", first, "used", first_size) in run.output(10)
