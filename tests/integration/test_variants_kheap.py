@@ -306,3 +306,39 @@ def test_before_heap_init_says_not_initialised(pool, name):
         assert status == 2 and "the heap is not initialised yet" in err, (command, err)
         assert f"{t.symbols['list_head'].name} = NULL" in err and f"{t.symbols['num_pages'].name} = 0" in err
         assert "no symbol" not in err and "cannot locate" not in err
+
+
+# -- lldb: kheap inside it, on variants whose header differs -----------------------------------------
+
+LLDB_VARIANTS = ("bitfield/aarch64", "renamed/arm")
+
+
+@pytest.mark.lldb
+@pytest.mark.parametrize("name", LLDB_VARIANTS)
+def test_kheap_in_lldb(pool, name):
+    """lldb reads a bit-field header (bitfield) and renamed types and globals (renamed) as the CLI
+    does: check, walk and info equal; the type summaries and $_ use the kernel's own type."""
+    _need("lldb", "apt-get install lldb python3-lldb")
+    from debuggers import run_lldb
+    t = V.target(name)
+    target = pool.get(t, "overflow")
+    head = t.symbols["list_head"].name
+    commands = ["kheap check --json", "kheap walk --json", "kheap info --json",
+                f"target variable {head}", f"kheap find {target.checkpoints()[-1].segments[0][0] + 1:#x}",
+                "p *$_"]
+    target.qmp("stop")                  # lldb 14 cannot attach to a running QEMU (README)
+    try:
+        run = run_lldb(t.elf, target.gdb_port, commands, timeout=180)
+    finally:
+        target.qmp("cont")
+    assert len(run.steps) == len(commands), run.stdout[-2000:] + run.stderr[-2000:]
+    for step in run.steps:
+        assert not step.error and "Traceback" not in step.output, step
+    for index, command in enumerate(("check", "walk", "info")):
+        status, cli, _ = kheap(t, target.gdb_port, command)
+        assert run.json(index) == cli, command
+    first = run.json(1)["segments"][0]
+    assert f"({t.header_type} *) {head} = " in run.output(3)
+    assert f"{t.header_type} {{used, size={first['size']}, payload=0x{first['payload']:0{2 * t.pointer_size}x}" \
+        in run.output(3)
+    assert run.output(5).startswith(f"({t.header_type}) $0 = {t.header_type} {{used, size={first['size']}")
