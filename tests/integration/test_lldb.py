@@ -200,7 +200,7 @@ def _fake_python(root):
     return dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
 
 
-def test_launcher_loads_kheap_whatever_python3_is_first_on_path(vm_pool, tmp_path):
+def test_launcher_loads_kheap_whatever_python3_is_first_on_path(vm_pool, tmp_path, monkeypatch):
     """Issue 14 #18: with another python3 first on PATH plain lldb fails before kheap loads;
     kheap-lldb (install.sh links it as .venv/bin/kheap-lldb) loads kheap and checks the heap."""
     launcher = REPO / ".venv" / "bin" / "kheap-lldb"
@@ -224,6 +224,11 @@ def test_launcher_loads_kheap_whatever_python3_is_first_on_path(vm_pool, tmp_pat
     assert "kheap loaded" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "kheap check: CORRUPT" in proc.stdout and "HEAP-FLAG" in proc.stdout, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+    # The test harness starts lldb the same way: the caller's PATH does not matter to it either.
+    monkeypatch.setenv("PATH", env["PATH"])
+    run = run_lldb(vm.elf, vm.gdb_port, ["kheap check --verdict"], connect=False,
+                   pre=(f"kheap connect 127.0.0.1:{vm.gdb_port}",))
+    assert run.output(0).startswith("kheap: heap CORRUPT"), run.stdout[-2000:]
 
 
 @pytest.mark.parametrize("arch", ARCHES)
