@@ -82,6 +82,7 @@ class LldbSession(Session):
     def _process(self):
         process = self._context.GetProcess() if self._context is not None else None
         if process is None or not process.IsValid():
+            self._target()                       # no ELF either: say that first
             raise CommandError("no live target: connect first (kheap connect HOST:PORT)")
         state = process.GetState()
         if state in (lldb.eStateRunning, lldb.eStateStepping):
