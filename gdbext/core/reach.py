@@ -43,7 +43,6 @@ from operator import (add as add_op, and_ as and_op, floordiv as floordiv_op, gt
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .memory import MemoryFault
-from .triage import core_registers
 
 __all__ = ["StackRegion", "CoreState", "RootRange", "Roots", "StackSpecError", "stack_regions",
            "parse_stack_spec", "plan_roots", "gather_roots", "scan_words", "HeapIndex", "LeakScan", "leak_scan",
@@ -83,6 +82,14 @@ class CoreState:
     cpu: int
     registers: Dict[str, int]
     frames: List[Dict[str, Any]] = dc_field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The general-purpose registers only, as triage shows them: gdb's "general" group brings
+        # QEMU's hundreds of system registers, lldb's its vector registers, the CLI's 'g' neither;
+        # every face must see (and count) the same roots.
+        from .triage import core_registers
+
+        self.registers = core_registers(self.registers)
 
     @property
     def sp(self) -> Optional[int]:
@@ -268,10 +275,7 @@ def plan_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] 
         if not regions:
             notes.append("no stack symbols in the ELF (*stack_top): no stack is scanned "
                           "(set kheap stacks TOP:SIZE)")
-    # The general-purpose registers only, as triage shows them: gdb's "general" group brings
-    # QEMU's hundreds of system registers, lldb's its vector registers, the CLI's 'g' neither;
-    # every face must see the same roots.
-    cores = [CoreState(c.cpu, core_registers(c.registers), c.frames) for c in cores if c.registers]
+    cores = [c for c in cores if c.registers]
     with_sp = [c for c in cores if c.sp is not None]
     sections = [s for s in elf.sections if s.writable and s.size]
     if not sections:

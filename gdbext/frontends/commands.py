@@ -193,7 +193,6 @@ def describe_unexpected(session, name, error):
     line = f"kheap {name}: internal error: {type(error).__name__}: {_one_line(error)}"
     if getattr(session, "debug", False):
         return line + "\n" + traceback.format_exc()
-    # Each face spells the setting its own way (gdb's parameter, lldb's 'kheap set'): ask it.
     return line + f" ({getattr(session, 'debug_hint', 'set kheap debug on')} for details)"
 
 

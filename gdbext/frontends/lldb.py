@@ -38,9 +38,16 @@ class LldbSession(Session):
     """Session state for one lldb debugger; ``bind`` points it at a command's context."""
 
     face = "lldb"
-    # How this face spells the setting that turns tracebacks of kheap's own bugs on (the shared
-    # "internal error" line names it): lldb has no 'set kheap', kheap's settings are commands.
-    debug_hint = "kheap set debug on"
+
+    def setting_spelling(self, name, value=None):
+        """How an lldb user sets a kheap setting, for the hints and errors that name one: lldb
+        has no 'set kheap' (gdb's parameters); kheap's settings are its 'kheap set' command."""
+        return f"kheap set {name}" + ("" if value is None else f" {value}")
+
+    @property
+    def debug_hint(self):
+        """What the shared "internal error" line tells an lldb user to turn on."""
+        return self.setting_spelling("debug", "on")
 
     def __init__(self):
         super().__init__()
