@@ -36,7 +36,8 @@ PREFIX_SUMMARY = "Inspect and validate the kernel heap (heap_segment_t list and 
 class NamedSegment:
     """The one segment a command named (``find``, ``walk --around``, ``refs ADDR``): its
     header and its payload. Faces that can keep it do (gdb: ``$_`` and ``$__``, as ``x`` and
-    ``info line`` leave the address they looked at), so the next command can use it."""
+    ``info line`` leave the address they looked at; lldb: persistent variables of those names),
+    so the next command can use it."""
 
     header: int
     payload: int

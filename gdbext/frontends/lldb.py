@@ -230,37 +230,19 @@ def _emit(result, outcome):
         result.AppendMessage(outcome.text.rstrip("\n"))
 
 
-def _result_segment(report):
-    """(header, payload) of the one segment a report is about, or None: find's match, refs' or
-    show's segment, the row of walk --around that holds the address."""
-    match = report.get("match")
-    segment = match.get("segment") if isinstance(match, dict) else report.get("segment")
-    around = (report.get("filter") or {}).get("around") if report.get("report") == "walk" else None
-    if around is not None:
-        segment = next((s for s in report.get("segments", ())
-                        if s["address"] <= around < s["address"] + max(s.get("size") or 0, 1)), None)
-    if isinstance(segment, dict) and isinstance(segment.get("address"), int):
-        return segment["address"], segment.get("payload")
-    return None
-
-
-def _set_result_variables(debugger, exe_ctx, report):
-    """gdb's convention in lldb's words: after a command about one segment, the persistent
-    variables ``$_`` (a pointer to its header, typed: ``p *$_``) and ``$__`` (its payload,
-    ``void *``: ``memory read $__``). Best effort: a failure changes nothing and says nothing."""
-    found = _result_segment(report)
-    if found is None:
-        return
-    header, payload = found
+def _keep_named(debugger, exe_ctx, named):
+    """gdb's ``$_``/``$__`` in lldb's words: the segment a command named (Outcome.named) in the
+    persistent variables ``$_`` (a pointer to its header, typed: ``p *$_``, ``p $_->next``) and
+    ``$__`` (its payload, ``void *``: ``memory read $__``). Best effort: a failure changes
+    nothing and says nothing (the command already answered)."""
     prog = _SESSION._program            # the command's own Program (no new read or probe)
     try:
         facts = prog.allocator.facts(prog).get("segment_type", {}) if prog is not None else {}
-    except Exception:  # noqa: BLE001 - the command already answered; the variables are extra
+    except Exception:  # noqa: BLE001 - the variables are extra; never fail the command for them
         facts = {}
     names = describe.type_spellings([facts["name"]]) if facts.get("source") == "DWARF type" else []
-    _set_variable(debugger, exe_ctx, "$_", [f"{name} *" for name in names] + ["void *"], header)
-    if payload is not None:
-        _set_variable(debugger, exe_ctx, "$__", ["void *"], payload)
+    _set_variable(debugger, exe_ctx, "$_", [f"{name} *" for name in names] + ["void *"], named.header)
+    _set_variable(debugger, exe_ctx, "$__", ["void *"], named.payload)
 
 
 def _set_variable(debugger, exe_ctx, name, types, value):
@@ -294,8 +276,8 @@ class _KheapCommand:
             outcome = commands.execute_to_text(_SESSION, self.name, argv)
         finally:
             _SESSION.in_command = False
-        if outcome.data is not None:
-            _set_result_variables(debugger, exe_ctx, outcome.data)
+        if outcome.named is not None:
+            _keep_named(debugger, exe_ctx, outcome.named)
         if debugger.GetCommandInterpreter().WasInterrupted() and outcome.text:
             # lldb drops an interrupted command's result: what it saw goes to the output.
             stream = debugger.GetErrorFile() if outcome.is_error else debugger.GetOutputFile()
