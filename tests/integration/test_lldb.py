@@ -257,7 +257,7 @@ def test_triage_leaks_and_refs_say_what_gdb_says(vm_pool, arch):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_find_and_walk_around_leave_the_segment_in_dollar_variables(vm_pool, arch):
-    """Issue 14 (conventions): as gdb's $_ and $__ after kheap find / walk --around / refs, lldb
+    """Issue 14 (conventions): as gdb's $_ and $__ after kheap find / walk --around / refs / show, lldb
     has the persistent variables $_ (the header, typed: p *$_) and $__ (the payload); a pointer
     to a header gets the header's summary (not "<heap_segment_t: 8 bytes, need 24>")."""
     vm = vm_pool.get(arch, "uaf")
@@ -268,7 +268,7 @@ def test_find_and_walk_around_leave_the_segment_in_dollar_variables(vm_pool, arc
         f"kheap find {second + 1:#x} --json", "p $_", "p *$_", "p $__",             # 0-3
         f"kheap walk --around {first + 1:#x} --context 1", "p $_", "p $__",             # 4-6
         f"kheap refs {second:#x}", "p $_", "p $_->prev->prev",                          # 7-9
-        "target variable heap_segment_list_head"])                                      # 10
+        "target variable heap_segment_list_head", f"kheap show {first + 1:#x}", "p $_"])  # 10-12
     for step in run.steps:
         assert not step.error and "Traceback" not in step.output, step
     width = 16 if arch == "aarch64" else 8
@@ -287,3 +287,4 @@ def test_find_and_walk_around_leave_the_segment_in_dollar_variables(vm_pool, arc
     assert pointer("$_", second, second_state, second_size) in run.output(8)
     assert run.output(9).strip().endswith("= NULL")                   # first's prev: no summary
     assert pointer("heap_segment_list_head", first, "used", first_size) in run.output(10)
+    assert pointer("$_", first, "used", first_size) in run.output(12)                # kheap show
