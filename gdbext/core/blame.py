@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .check import check
 from .debuginfo import Frame, code_info, split_symbol
 from .memory import MemoryFault
+from .text import plural
 
 __all__ = ["BlameError", "BlamePlan", "BlameRun", "Hit", "Recorder", "Writers", "plan_blame", "compare_bytes",
            "blame_command", "suggest_blame", "idle_instruction_before", "DEFAULT_MAX_HITS", "STACK_WINDOW", "LIBRARY_FUNCTIONS",
@@ -176,9 +177,9 @@ def plan_blame(prog: Any, address: Optional[int] = None, size: Optional[int] = N
     if size:
         start, length = address, size
         if what and not what.startswith("the word"):
-            what = f"{size} byte{'s' if size != 1 else ''} at {prog.fmt(address)} ({what})"
+            what = f"{plural(size, 'byte')} at {prog.fmt(address)} ({what})"
         else:
-            what = f"{size} byte{'s' if size != 1 else ''} at {prog.fmt(address)}"
+            what = f"{plural(size, 'byte')} at {prog.fmt(address)}"
     return BlamePlan(start, length, what, None, "address", _fields_of(prog, start, length))
 
 

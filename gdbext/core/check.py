@@ -12,11 +12,11 @@ live target costs about one packet per 2 KiB (a few thousand packets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, List
+from typing import Any, List, Tuple
 
-from .findings import CODES, ERROR, STRUCTURAL, WARNING, Culprit, Finding, register_code
+from .findings import CODES, ERROR, STRUCTURAL, UNREAD, WARNING, Culprit, Finding, register_code
 from .pages import pages_checked, validate_pages
 from .program import Program
 
@@ -27,12 +27,19 @@ STATS = register_code("HEAP-STATS", "heap_stats disagree with the walk")
 
 @dataclass
 class CheckReport:
-    """A heap walk, every finding, and the verdict ('ok', 'warnings' or 'corrupt')."""
+    """A heap walk, every finding, and the verdict ('ok', 'warnings', 'incomplete' or 'corrupt').
+
+    ``unread``: the heap's ``(start, end)`` ranges that could not be read. A check that found
+    nothing wrong in what it read but could not read all of the heap is 'incomplete' (a
+    missing fact: CLI exit 2), never 'ok'; one that found errors in what it read is 'corrupt'
+    (exit 1) whatever it could not read.
+    """
 
     walk: Any
     findings: List[Finding]
     full: bool
     notes: List[str]
+    unread: List[Tuple[int, int]] = field(default_factory=list)
 
     @property
     def errors(self) -> List[Finding]:
@@ -44,8 +51,10 @@ class CheckReport:
 
     @property
     def verdict(self) -> str:
-        if self.errors:
+        if any(f.code not in UNREAD for f in self.errors):
             return "corrupt"
+        if self.unread or self.errors:
+            return "incomplete"
         return "warnings" if self.findings else "ok"
 
     @property
@@ -177,6 +186,7 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
     prog.memory.prefetch_ranges(wanted, progress=_Follower(walker, validator))
     walk = walker.finish()
     findings = validator.finish(walk)
+    unread = prog.unread_heap()
     notes = list(prog.notes)
     structure_ok = not any(f.code in STRUCTURAL for f in findings)
     if prog.poison_byte() is None:
@@ -190,4 +200,4 @@ def check(prog: Program, full: bool = False, pages: bool = True) -> CheckReport:
         else:
             findings += validate_pages(prog, full)
             notes += [n for n in prog.notes if n not in notes]     # the conventions the pages followed
-    return CheckReport(walk, findings, full, notes)
+    return CheckReport(walk, findings, full, notes, unread)

@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from .text import escape_bytes, printable_ratio
 
-__all__ = ["Finding", "Culprit", "CODES", "STRUCTURAL", "ERROR", "WARNING", "register_code", "classify_bytes",
-           "spaced_hex"]
+__all__ = ["Finding", "Culprit", "CODES", "STRUCTURAL", "UNREAD", "ERROR", "WARNING", "register_code",
+           "classify_bytes", "spaced_hex"]
 
 ERROR, WARNING = "error", "warning"
 
@@ -24,15 +24,21 @@ ERROR, WARNING = "error", "warning"
 CODES: Dict[str, str] = {}
 # The codes that say the list itself is broken (its totals then mean nothing).
 STRUCTURAL: set = set()
+# The codes that say memory could not be read: a missing fact, not a broken heap (a check
+# whose only errors are these is INCOMPLETE, exit 2, never CORRUPT).
+UNREAD: set = set()
 
 
-def register_code(code: str, meaning: str, structural: bool = False) -> str:
-    """Declare a finding code (once, beside the rule that produces it); returns ``code``."""
+def register_code(code: str, meaning: str, structural: bool = False, unread: bool = False) -> str:
+    """Declare a finding code (once, beside the rule that produces it); returns ``code``.
+    ``unread``: the code says memory could not be read (see :data:`UNREAD`)."""
     if CODES.get(code, meaning) != meaning:
         raise ValueError(f"finding code {code} declared twice with different meanings")
     CODES[code] = meaning
     if structural:
         STRUCTURAL.add(code)
+    if unread:
+        UNREAD.add(code)
     return code
 
 

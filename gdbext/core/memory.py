@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
+from .text import plural
+
 __all__ = ["MemoryFault", "Reader", "RangesReader", "BlockCache"]
 
 
@@ -32,7 +34,7 @@ class MemoryFault(Exception):
     def __str__(self) -> str:
         # One line, whatever the backend put in ``reason`` (it may come from a remote stub).
         reason = " ".join(str(self.reason).split())
-        text = f"cannot read {self.size} byte{'s' if self.size != 1 else ''} at 0x{self.address:x}"
+        text = f"cannot read {plural(self.size, 'byte')} at 0x{self.address:x}"
         return f"{text}: {reason}" if reason else text
 
 
@@ -338,6 +340,43 @@ class BlockCache:
                 break
             cur += n
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+    def unreadable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
+        """``[(start, end)]``: the parts of ``[address, address+size)`` that cannot be read, in
+        order and merged ([] when all of it can). Never raises.
+
+        Why: a caller that read the readable start of a range (:meth:`read_prefix`) must say
+        which bytes it could not judge (a dump cut short, a stub answering E14), not treat
+        them as fine. Every block is brought in first (a faulting run is split and probed, as
+        any read would), then the blocks' readable pieces are subtracted.
+        """
+        if size <= 0 or address < 0:
+            return []
+        bs = self.block_size
+        end = address + size
+        first, last = address // bs, (end - 1) // bs
+        self._ensure(first, last)
+        out: List[Tuple[int, int]] = []
+
+        def missing(lo: int, hi: int) -> None:
+            lo, hi = max(lo, address), min(hi, end)
+            if lo >= hi:
+                return
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+
+        for idx in range(first, last + 1):
+            if idx in self._blocks:
+                continue
+            base, cur = idx * bs, idx * bs
+            for off, data in self._partial.get(idx, ()):
+                missing(cur, base + off)
+                cur = base + off + len(data)
+            missing(cur, base + bs)
+        return out
 
 
 def merge_ranges(ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:

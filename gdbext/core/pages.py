@@ -18,6 +18,7 @@ from .findings import ERROR, Finding, register_code
 from .layout import PAGE_SIZE
 from .memory import MemoryFault
 from .program import Program
+from .text import plural
 
 __all__ = ["Page", "PageRange", "FreeListWalk", "PageSummary", "PageConvention", "page_convention", "kind_at",
            "parse_page_convention", "PAGE_CONVENTIONS", "read_pages", "for_each_page",
@@ -355,7 +356,7 @@ def _convention_notes(prog: Program, conv: PageConvention, unmapped: int, heap_w
     """Say which convention the pages followed where the ELF could not tell (no note when the
     pages follow the contract, or the setting chose)."""
     if unmapped and conv.vaddr == EITHER:
-        prog.add_note(f"page convention: {unmapped} page{'s' if unmapped != 1 else ''} past the heap have "
+        prog.add_note(f"page convention: {plural(unmapped, 'page')} past the heap {'has' if unmapped == 1 else 'have'} "
                       f"{prog.layouts.page.vaddr.name} 0: assumed the kernel sets it only on the pages it maps "
                       "(mapped-only; the ELF does not say; 'page-convention identity' makes them errors)")
     if conv.heap == EITHER and any(kind_of[w] == KIND_KERNEL for w in set(heap_words)):

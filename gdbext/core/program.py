@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .families import allocator_for
 from .layout import PAGE_SIZE, round_up
 from .memory import BlockCache, MemoryFault, Reader
 from .names import Fact
 from .symbols import ElfInfo, load_elf_info
-from .text import format_address
+from .text import format_address, plural
 
 __all__ = ["Overrides", "HeapBounds", "Program", "ProgramError", "DEFAULT_HEAP_SIZE", "load_elf_info"]
 
@@ -27,7 +27,15 @@ MAX_TRUSTED_RAM = 16 * 1024 * 1024 * 1024  # num_pages above this much RAM is ta
 
 
 class ProgramError(Exception):
-    """The heap cannot be located (no symbols and no overrides)."""
+    """The heap cannot be located (no symbols and no overrides).
+
+    ``needs``: the settings that would locate it (``heap-start``, ``heap-size``), which each
+    face names in its own spelling (``--heap-start`` in the CLI, ``set kheap heap-start`` in
+    gdb): the core does not know which face asked."""
+
+    def __init__(self, message: str, needs: tuple = ()) -> None:
+        super().__init__(message)
+        self.needs = tuple(needs)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Program:
         self._bound_notes: List[str] = []
         self._poison: Any = ()    # () = not computed yet
         self._heap_bytes: Optional[bytes] = None
+        self._unread: Optional[List[Tuple[int, int]]] = None
         self._allocator: Any = None
         self._facts: Dict[str, Fact] = {}
 
@@ -167,6 +176,9 @@ class Program:
                 pass     # reported where the bounds are needed (describe(), the commands)
         out = list(self.elf.notes)
         out.extend(n for n in self._bound_notes if n not in out)
+        unread = self._unread_note()
+        if unread is not None:
+            out.append(unread)
         return out
 
     def _symbol_fact(self, name: str, value: Optional[int]) -> Optional[Fact]:
@@ -253,8 +265,8 @@ class Program:
                 if head == 0 and "heap_segment_list_head" not in errors:
                     raise ProgramError(self._not_initialised(head, num_pages, k_start, page_array))
                 missing = ", ".join(f"{name(k)}: {v}" for k, v in sorted(errors.items()))
-                raise ProgramError("cannot locate the heap (" + (missing or "no symbols") +
-                                   "): give heap_start (and heap_size) explicitly")
+                raise ProgramError("cannot locate the heap (" + (missing or "no symbols") + ")",
+                                   needs=("heap-start", "heap-size"))
             start = None
             if computed and (computed == k_start or computed == head):
                 start, sources["heap_start"] = computed, "page array"
@@ -280,6 +292,15 @@ class Program:
             else:
                 facts["heap_start"] = Fact(start, "inferred", None, how)
 
+        if head is None:
+            # No list head to read (no symbol, or unreadable) but the heap start is known: the
+            # first segment is at the heap start (docs/kernel-interface.md), so the walk starts
+            # there. A missing fact is never a finding (no HEAP-HEAD "no symbol").
+            notes.append(f"{name('heap_segment_list_head')}: {head_error}: the walk starts at the heap "
+                         f"start {fmt(start)} ({sources['heap_start']})")
+            head, head_error, sources["list_head"] = start, None, "heap start"
+            facts["list_head"] = Fact(start, "inferred", None,
+                                      f"the heap start ({name('heap_segment_list_head')}: {errors.get('heap_segment_list_head', 'unknown')})")
         if size is None and (ov.heap_start is not None or ov.list_head is not None):
             size, sources["heap_size"] = DEFAULT_HEAP_SIZE, "default"     # overrides: the user's heap
             facts["heap_size"] = Fact(size, "default")
@@ -371,13 +392,36 @@ class Program:
         if self._heap_bytes is None:
             b = self.bounds
             self._heap_bytes = self.memory.read_prefix(b.start, b.size)
+            if len(self._heap_bytes) < b.size:
+                self.unread_heap()          # which bytes are missing: every report's notes say
         return self._heap_bytes
+
+    def unread_heap(self) -> List[Tuple[int, int]]:
+        """``[(start, end)]``: the parts of the heap that cannot be read ([] when all of it can).
+
+        Why: a check judges what it read; bytes it could not read (a raw image or dump cut
+        inside the heap, a stub answering E14 for its last pages) are never silently fine.
+        While there are any, :attr:`notes` names them, so every report shows them."""
+        if self._unread is None:
+            b = self.bounds
+            have = len(self.heap_bytes())
+            self._unread = [] if have >= b.size else self.memory.unreadable_ranges(b.start + have, b.size - have)
+        return self._unread
+
+    def _unread_note(self) -> Optional[str]:
+        if not self._unread:
+            return None
+        total = sum(hi - lo for lo, hi in self._unread)
+        shown = ", ".join(f"{self.fmt(lo)}..{self.fmt(hi)}" for lo, hi in self._unread[:3])
+        more = f" and {plural(len(self._unread) - 3, 'more range')}" if len(self._unread) > 3 else ""
+        return f"{plural(total, 'byte')} of the heap could not be read ({shown}{more}): not checked"
 
     def invalidate(self, keep_bounds: bool = False) -> None:
         """Drop cached memory (the target ran); bounds are recomputed on next use unless
         ``keep_bounds`` (the heap cannot move once kheap_init ran: ``kheap watch`` per stop)."""
         self.memory.invalidate()
         self._heap_bytes = None
+        self._unread = None
         if keep_bounds:
             return
         self._bounds = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["escape_bytes", "escape_text", "printable_ratio", "format_address"]
+__all__ = ["escape_bytes", "escape_text", "printable_ratio", "format_address", "plural", "parse_size",
+           "SIZE_FORMS"]
 
 _ESC = {0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x00: "\\0"}
 _TABLE = [(_ESC.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")) for b in range(256)]
@@ -50,3 +51,44 @@ def format_address(value: Optional[int], pointer_size: int, missing: str = "-", 
     if value == 0 and null is not None:
         return null
     return f"0x{value:0{pointer_size * 2}x}"
+
+
+def plural(count: int, word: str, many: Optional[str] = None) -> str:
+    """``1 error``, ``2 errors``, ``0 segments``: a count with its noun agreeing (``many``: an
+    irregular plural, e.g. ``plural(n, "entry", "entries")``). The one rule every report's text
+    uses, so no line says "1 errors"."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+# What a size typed by a user may look like (every face, every option and setting that takes one).
+SIZE_FORMS = "e.g. 4096, 0x1000, 4k, 1M"
+_SIZE_SUFFIX = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: object, minimum: int = 0) -> int:
+    """A byte count or count as a user types it: ``4096``, ``0x1000``, ``0o17``, ``4k``,
+    ``1M``, ``2G`` (binary multiples; ``KiB``/``MiB``/``GiB`` too), ``_`` allowed (``1_000``).
+
+    Why one function: every option and setting that takes a size (``--heap-size``,
+    ``--block-size``, ``--min-size``, ``set kheap heap-size``, a stack's ``TOP:SIZE``) must
+    accept the same forms in every face. Raises ValueError with a one-line reason.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip()
+        lowered = raw.lower()
+        scale = 1
+        # Longest suffix first (kib before k); no hex digit is one of these letters.
+        for suffix, factor in _SIZE_SUFFIX.items():
+            if lowered.endswith(suffix) and len(lowered) > len(suffix):
+                scale, lowered = factor, lowered[:-len(suffix)]
+                break
+        try:
+            value = int(lowered, 0) * scale
+        except ValueError:
+            raise ValueError(f"not a number: {raw!r} ({SIZE_FORMS})") from None
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}, not {value}" if minimum else
+                         f"must not be negative: {value}")
+    return value

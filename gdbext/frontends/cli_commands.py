@@ -219,6 +219,8 @@ def check_one(job):
         if message.startswith("kheap check: "):
             message = message[len("kheap check: "):]
         return path, "error", None, message
+    if result.status == EXIT_ERROR:        # a report, but part of the heap could not be read
+        return path, "incomplete", result.data, None
     return path, _DUMP_STATUS[result.status], result.data, None
 
 
@@ -243,5 +245,6 @@ def check_many(opts, argv):
     else:
         results = [check_one(j) for j in jobs]
     statuses = {status for _, status, _, _ in results}
-    exit_status = EXIT_ERROR if "error" in statuses else EXIT_FINDINGS if "corrupt" in statuses else EXIT_OK
+    exit_status = (EXIT_ERROR if statuses & {"error", "incomplete"} else EXIT_FINDINGS if "corrupt" in statuses
+                   else EXIT_OK)
     return reports.check_many_report(results, exit_status)

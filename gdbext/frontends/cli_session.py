@@ -297,6 +297,12 @@ class CliSession(Session):
         """The target ran: where it stopped must be read again."""
         self._stop = None
 
+    def setting_spelling(self, name, value=None):
+        """The CLI's options: ``--heap-size 1M``; an on/off setting is its flag (``--debug``)."""
+        if name == "debug":
+            return "--debug"
+        return f"--{name}" + ("" if value is None else f" {value}")
+
     def color_wanted(self):
         setting = self.current_settings()["color"]
         if setting == "auto":

@@ -7,6 +7,8 @@ turns a wrong argument into one line and keeps the session alive.
 
 import argparse
 
+from gdbext.core.text import parse_size
+
 
 class UsageError(Exception):
     """A wrong command line: shown as one line, exit code 2 in the CLI."""
@@ -50,16 +52,17 @@ def address(text):
 
 
 def count(text):
-    """An argparse type for non-negative counts and sizes (accepts 0x and k/M suffixes)."""
-    scale = 1
-    lowered = text.lower()
-    for suffix, factor in (("k", 1024), ("m", 1024 * 1024)):
-        if lowered.endswith(suffix):
-            scale, lowered = factor, lowered[:-1]
+    """An argparse type for non-negative counts and sizes: the one size parser
+    (:func:`gdbext.core.text.parse_size`: ``4096``, ``0x1000``, ``4k``, ``1M``)."""
     try:
-        value = int(lowered, 0) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive(text):
+    """An argparse type for counts that must be at least 1 (``map --cells``)."""
+    try:
+        return parse_size(text, minimum=1)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

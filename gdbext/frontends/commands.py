@@ -26,8 +26,8 @@ from gdbext.core.whereis import where_text
 from gdbext.core.blame import DEFAULT_MAX_HITS
 from gdbext.frontends import describe
 from gdbext.frontends.html_data import write_heap_page, write_watch_page
-from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError, address, count
-from gdbext.frontends.session import SETTINGS, CommandError  # noqa: F401 - faces import SETTINGS here
+from gdbext.frontends.cmdline import HelpShown, SafeArgumentParser, UsageError, address, count, positive
+from gdbext.frontends.session import ADDRESS_SETTINGS, SETTINGS, CommandError, Session  # noqa: F401 - faces import SETTINGS here
 
 PREFIX_SUMMARY = "Inspect and validate the kernel heap (heap_segment_t list and page_t array)."
 
@@ -51,6 +51,7 @@ class Outcome:
     render: Callable[[bool], str]
     failed: bool = False            # findings of error severity (CLI exit code 1)
     named: Optional[NamedSegment] = None    # the segment the command named, if exactly one
+    incomplete: bool = False        # a missing fact (heap bytes that could not be read): exit 2
 
 
 @dataclass
@@ -160,7 +161,7 @@ def run(session, name, argv):
 
 
 def outcome_to_text(session, args, outcome):
-    status = 1 if outcome.failed else 0
+    status = 1 if outcome.failed else 2 if outcome.incomplete else 0
     if getattr(args, "json", False):
         return Text(reports.to_json_text(outcome.data), status=status, data=outcome.data,
                     named=outcome.named)
@@ -188,13 +189,32 @@ def execute_to_text(session, name, argv):
 
 def describe_unexpected(session, name, error):
     """Known failure kinds get their message; true bugs get one line (traceback on debug)."""
-    if isinstance(error, ProgramError) or type(error).__name__ in ("TargetError", "ElfError",
-                                                                   "LayoutError"):
+    if isinstance(error, ProgramError):
+        return f"kheap {name}: {_one_line(error)}{needs_hint(session, error)}"
+    if type(error).__name__ in ("TargetError", "ElfError", "LayoutError"):
         return f"kheap {name}: {_one_line(error)}"
     line = f"kheap {name}: internal error: {type(error).__name__}: {_one_line(error)}"
     if getattr(session, "debug", False):
         return line + "\n" + traceback.format_exc()
-    return line + f" ({getattr(session, 'debug_hint', 'set kheap debug on')} for details)"
+    return line + f" ({_spelling(session, 'debug', 'on')} for details)"
+
+
+def _spelling(session, name, value=None):
+    """The face's spelling of a setting (:meth:`Session.setting_spelling`; gdb's for objects
+    that are not sessions)."""
+    spell = getattr(session, "setting_spelling", None) or functools.partial(Session.setting_spelling, None)
+    return spell(name, value)
+
+
+def needs_hint(session, error):
+    """What a ProgramError asks the user to give, in the face's own spelling (``: give
+    --heap-start ADDR (and --heap-size BYTES)`` in the CLI, ``set kheap heap-start ADDR`` in gdb)."""
+    needs = getattr(error, "needs", ())
+    if not needs:
+        return ""
+    first, *rest = (_spelling(session, name, "ADDR" if name in ADDRESS_SETTINGS else "BYTES")
+                    for name in needs)
+    return f": give {first}" + "".join(f" (and {r})" for r in rest)
 
 
 def _one_line(error):
@@ -257,19 +277,26 @@ def _walk_options(parser):
     state.add_argument("--free", action="store_true", help="only free segments")
     state.add_argument("--used", action="store_true", help="only allocated segments")
     parser.add_argument("--min-size", type=count, default=0, metavar="BYTES",
-                        help="only segments of at least BYTES (header included)")
+                        help="only segments of at least BYTES (header included; 4096, 0x1000, 4k, 1M)")
     parser.add_argument("--around", metavar="ADDR",
                         help="only the segment holding ADDR and --context segments either side")
-    parser.add_argument("--context", type=count, default=3, metavar="N",
-                        help="segments shown either side of --around (default 3)")
+    parser.add_argument("--context", type=count, default=None, metavar="N",
+                        help=f"with --around: segments shown either side (default {WALK_CONTEXT})")
     parser.add_argument("--limit", type=count, default=None, metavar="N",
-                        help="show at most N segments; the rest is counted, never silently dropped")
+                        help="show at most N segments (0: all); the rest is counted, never silently dropped")
 
 
-@command("walk", "The segment list in address order: address, size, state, links, payload.",
-         "kheap walk --free --min-size 4k --limit 20")
+WALK_CONTEXT = 3
+
+
+@command("walk", "The segment list in list order (following next from the list head): address, size, "
+         "state, links, payload.", "kheap walk --free --min-size 4k --limit 20")
 @options(_walk_options)
 def _walk(session, args):
+    if args.context is not None and args.around is None:
+        raise UsageError("kheap walk: --context goes with --around ADDR (the segments either side of it)")
+    context = WALK_CONTEXT if args.context is None else args.context
+    limit = args.limit or None                        # 0: all, as history and map take it
     prog = session.program()
     walk = prog.allocator.walk(prog)
     report = reports.walk_report(prog, walk)
@@ -283,7 +310,7 @@ def _walk(session, args):
         if index is None:
             raise CommandError(f"kheap walk: {prog.fmt(target)} is in no segment on the list")
         named = NamedSegment(segments[index]["address"], segments[index]["payload"])
-        segments = segments[max(0, index - args.context):index + args.context + 1]
+        segments = segments[max(0, index - context):index + context + 1]
         report["target"] = blocks[index].address        # the row the text marks with ->
     if args.free or args.used:
         wanted = "free" if args.free else "used"
@@ -291,11 +318,11 @@ def _walk(session, args):
     if args.min_size:
         segments = [s for s in segments if s["size"] >= args.min_size]
     matched = len(segments)
-    if args.limit is not None:
-        segments = segments[:args.limit]
+    if limit is not None:
+        segments = segments[:limit]
     report["segments"] = segments
     report["filter"] = {"state": "free" if args.free else "used" if args.used else None,
-                        "min_size": args.min_size or None, "around": around, "limit": args.limit}
+                        "min_size": args.min_size or None, "around": around, "limit": limit}
     report["matched"] = matched
     report["not_shown"] = matched - len(segments)
     report["truncated"] = report["not_shown"] > 0
@@ -316,10 +343,10 @@ def _check(session, args):
     prog = session.program()
     result = check(prog, full=args.full)
     report = reports.check_report(prog, result)
-    failed = bool(result.errors)
+    failed, incomplete = result.verdict == "corrupt", result.verdict == "incomplete"
     if args.verdict and not args.json:
-        return Outcome(report, lambda color: reports.verdict_line(report), failed)
-    return _outcome(report, failed)
+        return Outcome(report, lambda color: reports.verdict_line(report), failed, incomplete=incomplete)
+    return Outcome(report, lambda color: reports.render_text(report, color), failed, incomplete=incomplete)
 
 
 @command("stats", "Used/free bytes and counts, largest free, fragmentation, size histogram, "
@@ -407,10 +434,11 @@ def _pages(session, args):
 
 
 def _map_options(parser):
-    parser.add_argument("--cells", type=count, default=1024, metavar="N",
-                        help="cells in the block map of the whole heap (default 1024)")
-    parser.add_argument("--regions", type=count, default=40, metavar="N",
-                        help="rows of the region table (default 40, corrupt and uncovered first; 0: all)")
+    parser.add_argument("--cells", type=positive, default=1024, metavar="N",
+                        help="cells in the block map of the whole heap (at least 1; default 1024)")
+    parser.add_argument("--limit", "--regions", dest="regions", type=count, default=40, metavar="N",
+                        help="rows of the region table (default 40, bad and uncovered first; 0: all); "
+                             "the rest is counted")
     parser.add_argument("--html", metavar="FILE",
                         help="instead, write a picture of the heap and the page array to FILE: one "
                              "self-contained HTML page (no network) to open in any browser")
@@ -426,8 +454,7 @@ def _map(session, args):
         return _map_html(session, args.html, args.full)
     prog = session.program()
     result = check(prog, pages=False)
-    report = reports.map_report(prog, result.walk, result.findings, cells=max(1, args.cells),
-                                regions=args.regions)
+    report = reports.map_report(prog, result.walk, result.findings, cells=args.cells, regions=args.regions)
     return _outcome(report)
 
 
@@ -439,13 +466,17 @@ def _map_html(session, path, full=False):
 def _snapshot_options(parser):
     parser.add_argument("name", metavar="NAME", help="a name to compare against later with kheap diff")
     parser.add_argument("-o", "--output", metavar="FILE",
-                        help="also save it as a JSON file (kheap diff takes the file's path as a name)")
+                        help="also save it as a JSON file (kheap diff takes the file's path as a name); "
+                             "the CLI keeps nothing between runs, so there it is required")
 
 
 @command("snapshot", "Remember the current segment list under NAME (for kheap diff); -o saves it "
          "to a file.", "kheap snapshot before -o before.json")
 @options(_snapshot_options)
 def _snapshot(session, args):
+    if session.face == "cli" and not args.output:
+        raise UsageError(f"kheap snapshot: the CLI keeps nothing between runs: give -o FILE to keep "
+                         f"snapshot {args.name!r} (then 'kheap diff FILE')")
     prog = session.program()
     snap = take_snapshot(prog, tag=args.name)
     session.snapshots[args.name] = snap

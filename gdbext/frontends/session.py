@@ -16,6 +16,7 @@ from gdbext.core.program import Overrides, Program
 from gdbext.core.reach import CoreState
 from gdbext.core.snapshot import Snapshot, SnapshotError
 from gdbext.core.symbols import load_elf_info
+from gdbext.core.text import parse_size
 
 
 class CommandError(Exception):
@@ -79,43 +80,56 @@ SETTINGS = (
 )
 
 
+ADDRESS_SETTINGS = ("heap-start", "list-head")      # plain numbers: 0x3d5000
+SIZE_SETTINGS = ("heap-size", "block-size")         # sizes: parse_size's forms (4096, 0x1000, 4k, 1M)
+
+
 def _parse_setting(name, value):
-    """Validate one setting's value, returning what the session keeps (None = automatic)."""
+    """Validate one setting's value, returning what the session keeps (None = automatic).
+
+    Raises CommandError with the reason only: :meth:`Session.apply_setting` names the setting
+    as the face spells it (``--heap-size``, ``set kheap heap-size``)."""
     if name in ("auto-check", "debug"):
         if isinstance(value, str):
             if value.lower() in ("on", "1", "yes", "true"):
                 return True
             if value.lower() in ("off", "0", "no", "false"):
                 return False
-            raise CommandError(f"kheap {name}: expected on or off, not {value!r}")
+            raise CommandError(f"expected on or off, not {value!r}")
         return bool(value)
     if name == "color":
         text = (value or "auto").lower()
         if text not in COLOR_VALUES:
-            raise CommandError(f"kheap color: expected {_one_of(COLOR_VALUES)}, not {value!r}")
+            raise CommandError(f"expected {_one_of(COLOR_VALUES)}, not {value!r}")
         return COLOR_ALIASES.get(text, text)
     if name == "page-convention":
         try:
             parse_page_convention(value)
         except ValueError as error:
-            raise CommandError(f"kheap page-convention: {error}") from None
+            raise CommandError(str(error)) from None
         return None if value in (None, "", "auto") else str(value).replace(" ", "").lower()
     if name == "stacks":
         text = " ".join(str(value or "").split())
         if text and text.lower() != "none" and not all(":" in item or ".." in item
                                                        for item in text.split(",") if item.strip()):
-            raise CommandError("kheap stacks: expected TOP:SIZE or LOW..TOP items, comma separated, or none")
+            raise CommandError("expected TOP:SIZE or LOW..TOP items, comma separated, or none")
         return text or None
     if value in (None, "", "auto"):
         return None
+    if name in SIZE_SETTINGS:
+        try:
+            number = parse_size(value, minimum=1)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        if name == "block-size" and not (256 <= number <= 16 * 1024 * 1024 and number & (number - 1) == 0):
+            raise CommandError(f"{value} is not a power of two between 256 and 16M (e.g. 4k, 64k)")
+        return number
     try:
-        number = int(str(value), 0)
+        number = int(str(value).strip(), 0)
     except ValueError:
-        raise CommandError(f"kheap {name}: not a number: {value!r}") from None
-    if name == "block-size" and not (256 <= number <= 16 * 1024 * 1024 and number & (number - 1) == 0):
-        raise CommandError("kheap block-size: a power of two between 256 and 16 MiB")
+        raise CommandError(f"not an address: {value!r} (e.g. 0x3d5000)") from None
     if number < 0:
-        raise CommandError(f"kheap {name}: must not be negative")
+        raise CommandError(f"must not be negative: {value}")
     return number
 
 
@@ -172,9 +186,18 @@ class Session:
         """Colour when 'color' is on, or auto and the output is a terminal (the face knows)."""
         return self._settings["color"] == "on"
 
+    def setting_spelling(self, name, value=None):
+        """How a user of this face sets setting ``name`` (to ``value``): what errors and hints
+        name, so a CLI user reads ``--debug`` and a gdb user ``set kheap debug on``. This is
+        gdb's spelling; other faces override it."""
+        return f"set kheap {name}" + ("" if value is None else f" {value}")
+
     # Settings --------------------------------------------------------------------------------
     def apply_setting(self, name, value):
-        self._settings[name] = _parse_setting(name, value)
+        try:
+            self._settings[name] = _parse_setting(name, value)
+        except CommandError as error:
+            raise CommandError(f"{self.setting_spelling(name)}: {error}") from None
         self.invalidate()
 
     def current_settings(self):

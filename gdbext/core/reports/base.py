@@ -45,7 +45,7 @@ _COLORS = {
 }
 
 STATE_TOKEN = {"used": USED, "free": FREE, "bad": ERROR, "error": ERROR, "warning": WARNING,
-               "corrupt": ERROR, "warnings": WARNING, "ok": OK, "uncovered": WARNING,
+               "corrupt": ERROR, "warnings": WARNING, "ok": OK, "uncovered": WARNING, "incomplete": WARNING,
                "kernel": HEADING, "heap": USED, "allocated": USED}
 
 Tokens = List[Tuple[Any, str]]

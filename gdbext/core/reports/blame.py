@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..blame import Writers, compare_bytes
-from ..text import escape_bytes, printable_ratio
+from ..text import escape_bytes, plural, printable_ratio
 from .base import ERROR, HEADING, NOTE, OK, PLAIN, WARNING, Text, clean, renders, report_base
 
 __all__ = ["blame_report", "WRITES_SHOWN"]
@@ -130,14 +130,14 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
     verdict = r["verdict"]
     tok = {"found": OK, "no-writes": WARNING, "incomplete": WARNING, "not-deterministic": ERROR}.get(verdict, PLAIN)
     out.add("kheap blame: ").add(verdict.upper(), tok)
-    out.line(f" - {watch['size']} byte{'s' if watch['size'] != 1 else ''} at {out.addr(watch['address'])}: "
+    out.line(f" - {plural(watch['size'], 'byte')} at {out.addr(watch['address'])}: "
              f"{watch['what']}")
     f = watch.get("finding")
     if f:
         out.line(f"  from {f['code']} at {out.addr(f['address'])}: {f['message']}")
     until = r["until"]
     out.line(f"re-ran the kernel from reset to {out.addr(until['address'])} {until.get('function') or ''}".rstrip()
-             + f": {r['hits']} write{'s' if r['hits'] != 1 else ''} in {r['seconds']:.2f} s")
+             + f": {plural(r['hits'], 'write')} in {r['seconds']:.2f} s")
     last = r.get("last_writer")
     if last:
         out.add("last write: ", HEADING).add(f"{last['number']} of {last['of']}, ")
@@ -211,7 +211,6 @@ def _render_blame(r: Dict[str, Any], out: Text) -> None:
         out.line(f"the target is stopped at {place}, not where it was "
                  f"({out.addr(stop['before']['pc'])} {stop['before'].get('function') or ''})".rstrip(), WARNING)
     removed = r.get("removed") or {}
-    out.line(f"removed what kheap set: {removed.get('watchpoints', 0)} watchpoint"
-             f"{'s' if removed.get('watchpoints', 0) != 1 else ''}, {removed.get('breakpoints', 0)} breakpoint"
-             f"{'s' if removed.get('breakpoints', 0) != 1 else ''}")
+    out.line(f"removed what kheap set: {plural(removed.get('watchpoints', 0), 'watchpoint')}, "
+             f"{plural(removed.get('breakpoints', 0), 'breakpoint')}")
     out.notes(r.get("notes", []))

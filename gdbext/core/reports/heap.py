@@ -10,7 +10,7 @@ from ..findings import Finding
 from ..memory import MemoryFault
 from ..program import Program
 from ..stats import HeapStats
-from ..text import escape_text
+from ..text import escape_text, plural
 from ..whereis import where_is, where_text
 from .base import (ERROR, FREE, HEADING, NOTE, OK, PLAIN, STATE_TOKEN, USED, WARNING, Text, clean, findings_lines,
                    heap_line, renders, report_base, stop_text)
@@ -54,6 +54,8 @@ def check_report(prog: Program, report: CheckReport) -> Dict[str, Any]:
         # Errors first, then warnings (stable: each group keeps the order of the walk).
         "findings": [f.to_json() for f in sorted(report.findings, key=lambda f: f.severity != "error")],
     })
+    if report.unread:                                     # only then: the pinned reports keep their keys
+        d["unread"] = [{"start": lo, "end": hi, "bytes": hi - lo} for lo, hi in report.unread]
     d["blame"] = suggest_blame(prog, report.findings)     # the command that finds who wrote it
     return clean(d)
 
@@ -168,7 +170,10 @@ def _touches(f: Finding, segment: int, extent: int) -> Optional[str]:
     return None
 
 
-MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "corrupt", " ": "not on the list"}
+# The cells' legend, in the words of the region table's state column (and walk's): "bad" is a
+# corrupt segment, "uncovered" a part of the heap no segment on the list covers.
+MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "bad (a corrupt segment)",
+              " ": "uncovered (no segment on the list)"}
 
 
 def map_report(prog: Program, walk: Any, findings: Sequence[Finding] = (), cells: int = 1024,
@@ -241,7 +246,9 @@ def _render_info(r: Dict[str, Any], out: Text) -> None:
         out.line(f"heap {out.addr(h.get('start'))}..{out.addr(h.get('end'))} ({h.get('size')} bytes), "
                  f"list head {out.addr(h.get('list_head'))}, header {h.get('header_size')} bytes")
         out.line("  from: " + ", ".join(f"{k}={v}" for k, v in h.get("sources", {}).items()))
-        out.line(f"  page array {out.addr(h.get('page_array'))}, {h.get('num_pages')} pages")
+        pages = h.get("num_pages")
+        out.line(f"  page array {out.addr(h.get('page_array'))}, "
+                 + (plural(pages, "page") if isinstance(pages, int) else f"{pages} pages"))
     poison = r.get("poison")
     out.line(f"poison: {'off' if poison is None else f'0x{poison:02x}'}")
     facts = r.get("facts") or {}
@@ -309,7 +316,7 @@ def _fact_source(fact: Dict[str, Any]) -> str:
 
 @renders("walk")
 def _render_walk(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"{heap_line(r, out)}, {r['count']} segments, {stop_text(r['stop'], out)}",
+    out.line(f"{heap_line(r, out)}, {plural(r['count'], 'segment')}, {stop_text(r['stop'], out)}",
              PLAIN if r["complete"] else ERROR)
     rows = []
     # Fields of the header beyond the four the walk reads (a canary's magic, Mazarin's isReserved).
@@ -328,11 +335,12 @@ def _render_walk(r: Dict[str, Any], out: Text) -> None:
               rows)
     not_shown = r.get("not_shown", r["count"] - len(r["segments"]) if r.get("truncated") else 0)
     if not_shown:
-        out.line(f"  ... {not_shown} more not shown (raise or drop --limit to see them)")
+        out.line(f"  ... {not_shown} more not shown (--limit 0 shows all)")
     if r.get("matched") is not None and r["matched"] != r["count"]:
-        out.line(f"  {r['matched']} of {r['count']} segments match the filter")
-    out.add("used ", PLAIN).add(f"{r['used']['count']} ({r['used']['bytes']} bytes)", USED)
-    out.add("  free ", PLAIN).add(f"{r['free']['count']} ({r['free']['bytes']} bytes)", FREE)
+        out.line(f"  {r['matched']} of {plural(r['count'], 'segment')} "
+                 f"{'matches' if r['matched'] == 1 else 'match'} the filter")
+    out.add("used ", PLAIN).add(f"{r['used']['count']} ({plural(r['used']['bytes'], 'byte')})", USED)
+    out.add("  free ", PLAIN).add(f"{r['free']['count']} ({plural(r['free']['bytes'], 'byte')})", FREE)
     if r["bad"]["count"]:
         out.add("  bad ", PLAIN).add(str(r["bad"]["count"]), ERROR)
     out.nl()
@@ -344,8 +352,8 @@ def _render_check(r: Dict[str, Any], out: Text) -> None:
     verdict = r["verdict"]
     tok = STATE_TOKEN.get(verdict, PLAIN)
     out.add("kheap check: ").add(verdict.upper(), tok)
-    out.line(f" - {r['errors']} error{'s' if r['errors'] != 1 else ''}, {r['warnings']} warning"
-             f"{'s' if r['warnings'] != 1 else ''}; {r['segments']} segments walked, "
+    out.line(f" - {plural(r['errors'], 'error')}, {plural(r['warnings'], 'warning')}; "
+             f"{plural(r['segments'], 'segment')} walked, "
              f"{stop_text(r['stop'], out)}{'; full page check' if r.get('full') else ''}")
     out.line(heap_line(r, out))
     findings_lines(r["findings"], out)
@@ -357,14 +365,14 @@ def _render_check(r: Dict[str, Any], out: Text) -> None:
 
 @renders("stats")
 def _render_stats(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"{heap_line(r, out)}, {r['segments']} segments"
+    out.line(f"{heap_line(r, out)}, {plural(r['segments'], 'segment')}"
              + ("" if r["walk_complete"] else f" (walk stopped: {r['stop_reason']})"))
     rows = [[("used", USED), (str(r["used"]["count"]), PLAIN), (str(r["used"]["bytes"]), PLAIN)],
             [("free", FREE), (str(r["free"]["count"]), PLAIN), (str(r["free"]["bytes"]), PLAIN)]]
     if r["bad"]["count"]:
         rows.append([("bad", ERROR), (str(r["bad"]["count"]), PLAIN), (str(r["bad"]["bytes"]), PLAIN)])
     out.table(["state", "segments", "bytes"], rows)
-    out.line(f"largest free: {r['largest_free']} bytes; fragmentation: {r['fragmentation'] * 100:.1f}%")
+    out.line(f"largest free: {plural(r['largest_free'], 'byte')}; fragmentation: {r['fragmentation'] * 100:.1f}%")
     if r["histogram"]:
         out.line("size histogram:")
         out.table(["size", "used", "free"],
@@ -468,7 +476,7 @@ def hexdump_lines(data: bytes, address: int, addr: Any, per_line: int = 16) -> L
 
 @renders("map")
 def _render_map(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"{heap_line(r, out)}; one cell = {r['cell_size']} bytes")
+    out.line(f"{heap_line(r, out)}; one cell = {plural(r['cell_size'], 'byte')}")
     tok = {"#": USED, ".": FREE, "+": USED, "!": ERROR, " ": PLAIN}
     cells = r["cells"]
     heap = r.get("heap") or {"start": 0}
@@ -489,20 +497,26 @@ def _render_map(r: Dict[str, Any], out: Text) -> None:
              (g["state"], STATE_TOKEN.get(g["state"], PLAIN)), (str(g["segments"]), PLAIN)] for g in r["regions"]]
     out.table(["start", "end", "bytes", "state", "segments"], rows)
     if r.get("regions_not_shown"):
-        out.line(f"  ... {r['regions_not_shown']} more regions not shown (--regions 0 shows all)")
+        out.line(f"  ... {plural(r['regions_not_shown'], 'more region')} not shown (--limit 0 shows all)")
     if r["stop"]["reason"] != "end":
         out.line(stop_text(r["stop"], out), ERROR)
     out.notes(r.get("notes", []))
 
 
 def verdict_line(report: Dict[str, Any]) -> str:
-    """The one line auto-check prints: verdict, counts, and the first finding if any."""
-    counts = f"{report['errors']} errors, {report['warnings']} warnings, {report['segments']} segments"
+    """The one line auto-check prints: verdict, counts, and the first finding if any (or, with
+    none, what could not be read)."""
+    counts = (f"{plural(report['errors'], 'error')}, {plural(report['warnings'], 'warning')}, "
+              f"{plural(report['segments'], 'segment')}")
     line = f"kheap: heap {report['verdict'].upper()} ({counts})"
     if report["findings"]:
         first = report["findings"][0]
         line += f"; first: {first['code']} at 0x{(first.get('address') or 0):x}: {first['message']}"
         line += " - see 'kheap check'"
+    elif report.get("unread"):
+        unread = report["unread"]
+        line += (f"; {plural(sum(u['bytes'] for u in unread), 'byte')} of the heap could not be read "
+                 f"from 0x{unread[0]['start']:x}")
     return line
 
 
@@ -515,5 +529,6 @@ def map_page_report(written: Dict[str, Any]) -> Dict[str, Any]:
 
 @renders("map-html")
 def _render_map_page(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"kheap map: wrote {r['path']} ({r['bytes']} bytes): heap {r['verdict'].upper()}, "
-             f"{r['segments']} segments, {r['errors']} errors, {r['warnings']} warnings; open it in a browser")
+    out.line(f"kheap map: wrote {r['path']} ({plural(r['bytes'], 'byte')}): heap {r['verdict'].upper()}, "
+             f"{plural(r['segments'], 'segment')}, {plural(r['errors'], 'error')}, "
+             f"{plural(r['warnings'], 'warning')}; open it in a browser")

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from ..debuginfo import code_info
 from ..snapshot import Snapshot, SnapshotDiff
-from ..text import format_address
+from ..text import format_address, plural
 from ..watch import describe_operation
 from .base import ERROR, FREE, OK, PLAIN, USED, Text, clean, culprit_bytes, renders, report_base
 
@@ -44,7 +44,7 @@ def diff_report(diff: SnapshotDiff, pointer_size: int = 4, limit: Optional[int] 
 
 @renders("snapshot")
 def _render_snapshot(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"snapshot {r.get('tag') or '(untagged)'}: {len(r['segments'])} segments, "
+    out.line(f"snapshot {r.get('tag') or '(untagged)'}: {plural(len(r['segments']), 'segment')}, "
              f"{r['used']['count']} used ({r['used']['bytes']} bytes), walk {r['stop_reason']}")
 
 

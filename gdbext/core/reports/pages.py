@@ -8,6 +8,7 @@ from ..findings import Finding
 from ..layout import PAGE_SIZE
 from ..pages import Page, PageSummary, kind_at, page_convention
 from ..program import Program
+from ..text import plural
 from .base import PLAIN, STATE_TOKEN, Text, clean, finding_lines, renders, report_base
 
 __all__ = ["pages_report", "page_report"]
@@ -27,7 +28,7 @@ def pages_report(prog: Program, summary: PageSummary, findings: Sequence[Finding
 
 @renders("pages")
 def _render_pages(r: Dict[str, Any], out: Text) -> None:
-    out.line(f"page array at {out.addr(r.get('page_array'))}: {r['num_pages']} pages, {r['scanned']} read"
+    out.line(f"page array at {out.addr(r.get('page_array'))}: {plural(r['num_pages'], 'page')}, {r['scanned']} read"
              + (f" (unreadable from {out.addr(r['fault'])})" if r.get("fault") is not None else ""))
     out.table(["kind", "pages"], [[(k, STATE_TOKEN.get(k, PLAIN)), (str(v), PLAIN)] for k, v in r["counts"].items()])
     fl = r.get("free_list")

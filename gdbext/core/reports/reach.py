@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..text import escape_bytes, printable_ratio
+from ..text import escape_bytes, plural, printable_ratio
 from .base import ERROR, FREE, HEADING, OK, PLAIN, USED, WARNING, Text, clean, renders, report_base
 
 __all__ = ["leak_scan_report", "refs_report", "dangling_report"]
@@ -112,21 +112,17 @@ def _roots_lines(r: Dict[str, Any], out: Text) -> None:
             out.line(f"  stack {s['name']} {where}: no core's sp in it: dead, not scanned")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 @renders("leak-scan")
 def _render_leak_scan(r: Dict[str, Any], out: Text) -> None:
     sc = r["scanned"]
     if not r["count"]:
         out.add("kheap leaks --scan: ").add("no leaks", OK)
-        out.line(f": all {_plural(sc['used'], 'allocated segment')} reachable from the roots")
+        out.line(f": all {plural(sc['used'], 'allocated segment')} reachable from the roots")
     else:
         groups = r["groups"]
-        out.add("kheap leaks --scan: ").add(f"{_plural(r['count'], 'allocated segment')} ({r['bytes']} bytes)", ERROR)
+        out.add("kheap leaks --scan: ").add(f"{plural(r['count'], 'allocated segment')} ({r['bytes']} bytes)", ERROR)
         extra = f", {r['indirect']} of them only from other lost segments" if r["indirect"] else ""
-        out.line(f" no root reaches{extra}, in {_plural(len(groups), 'group')} by size and first bytes:")
+        out.line(f" no root reaches{extra}, in {plural(len(groups), 'group')} by size and first bytes:")
         limit = r.get("groups_shown") or len(groups)
         callers = any(g["callers"] for g in groups[:limit])
         rows = []
@@ -145,11 +141,11 @@ def _render_leak_scan(r: Dict[str, Any], out: Text) -> None:
                   + ["payloads"], rows)
         if len(groups) > limit:
             rest = groups[limit:]
-            out.line(f"  ... {_plural(len(rest), 'more group')} ({_plural(sum(g['count'] for g in rest), 'segment')}, "
+            out.line(f"  ... {plural(len(rest), 'more group')} ({plural(sum(g['count'] for g in rest), 'segment')}, "
                      f"{sum(g['bytes'] for g in rest)} bytes) not shown: --groups 0 or --json lists all")
     _roots_lines(r, out)
     walk = "complete" if r["walk"]["complete"] else f"stopped ({r['walk']['stop']['reason']})"
-    out.line(f"scanned: {_plural(sc['used'], 'allocated segment')} ({sc['reached']} reached), {sc['words']} words; "
+    out.line(f"scanned: {plural(sc['used'], 'allocated segment')} ({sc['reached']} reached), {sc['words']} words; "
              f"walk {walk}")
     out.notes(r.get("notes", []))
 
@@ -210,7 +206,7 @@ def _render_refs(r: Dict[str, Any], out: Text) -> None:
     else:
         s = r["segment"]
         tok = FREE if s["state"] == "free" else USED if s["state"] == "used" else ERROR
-        head = f"{r['count']} places point into the " if r["count"] != 1 else "1 place points into the "
+        head = f"{plural(r['count'], 'place')} {'points' if r['count'] == 1 else 'point'} into the "
         if not r["count"]:
             head = "nothing points into the "
         out.add(head).add(s["state"], tok).add(f" segment at {out.addr(s['address'])} (size {s['size']}, "
@@ -241,7 +237,7 @@ def dangling_report(prog: Any, ix: Any, items: List[Tuple[int, List[Dict[str, An
 def _render_dangling(r: Dict[str, Any], out: Text) -> None:
     if not r["count"]:
         out.add("kheap refs --dangling: ").add("none", OK).line(f": nothing points into any of the "
-                                                                f"{_plural(r['free'], 'free segment')}")
+                                                                f"{plural(r['free'], 'free segment')}")
     else:
         what = "1 free segment is" if r["count"] == 1 else f"{r['count']} free segments are"
         out.add("kheap refs --dangling: ").add(f"{what} still pointed into", ERROR).line(":")

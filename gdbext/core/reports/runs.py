@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..text import format_address
+from ..text import format_address, plural
 from .base import HEADING, PLAIN, STATE_TOKEN, Text, clean, render_text, renders, report_base
 
 __all__ = ["dump_report", "demo_report", "demo_text", "check_many_report", "dump_verdict_line", "DUMP_STATUSES"]
 
 # What became of one dump in ``check --core DIR``: its check ran clean (warnings at most), found
-# errors, or the dump could not be checked (unreadable, wrong ELF).
-DUMP_STATUSES = ("ok", "corrupt", "error")
+# errors, could not read part of the heap (and found nothing wrong in the rest), or the dump
+# could not be checked (unreadable, wrong ELF).
+DUMP_STATUSES = ("ok", "corrupt", "incomplete", "error")
 
 
 def dump_report(path: str, size: int, ranges: Sequence[Dict[str, Any]], cpus: int, stop_cpu: int,
@@ -34,7 +35,7 @@ def dump_report(path: str, size: int, ranges: Sequence[Dict[str, Any]], cpus: in
 def _render_dump(r: Dict[str, Any], out: Text) -> None:
     cpus = r["cpus"]
     out.line(f"kheap dump: wrote {r['path']} ({r['bytes'] / 1048576:.1f} MiB, "
-             f"registers of {cpus} CPU{'s' if cpus != 1 else ''})")
+             f"registers of {plural(cpus, 'CPU')})")
     for saved in r["ranges"]:
         out.line(f"  {format_address(saved['start'], out.pointer_size)} {saved['size']:>9} bytes  "
                  f"{', '.join(saved['what'])}")
@@ -109,7 +110,8 @@ def dump_verdict_line(dump: Dict[str, Any]) -> str:
     for finding in report["findings"]:
         if finding["code"] not in codes:
             codes.append(finding["code"])
-    line = f"{dump['path']}: {report['verdict'].upper()} ({report['errors']} errors, {report['warnings']} warnings)"
+    line = (f"{dump['path']}: {report['verdict'].upper()} ({plural(report['errors'], 'error')}, "
+            f"{plural(report['warnings'], 'warning')})")
     if codes:
         line += " " + " ".join(codes[:4]) + (" ..." if len(codes) > 4 else "")
     return line

@@ -21,13 +21,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 from ..findings import ERROR, WARNING, Culprit, Finding, classify_bytes, register_code
 from ..layout import HEAP_ALIGN
 from ..memory import MemoryFault
+from ..text import plural
 from .walk import (STOP_BAD_HEAD, STOP_BOUND, STOP_CYCLE, STOP_END, STOP_FAULT, STOP_LEFT_HEAP, Header,
                    HeapWalk, NotArrived, Segment, layout_of, segment_state, walk_heap)
 
 __all__ = ["Place", "header_problems", "culprit_for", "extent", "validate_heap", "validate_segments",
            "validate_poison", "plausible_header", "check_header_at", "find_segment", "SegmentMatch"]
 
-HEAD = register_code("HEAP-HEAD", "list head unreadable, NULL or outside the heap", structural=True)
+HEAD = register_code("HEAP-HEAD", "list head NULL or outside the heap", structural=True)
 BOUNDS = register_code("HEAP-BOUNDS", "a next link leads outside the heap", structural=True)
 ALIGN = register_code("HEAP-ALIGN", "segment address or size not a multiple of 16", structural=True)
 SIZE = register_code("HEAP-SIZE", "segment size smaller than a header, zero, or past the heap end", structural=True)
@@ -40,7 +41,8 @@ FLAG = register_code("HEAP-FLAG", "is_allocated is neither 0 nor 1", structural=
 COVERAGE = register_code("HEAP-COVERAGE", "the segments do not cover the heap exactly", structural=True)
 UNMERGED = register_code("HEAP-UNMERGED", "two adjacent free segments (warning)")
 POISON = register_code("HEAP-POISON", "a free payload's poison was overwritten (use after free?)")
-UNREADABLE = register_code("HEAP-UNREADABLE", "the walk stopped at an unreadable address", structural=True)
+UNREADABLE = register_code("HEAP-UNREADABLE", "the walk stopped at an unreadable address", structural=True,
+                           unread=True)
 # The problems of a header's own fields, whatever its neighbours say (kfree's pointer check).
 OWN_FIELD_CODES = (ALIGN, FLAG, SIZE)
 
@@ -774,7 +776,7 @@ def _poison_findings(prog: Any, poison: int, off: int, buf: Any, base: int,
         changed = len(payload) - payload.count(pb)
         kind, detail = classify_bytes(prog, payload[first:min(last, first + 64)])
         out.append(Finding(POISON, ERROR, a + off + first,
-                           f"free segment at {fmt(a)}: {changed} byte{'s' if changed != 1 else ''} of poison "
+                           f"free segment at {fmt(a)}: {plural(changed, 'byte')} of poison "
                            f"0x{poison:02x} overwritten from payload offset {first}",
                            {"segment": a, "payload": a + off, "offset": first, "last_offset": last - 1,
                             "changed_bytes": changed, "poison": poison},

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 
 from ..memory import MemoryFault
 from ..names import Fact
+from ..text import plural
 
 __all__ = ["Header", "Segment", "HeapWalk", "HeapWalker", "walk_heap", "layout_of", "list_extent", "for_each_segment",
            "segment_state", "STOP_END", "STOP_FAULT",
@@ -353,11 +354,11 @@ def _probe_payload(prog: Any, layout: Any, read: Callable[[int, int], bytes]) ->
     if common and (len(used) >= 2 or seen < PROBE_SEGMENTS):
         k = min(common)
         return Fact(k, "inferred", None,
-                    f"the header's address is stored at payload - {p} in the {len(used)} used segment"
-                    f"{'s' if len(used) != 1 else ''} looked at")
+                    f"the header's address is stored at payload - {p} in the {plural(len(used), 'used segment')} "
+                    "looked at")
     return Fact(hdr, "sizeof", layout.struct.name,
                 "no payload-offset constant in the ELF and no header address stored before the payload "
-                f"of the {len(used)} used segment{'s' if len(used) != 1 else ''} looked at")
+                f"of the {plural(len(used), 'used segment')} looked at")
 
 
 def list_extent(prog: Any, head: int, start: int, limit: int) -> Optional[int]:
