@@ -153,7 +153,7 @@ class KernelVM:
         self.variant = variant
         self.preinit = preinit                       # stop before the heap exists (see above)
         self.elf = Path(elf) if elf else elf_path(arch, variant)
-        self.gdb_port: int | None = gdb_port
+        self.gdb_port: int | None = None if gdb_port is None else valid_port(gdb_port)
         self._fixed_port = gdb_port is not None
         self._extra_args = list(extra_args)
         self._tmpdir: str | None = None
@@ -504,7 +504,7 @@ class GoTarget:
         self.preinit = preinit
         self.direct = direct
         self.elf = Path(elf) if elf else go_elf_path(layout)
-        self.gdb_port: int | None = gdb_port
+        self.gdb_port: int | None = None if gdb_port is None else valid_port(gdb_port)
         self._fixed_port = gdb_port is not None
         self.timeout = timeout
         self._extra_args = list(extra_args)
@@ -746,6 +746,26 @@ class GoTarget:
                 f"running={self.is_running()})")
 
 
+def valid_port(port) -> int:
+    """A TCP port, 1-65535, or ValueError: QEMU would take 210412 modulo 65536 and listen on
+    13804 without a word."""
+    try:
+        number = int(str(port), 10)
+    except ValueError:
+        raise ValueError(f"not a port number: {port!r} (1-65535)") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range (1-65535)")
+    return number
+
+
+def tcp_port(text: str) -> int:
+    """:func:`valid_port` as an argparse type: a bad ``--gdb-port`` is a usage error."""
+    try:
+        return valid_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="qemu/run.sh",
@@ -759,7 +779,7 @@ def main(argv=None) -> int:
                              "(v1, v2) under qemu-aarch64 instead of booting a kernel")
     parser.add_argument("--scenario", choices=sorted(set(SCENARIOS) | set(GO_SCENARIOS)),
                         default="clean")
-    parser.add_argument("--gdb-port", type=int, default=None,
+    parser.add_argument("--gdb-port", type=tcp_port, default=None, metavar="PORT",
                         help="gdbstub port on 127.0.0.1 (default: a free one, printed)")
     parser.add_argument("--halt", action="store_true",
                         help="freeze the CPU at the first instruction until gdb continues")

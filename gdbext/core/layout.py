@@ -548,3 +548,36 @@ class DwarfTypes:
             return None
         t = self.type_of(die)
         return self.type_name(t), self.size_of(t)
+
+    def variable_shape(self, name: str) -> Optional[Tuple[str, int]]:
+        """``(kind, stride)`` of a global, what an expression needs of its type: ``kind`` is
+        'integer', 'float', 'pointer', 'array', 'struct', 'union' or 'function'; ``stride``
+        the bytes ``+ 1`` moves (a pointer's target, an array's element; 1 for void and
+        functions, as gdb counts them). None when the DWARF does not say."""
+        die = self.variables.get(name)
+        t = self.strip(self.type_of(die)) if die is not None else None
+        if t is None:
+            return None
+        tag = t.tag
+        if tag == "DW_TAG_base_type":
+            enc = t.attributes.get("DW_AT_encoding")
+            return ("float" if enc is not None and enc.value == 4 else "integer"), 1   # DW_ATE_float
+        if tag == "DW_TAG_enumeration_type":
+            return "integer", 1
+        if tag in ("DW_TAG_pointer_type", "DW_TAG_reference_type"):
+            return "pointer", self.size_of(self.type_of(t)) or 1
+        if tag == "DW_TAG_array_type":
+            dims = [c for c in t.iter_children() if c.tag == "DW_TAG_subrange_type"]
+            first = dims[0].attributes if dims else {}
+            count = (first["DW_AT_count"].value if "DW_AT_count" in first else
+                     first["DW_AT_upper_bound"].value + 1 if "DW_AT_upper_bound" in first else 0)
+            whole = self.size_of(t)
+            stride = whole // count if isinstance(count, int) and count > 0 and whole else 0
+            return "array", stride or self.size_of(self.type_of(t)) or 1
+        if tag in ("DW_TAG_structure_type", "DW_TAG_class_type"):
+            return "struct", self.size_of(t) or 1
+        if tag == "DW_TAG_union_type":
+            return "union", self.size_of(t) or 1
+        if tag == "DW_TAG_subroutine_type":
+            return "function", 1
+        return None

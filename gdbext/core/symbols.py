@@ -74,6 +74,8 @@ class ElfInfo:
     has_dwarf: bool
     constants: Dict[str, int] = dc_field(default_factory=dict)          # DWARF enumerators and constants
     variables: Dict[str, Tuple[str, int]] = dc_field(default_factory=dict)  # name -> (type, size)
+    # name -> (kind, stride) of the variable's type (DwarfTypes.variable_shape): expressions.
+    variable_shapes: Dict[str, Tuple[str, int]] = dc_field(default_factory=dict)
     sections: List[Section] = dc_field(default_factory=list)
     image_start: int = 0
     image_end: int = 0
@@ -186,6 +188,11 @@ class ElfInfo:
         """(type name, size) of a global from DWARF, by its conventional name or an alias."""
         found = self.symbol_name(name) or name
         return self.variables.get(found)
+
+    def variable_shape(self, name: str) -> Optional[Tuple[str, int]]:
+        """(kind, stride) of a global's type from DWARF (:meth:`DwarfTypes.variable_shape`)."""
+        found = self.symbol_name(name) or name
+        return self.variable_shapes.get(found)
 
     def variable_size(self, name: str, default: int) -> int:
         v = self.variable_type(name)
@@ -345,11 +352,15 @@ def _parse(path: str) -> ElfInfo:
                              "pointers (docs/kernel-interface.md)")
     notes.extend(layouts.notes)
     variables: Dict[str, Tuple[str, int]] = {}
+    shapes: Dict[str, Tuple[str, int]] = {}
     if types:
         for name in types.variables:
             vt = types.variable_type(name)
             if vt is not None:
                 variables[name] = vt
+            shape = types.variable_shape(name)
+            if shape is not None:
+                shapes[name] = shape
     for key, note in layouts.missing.items():
         # Only a kernel that has the variable needs its struct: Go's freePages is a *Page, and
         # Mazarin keeps no heap_stats.
@@ -358,7 +369,7 @@ def _parse(path: str) -> ElfInfo:
             notes.append(note)
     info = ElfInfo(path=path, elf_class=elf_class, pointer_size=pointer_size, endian=endian,
                    machine=machine, symbols=symbols, layouts=layouts, has_dwarf=types is not None,
-                   constants=constants, variables=variables, sections=sections,
+                   constants=constants, variables=variables, variable_shapes=shapes, sections=sections,
                    image_start=image_start, image_end=image_end, notes=notes,
                    constant_sources=constant_sources, macros=macros, macro_section=macro_section)
     info._by_address = by_address

@@ -4,9 +4,9 @@ instead of a debugger.
 :class:`CliSession` opens one target per session (a live gdbstub with ``--remote``, a core or a
 ``kheap dump`` file with ``--core``, a raw image with ``--raw --base``), finds the kernel ELF
 (``--elf``, or the one a ``kheap dump`` file remembers), refuses a target that does not run
-that ELF (:func:`elf_probe`), evaluates the small expressions the CLI accepts (numbers,
-symbols, ``symbol+offset``, ``$register``) and reads where the target stopped from its
-registers (no unwinder: frames stay empty).
+that ELF (:func:`elf_probe`), evaluates ADDR arguments as a debugger would (:class:`Expression`:
+numbers, symbols, ``&symbol``, ``$register``, ``+``, ``-``) and reads where the target stopped
+from its registers (no unwinder: frames stay empty).
 """
 
 import hashlib
@@ -16,11 +16,13 @@ import sys
 
 from gdbext.core import symbols
 from gdbext.core.memory import MemoryFault
-from gdbext.frontends.session import CommandError, Session, StopPlace
+from gdbext.frontends.session import ADDRESS_OF_KINDS, CommandError, Session, StopPlace
 from gdbext.targets import RawDump, RemoteTarget, open_dump
 
 PROBE_BYTES = 64            # bytes of .text (its end) and .rodata (its start) compared with the target
-_SYMBOL_EXPRESSION = re.compile(r"&?\s*([A-Za-z_.][\w.]*)\s*(?:([+-])\s*(\w+))?")
+_TOKEN = re.compile(r"\s*(?:(?P<number>0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|\d+)|(?P<register>\$\w+)"
+                    r"|(?P<symbol>[A-Za-z_.][\w.]*)|(?P<op>[-+&()]))")
+EXPRESSION_FORMS = "numbers, symbols, &symbol, $registers, + and - (a debugger takes any C expression)"
 
 
 def elf_probe(elf, size=PROBE_BYTES):
@@ -52,6 +54,146 @@ def file_sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class Expression:
+    """The CLI's evaluator of ADDR arguments: what gdb and lldb would answer, for the subset of
+    C a script needs: ``0x3d5000+0x44``, ``kmalloc+0x10``, ``heap_segment_list_head``, ``&obj``,
+    ``$sp - 16``, ``(a + 8) - 4``.
+
+    A name means what it means in a debugger (:data:`~.session.ADDRESS_OF_KINDS`): a pointer or
+    integer global the value it holds (read from the target), an array, function, struct or
+    union its address. Arithmetic is C's: a pointer plus N moves N of what it points to (the
+    DWARF says how big), as in gdb. A data symbol without a DWARF type is refused, as gdb
+    refuses it ("has unknown type"): ``&name`` is its address.
+    """
+
+    def __init__(self, session, text):
+        self.session, self.text = session, text
+        self.tokens = self._tokenize(text)
+        self.pos = 0
+
+    def _error(self, why):
+        return CommandError(f"cannot evaluate {self.text!r}: {why}")
+
+    def _tokenize(self, text):
+        tokens, pos = [], 0
+        text = text.rstrip()
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or m.end() == pos:
+                bad = text[pos:].strip()[:1] or text[pos:pos + 1]
+                raise self._error(f"{bad!r} is not understood: the CLI takes {EXPRESSION_FORMS}")
+            tokens.append((m.lastgroup, m.group(m.lastgroup)))
+            pos = m.end()
+        if not tokens:
+            raise self._error(f"empty: the CLI takes {EXPRESSION_FORMS}")
+        return tokens
+
+    def _peek(self):
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
+
+    def _take(self):
+        token = self._peek()
+        self.pos += 1
+        return token
+
+    def value(self):
+        value, stride = self._sum()
+        if self.pos != len(self.tokens):
+            raise self._error(f"unexpected {self._peek()[1]!r}: the CLI takes {EXPRESSION_FORMS}")
+        return value & ((1 << 64) - 1)
+
+    # A value is (number, stride): stride None for an integer, else a pointer to stride bytes.
+    def _sum(self):
+        left = self._unary()
+        while self._peek() in (("op", "+"), ("op", "-")):
+            op = self._take()[1]
+            left = self._combine(left, op, self._unary())
+        return left
+
+    def _combine(self, left, op, right):
+        (a, sa), (b, sb) = left, right
+        if sa is not None and sb is not None:
+            if op == "+":
+                raise self._error("two addresses cannot be added")
+            return (a - b) // (sa or 1), None                    # pointer - pointer: elements apart
+        if sa is not None:
+            return (a + b * sa if op == "+" else a - b * sa), sa
+        if sb is not None:
+            if op == "-":
+                raise self._error("an address cannot be subtracted from a number")
+            return b + a * sb, sb
+        return (a + b if op == "+" else a - b), None
+
+    def _unary(self):
+        kind, text = self._take()
+        if (kind, text) == ("op", "-"):
+            value, stride = self._unary()
+            if stride is not None:
+                raise self._error("an address cannot be negated")
+            return -value, None
+        if (kind, text) == ("op", "("):
+            inner = self._sum()
+            if self._take() != ("op", ")"):
+                raise self._error("a '(' is not closed")
+            return inner
+        if (kind, text) == ("op", "&"):
+            kind, text = self._take()
+            if kind != "symbol":
+                raise self._error("& takes a symbol (&name)")
+            return self._address_of(text)
+        if kind == "number":
+            return int(text, 0), None
+        if kind == "register":
+            return self._register(text[1:]), None
+        if kind == "symbol":
+            return self._symbol(text)
+        raise self._error(f"expected a number, a symbol or a $register, not {text or 'the end'!r}")
+
+    def _register(self, name):
+        registers = self.session.stop_place().registers
+        value = registers.get(name)
+        if value is None:
+            known = " ".join(sorted(registers)) or "none (this target has no registers)"
+            raise self._error(f"no register {name!r} (known: {known})")
+        return value
+
+    def _elf_symbol(self, name):
+        elf = self.session.elf_info()
+        sym = elf.symbol(name)
+        if sym is None:
+            raise self._error(f"no symbol {name!r} in {self.session.elf_path()}")
+        return elf, sym
+
+    def _address_of(self, name):
+        """``&name``: its address, a pointer to the whole object (``&x + 1`` is past it, as in
+        C); to bytes when the DWARF gives no type (a function, a label)."""
+        elf, sym = self._elf_symbol(name)
+        shape = elf.variable_shape(name)
+        if shape is None or shape[0] == "function":
+            return sym.address, 1
+        return sym.address, elf.variable_size(name, 1)
+
+    def _symbol(self, name):
+        elf, sym = self._elf_symbol(name)
+        shape = elf.variable_shape(name)
+        if sym.kind == "func" or (shape is not None and shape[0] == "function"):
+            return sym.address, 1                          # a function: its address
+        if shape is None:
+            raise self._error(f"{name!r} has no type in the ELF's DWARF, so its value is unknown "
+                              f"(as in gdb): &{name} is its address")
+        kind, stride = shape
+        if kind in ADDRESS_OF_KINDS:
+            return sym.address, stride                     # an array, struct or union: its address
+        if kind == "float":
+            raise self._error(f"{name!r} is a floating-point variable, not an address")
+        size = elf.variable_size(name, self.session.program().pointer_size)
+        try:
+            value = self.session.program().read_int(sym.address, size)
+        except MemoryFault as fault:
+            raise self._error(f"the value of {name!r} cannot be read ({fault})") from None
+        return value, (stride if kind == "pointer" else None)
 
 
 def _article(word):
@@ -211,34 +353,9 @@ class CliSession(Session):
 
     # Expressions and stop state -------------------------------------------------------------
     def evaluate(self, expression):
-        text = expression.strip()
-        try:
-            return int(text, 0)
-        except ValueError:
-            pass
-        if text.startswith("$"):
-            registers = self.stop_place().registers
-            value = registers.get(text[1:])
-            if value is None:
-                known = " ".join(sorted(registers)) or "none (this target has no registers)"
-                raise CommandError(f"cannot evaluate {expression!r}: no register {text[1:]!r} "
-                                   f"(known: {known})")
-            return value
-        match = _SYMBOL_EXPRESSION.fullmatch(text)
-        if match:
-            address = self.elf_info().address_of(match.group(1))
-            if address is not None:
-                offset = 0
-                if match.group(3):
-                    try:
-                        offset = int(match.group(3), 0)
-                    except ValueError:
-                        raise CommandError(f"cannot evaluate {expression!r}: bad offset") from None
-                return address + offset if match.group(2) != "-" else address - offset
-            raise CommandError(f"cannot evaluate {expression!r}: no symbol {match.group(1)!r} in "
-                               f"{self.elf_path()}")
-        raise CommandError(f"cannot evaluate {expression!r}: the CLI takes numbers, symbols, "
-                           "symbol+offset and $registers (a debugger evaluates C expressions)")
+        """An ADDR argument's value (:class:`Expression`: numbers, symbols, ``&symbol``,
+        ``$register``, ``+``, ``-`` and parentheses), meaning what it means in gdb and lldb."""
+        return Expression(self, expression).value()
 
     def all_registers(self):
         """``([registers of each CPU], index of the CPU that stopped)``."""

@@ -242,6 +242,13 @@ def _outcome(report, failed=False, named=None):
     return Outcome(report, lambda color: reports.render_text(report, color), failed, named)
 
 
+# What an ADDR argument means, in every face (session.ADDRESS_OF_KINDS says which objects decay).
+ADDR_HELP = ("an address or an expression, taken as gdb's 'x ADDR' takes it: its value, so a pointer or "
+             "integer variable stands for the value it holds and an array, function, struct or union for its "
+             "address (&obj is always the address); gdb and lldb take any C expression ($r0, ptr+1, &obj), "
+             "the CLI numbers, symbols, &symbol, $registers, + and - (0x3d5000+0x44, kmalloc+0x10)")
+
+
 def _address_arg(session, text):
     """ADDR arguments accept numbers everywhere and expressions where a debugger is there."""
     try:
@@ -357,8 +364,7 @@ def _stats(session, args):
 
 
 def _find_options(parser):
-    parser.add_argument("address", metavar="ADDR",
-                        help="an address or, in a debugger, an expression ($r0, ptr, &obj)")
+    parser.add_argument("address", metavar="ADDR", help=ADDR_HELP)
 
 
 @command("find", "Which segment holds an address (header, payload or interior), offset, state, "
@@ -691,7 +697,7 @@ def _blame(session, args):
 
 def _refs_options(parser):
     parser.add_argument("address", metavar="ADDR", nargs="?",
-                        help="an address in the segment (in a debugger, an expression: $r0, ptr)")
+                        help="an address in the segment (an expression as for 'kheap find': $r0, ptr)")
     parser.add_argument("--dangling", action="store_true",
                         help="instead, every free segment something still points into (dangling "
                              "pointers, use after free)")

@@ -12,7 +12,11 @@ import gdb.types
 
 from gdbext.core.memory import MemoryFault
 from gdbext.frontends import commands, completion, describe
-from gdbext.frontends.session import CommandError, Session, StopPlace
+from gdbext.frontends.session import ADDRESS_OF_KINDS, CommandError, Session, StopPlace
+
+# gdb's type codes as the kinds of session.ADDRESS_OF_KINDS (what an ADDR argument means).
+_KINDS = {gdb.TYPE_CODE_ARRAY: "array", gdb.TYPE_CODE_FUNC: "function", gdb.TYPE_CODE_STRUCT: "struct",
+          gdb.TYPE_CODE_UNION: "union"}
 
 
 class GdbReader:
@@ -170,11 +174,12 @@ class GdbSession(Session):
 
 
 def _address_of(value):
-    """The address a gdb.Value stands for: a number or pointer as is, an array or a struct
-    (``*seg``) by where it lies."""
-    code = value.type.strip_typedefs().code
-    if code in (gdb.TYPE_CODE_ARRAY, gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION) \
-            and value.address is not None:
+    """The address a gdb.Value stands for (session.ADDRESS_OF_KINDS, the same in every face): a
+    number or pointer as is; an array, function, struct or union (``*seg``) by where it lies
+    (gdb's int() refuses a function: "Cannot convert value to long.")."""
+    if _KINDS.get(value.type.strip_typedefs().code) in ADDRESS_OF_KINDS:
+        if value.address is None:
+            raise CommandError(f"{value.type} is not in memory: it has no address")
         value = value.address
     return int(value) & ((1 << 64) - 1)
 
@@ -399,7 +404,7 @@ class SegmentFunction(gdb.Function):
                                f"(e.g. $kheap_segment($r0)), not {len(args)}")
         try:
             address = _address_of(args[0])
-        except gdb.error:
+        except (gdb.error, CommandError):
             raise gdb.GdbError(f"$kheap_segment: expected an address or pointer, not a value of "
                                f"type {args[0].type}") from None
         try:

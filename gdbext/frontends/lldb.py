@@ -12,10 +12,13 @@ import lldb  # noqa: I001 - this face exists to talk to lldb
 
 from gdbext.core.memory import MemoryFault
 from gdbext.frontends import commands, describe
-from gdbext.frontends.session import CommandError, Session, StopPlace
+from gdbext.frontends.session import ADDRESS_OF_KINDS, CommandError, Session, StopPlace
 from gdbext.targets import RemoteTarget, TargetError, parse_hostport
 
 _MASK64 = (1 << 64) - 1
+# lldb's type classes as the kinds of session.ADDRESS_OF_KINDS (what an ADDR argument means).
+_KINDS = {lldb.eTypeClassArray: "array", lldb.eTypeClassFunction: "function", lldb.eTypeClassStruct: "struct",
+          lldb.eTypeClassClass: "struct", lldb.eTypeClassUnion: "union"}
 
 
 class LldbReader:
@@ -146,8 +149,13 @@ class LldbSession(Session):
         if not value.IsValid() or value.GetError().Fail():
             reason = value.GetError().GetCString() if value.IsValid() else "invalid expression"
             raise CommandError(f"cannot evaluate {expression!r}: {(reason or '').strip()}")
-        if value.GetType().IsArrayType():
-            return value.AddressOf().GetValueAsUnsigned() & _MASK64
+        if _KINDS.get(value.GetType().GetCanonicalType().GetTypeClass()) in ADDRESS_OF_KINDS:
+            address = value.GetLoadAddress()
+            if address == lldb.LLDB_INVALID_ADDRESS:
+                address = value.AddressOf().GetValueAsUnsigned(lldb.LLDB_INVALID_ADDRESS)
+            if address == lldb.LLDB_INVALID_ADDRESS:
+                raise CommandError(f"cannot evaluate {expression!r}: a {value.GetTypeName()} that is not in memory")
+            return address & _MASK64
         return value.GetValueAsUnsigned() & _MASK64
 
     def blame_target(self):

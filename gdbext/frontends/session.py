@@ -23,6 +23,14 @@ class CommandError(Exception):
     """A problem the user can act on (no target, bad expression, unreadable file): one line."""
 
 
+# What an ADDR argument (find, walk --around, refs, ...) means, the same in every face: the
+# expression's value, as gdb's ``x ADDR`` takes it. A pointer or integer variable stands for the
+# value it holds; an object that is not a number (an array, a function, a struct or union)
+# stands for its address, as arrays and functions decay to theirs in C. The faces map their
+# debugger's type to these kinds (gdb.py, lldb.py; the CLI reads the ELF's DWARF).
+ADDRESS_OF_KINDS = frozenset({"array", "function", "struct", "union"})
+
+
 def load_snapshot_file(path):
     """A Snapshot from a JSON file written by 'kheap snapshot -o' (or its --json output)."""
     try:

@@ -264,13 +264,25 @@ def _render_info(r: Dict[str, Any], out: Text) -> None:
             continue
         out.line(f"{lay['name']} ({lay['size']} bytes, from {lay['source']}):", HEADING)
         rows = []
+        bits = any("bit_size" in f for f in lay["fields"])
         for f in lay["fields"]:
-            pos = str(f["offset"])
-            if "bit_size" in f:
-                pos += f" bits {f['data_bit_offset']}+{f['bit_size']}"
-            rows.append([(f["name"], PLAIN), (pos, PLAIN), (str(f["size"]), PLAIN), (f.get("type", ""), PLAIN)])
-        out.table(["field", "offset", "size", "type"], rows)
+            row = [(f["name"], PLAIN), (str(f["offset"]), PLAIN)]
+            if bits:
+                row.append((_bits_text(f), PLAIN))
+            rows.append(row + [(str(f["size"]), PLAIN), (f.get("type", ""), PLAIN)])
+        out.table(["field", "offset"] + (["bits"] if bits else []) + ["size", "type"], rows)
+        if bits:
+            out.line(f"  (bit-fields: bits counted from the byte at the offset, bit 0 its "
+                     f"{'most' if e.get('endian') == 'big' else 'least'} significant)", NOTE)
     out.notes(r.get("notes", []))
+
+
+def _bits_text(f: Dict[str, Any]) -> str:
+    """A bit-field's bits, counted from its byte offset: ``0 (1 bit)``, ``1..31 (31 bits)``."""
+    if "bit_size" not in f:
+        return ""
+    first, n = f["data_bit_offset"] - 8 * f["offset"], f["bit_size"]
+    return f"{first} ({plural(n, 'bit')})" if n == 1 else f"{first}..{first + n - 1} ({plural(n, 'bit')})"
 
 
 def _extra_text(value: Any) -> str:
