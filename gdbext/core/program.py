@@ -473,6 +473,8 @@ class Program:
                            "sources": dict(b.sources)}
         except ProgramError as exc:
             out["heap"] = {"error": str(exc)}
+            if exc.needs:
+                out["heap"]["needs"] = list(exc.needs)       # the face names them its own way
         out["poison"] = self.poison_byte()
         out["facts"] = self.facts()
         out["notes"] = self.notes

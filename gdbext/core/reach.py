@@ -43,6 +43,7 @@ from operator import (add as add_op, and_ as and_op, floordiv as floordiv_op, gt
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .memory import MemoryFault
+from .text import parse_size
 
 __all__ = ["StackRegion", "CoreState", "RootRange", "Roots", "StackSpecError", "stack_regions",
            "parse_stack_spec", "plan_roots", "gather_roots", "scan_words", "HeapIndex", "LeakScan", "leak_scan",
@@ -232,9 +233,9 @@ def parse_stack_spec(elf: Any, spec: str) -> List[StackRegion]:
             top_text, size_text = item.rsplit(":", 1)
             top = _address(elf, top_text)
             try:
-                size = int(size_text.strip(), 0)
-            except ValueError:
-                raise StackSpecError(f"not a size: {size_text.strip()!r}") from None
+                size = parse_size(size_text)          # the one size parser: 0x1000, 4k, 64k
+            except ValueError as error:
+                raise StackSpecError(f"not a size in {item!r}: {error}") from None
             low = top - size
             name = top_text.strip() if not top_text.strip()[0].isdigit() else f"stack{n}"
         else:

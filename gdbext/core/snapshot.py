@@ -93,8 +93,16 @@ class Snapshot:
     def from_json(cls, data: Dict[str, Any]) -> "Snapshot":
         """Rebuild from :meth:`to_json` output; raises :class:`SnapshotError` if it is not one.
         Files of earlier versions (segments without a payload, no arch or image) are read too."""
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise SnapshotError("not a kheap snapshot (schema_version 1)")
+        # The messages are the reason only: the caller says which file is not a snapshot.
+        if not isinstance(data, dict):
+            raise SnapshotError(f"a JSON {type(data).__name__}, not an object")
+        if data.get("schema_version") != SCHEMA_VERSION or data.get("report") not in (None, "snapshot"):
+            what = data.get("report")
+            if isinstance(what, str) and what:
+                raise SnapshotError(f"it is a kheap {what} report ('kheap snapshot NAME -o FILE' writes snapshots)")
+            raise SnapshotError(f"no schema_version field (a snapshot has schema_version {SCHEMA_VERSION})"
+                                if "schema_version" not in data else
+                                f"schema_version {data['schema_version']!r}, not {SCHEMA_VERSION}")
         try:
             segs, payloads = [], {}
             for item in data["segments"]:
@@ -108,8 +116,10 @@ class Snapshot:
                        str(data.get("stop_reason", "")), str(data.get("tag", "")),
                        data.get("kernel_stats"), payloads, str(data.get("arch") or ""),
                        str(data.get("image") or ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotError(f"malformed kheap snapshot: {exc}") from exc
+        except KeyError as exc:
+            raise SnapshotError(f"no {exc.args[0]!r} field") from exc
+        except (TypeError, ValueError) as exc:
+            raise SnapshotError(f"a malformed field ({exc})") from exc
 
 
 def take_snapshot(prog: Program, walk: Any = None, tag: str = "") -> Snapshot:

@@ -276,7 +276,11 @@ def _info(session, args):
         report["heap"] = {"error": f"needs target memory: {error}"}
         report["target"] = None
         return _outcome(report)
-    return _outcome(reports.info_report(prog))
+    report = reports.info_report(prog)
+    heap = report.get("heap") or {}
+    if heap.get("needs"):
+        heap["error"] += needs_hint(session, ProgramError("", needs=heap["needs"]))
+    return _outcome(report)
 
 
 def _walk_options(parser):

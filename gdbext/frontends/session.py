@@ -39,8 +39,10 @@ def load_snapshot_file(path):
         return Snapshot.from_json(data)
     except OSError as error:
         raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
-    except (ValueError, SnapshotError) as error:
+    except SnapshotError as error:
         raise CommandError(f"{path} is not a kheap snapshot: {' '.join(str(error).split())}") from None
+    except ValueError as error:
+        raise CommandError(f"{path} is not a kheap snapshot: not JSON ({' '.join(str(error).split())})") from None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_help_lists_every_command_and_the_target_options(capsys):
     (["nosuch"], "unknown command"),
     (["--bogus", "check"], "unknown option"),
     (["check", "--limit", "3", "--raw", "x", "--base", "0"], "unrecognized arguments"),
-    (["walk", "--limit", "x"], "not a count"),
+    (["walk", "--limit", "x"], "not a number"),
     (["check", "--remote", "1:1", "--core", "x"], "one target"),
     (["check", "--base", "0x1000"], "--base goes with --raw"),
     (["walk", "--core", "a", "--core", "b"], "only 'check' takes many dumps"),
@@ -181,6 +182,8 @@ def test_find_evaluates_numbers_symbols_offsets_and_registers(capsys, synthetic,
     status, out, _ = run(capsys, "find", f"{segs[1][0] + 20:#x}", "--json", *target)
     assert status == 0 and json.loads(out)["match"]["segment"]["address"] == segs[1][0]
     session = CliSession(parse_global_options(target)[0])
+    info = symbols.load_elf_info(elf)                            # kmalloc is a function, as in a real ELF
+    info.symbols["kmalloc"] = replace(info.symbols["kmalloc"], kind="func")
     try:
         assert session.evaluate("kmalloc") == k.symbols["kmalloc"]
         assert session.evaluate("kmalloc+0x10") == k.symbols["kmalloc"] + 16
