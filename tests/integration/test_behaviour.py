@@ -155,6 +155,24 @@ def _around_marks_row(command, old, new):
     return target is not None and [s["address"] for s in held] == [target] and dict(new, output=n) == old
 
 
+OLD_MAP_LEGEND = {"#": "used", ".": "free", "+": "used and free", "!": "corrupt", " ": "not on the list"}
+
+
+def _map_legend_words(command, old, new):
+    """The map's legend says its cells in the region table's words (issue 14 item 16: the table
+    said "bad" and "uncovered", the legend "corrupt" and "not on the list"); nothing else
+    changes, beyond the region table's bound (:func:`_regions_bounded`)."""
+    from gdbext.core.reports import MAP_LEGEND
+
+    o, n = old.get("output"), new.get("output")
+    if not o or not n or o.get("legend") != OLD_MAP_LEGEND or n.get("legend") != MAP_LEGEND:
+        return False
+    if not all(r["state"] in " ".join(MAP_LEGEND.values()) for r in n.get("regions", [])):
+        return False
+    restored = dict(new, output=dict(n, legend=o["legend"]))
+    return restored == old or _regions_bounded(command, old, restored)
+
+
 # Each: (what the command line starts with, the check that the difference is that fix).
 NAMED_FIXES = (
     ("kheap check ", _blame_suggestion),
@@ -167,6 +185,7 @@ NAMED_FIXES = (
     ("kheap pages --address ", _page_report),
     ("kheap walk --around ", _around_corrupt_size),
     ("kheap map ", _regions_bounded),
+    ("kheap map ", _map_legend_words),
 )
 
 
@@ -270,3 +289,15 @@ def test_issue14_report_fixes_accept_only_their_difference():
     assert named_fix("kheap find 0x4d5000" + tail, old_find, new_find) == "_find_says_what_it_is"
     new_find["output"]["reason"] = "elsewhere"
     assert not named_fix("kheap find 0x4d5000" + tail, old_find, new_find)
+
+
+def test_the_map_legend_fix_accepts_only_the_new_words():
+    from gdbext.core.reports import MAP_LEGEND
+
+    command = "kheap map --json --remote HOST:PORT --elf kernel/build/arm/kernel.elf"
+    regions = [{"start": 0, "end": 16, "bytes": 16, "state": "bad", "segments": 1}]
+    old = {"exit": 0, "stderr": "", "output": {"legend": OLD_MAP_LEGEND, "regions": regions, "cells": "!"}}
+    new = {"exit": 0, "stderr": "", "output": {"legend": dict(MAP_LEGEND), "regions": regions, "cells": "!"}}
+    assert named_fix(command, old, new) == "_map_legend_words"
+    assert not named_fix(command, old, dict(new, output=dict(new["output"], cells="#")))
+    assert not named_fix(command, old, dict(new, output=dict(new["output"], legend={"#": "x"})))
