@@ -45,6 +45,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from .memory import MemoryFault
 from .text import parse_size
 
+# The stacks setting as each face spells it: a note is the same in every face's report.
+STACKS_SETTING = "the stacks setting: --stacks (CLI), set kheap stacks (gdb), kheap set stacks (lldb)"
+
 __all__ = ["StackRegion", "CoreState", "RootRange", "Roots", "StackSpecError", "stack_regions",
            "parse_stack_spec", "plan_roots", "gather_roots", "scan_words", "HeapIndex", "LeakScan", "leak_scan",
            "Refs", "find_refs", "dangling", "SP_NAMES"]
@@ -189,8 +192,8 @@ def stack_regions(elf: Any) -> Tuple[List[StackRegion], List[str]]:
             if sec is not None:
                 bound = max(bound, sec.address)
             if not bound:
-                notes.append(f"{name}: no symbol or section below it bounds the stack: not used "
-                             "(set kheap stacks)")
+                notes.append(f"{name}: no symbol or section below it bounds the stack: not used; give "
+                             f"it with {STACKS_SETTING}")
                 continue
             low = -(-bound // STACK_ALIGN) * STACK_ALIGN
             if low >= top:
@@ -274,8 +277,8 @@ def plan_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] 
     else:
         regions, notes = stack_regions(elf)
         if not regions:
-            notes.append("no stack symbols in the ELF (*stack_top): no stack is scanned "
-                          "(set kheap stacks TOP:SIZE)")
+            notes.append("no stack symbols in the ELF (*stack_top): no stack is scanned; give TOP:SIZE "
+                          f"with {STACKS_SETTING}")
     cores = [c for c in cores if c.registers]
     with_sp = [c for c in cores if c.sp is not None]
     sections = [s for s in elf.sections if s.writable and s.size]
@@ -318,7 +321,7 @@ def plan_roots(prog: Any, cores: Sequence[CoreState], stack_spec: Optional[str] 
         # A core whose sp is 0 never set one up (a parked secondary core): nothing to say.
         if c.sp and regions and not any(r.low < c.sp <= r.top for r in regions):
             notes.append(f"cpu {c.cpu}: sp {prog.fmt(c.sp)} is in no known stack: its stack is "
-                         "not scanned (set kheap stacks if it has one)")
+                         f"not scanned; if it has one, give it with {STACKS_SETTING}")
     return Roots(wanted, list(cores), stacks, notes)
 
 

@@ -82,7 +82,7 @@ def _dump(session, args):
         roots = reach.plan_roots(prog, [reach.CoreState(i + 1, r) for i, r in enumerate(cpus)],
                                  session.current_settings().get("stacks"))
     except reach.StackSpecError as error:
-        raise CommandError(f"kheap stacks: {error}") from None
+        raise CommandError(f"--stacks: {error}") from None
     wanted = dump_wanted(prog, roots)
     ranges, saved = [], []
     merged = merge_ranges([(s, e) for s, e, _ in wanted])

@@ -631,7 +631,7 @@ def _reach_roots(session, prog, args):
     try:
         roots = reach.gather_roots(prog, session.core_states(), session.current_settings().get("stacks"))
     except reach.StackSpecError as error:
-        raise CommandError(f"kheap stacks: {error}") from None
+        raise CommandError(f"{_spelling(session, 'stacks')}: {error}") from None
     missing = roots.missing
     if missing and not args.partial:
         what = "; ".join(f"{r.kind} {r.name} {prog.fmt(r.start + len(r.data))}..{prog.fmt(r.end)}"
