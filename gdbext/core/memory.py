@@ -344,7 +344,9 @@ class BlockCache:
 
     def unreadable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
         """``[(start, end)]``: the parts of ``[address, address+size)`` that cannot be read, in
-        order and merged ([] when all of it can). Never raises.
+        order and merged ([] when all of it can). Never raises MemoryFault. Each starts at the
+        byte that faulted; it may run on to the end of the ``probe_size`` piece the fault was
+        in (what the cache knows), so it never counts an unread byte as read.
 
         Why: a caller that read the readable start of a range (:meth:`read_prefix`) must say
         which bytes it could not judge (a dump cut short, a stub answering E14), not treat

@@ -477,16 +477,17 @@ def _snapshot_options(parser):
     parser.add_argument("name", metavar="NAME", help="a name to compare against later with kheap diff")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="also save it as a JSON file (kheap diff takes the file's path as a name); "
-                             "the CLI keeps nothing between runs, so there it is required")
+                             "the CLI keeps nothing between runs: there it is required (or --json > FILE)")
 
 
 @command("snapshot", "Remember the current segment list under NAME (for kheap diff); -o saves it "
          "to a file.", "kheap snapshot before -o before.json")
 @options(_snapshot_options)
 def _snapshot(session, args):
-    if session.face == "cli" and not args.output:
-        raise UsageError(f"kheap snapshot: the CLI keeps nothing between runs: give -o FILE to keep "
-                         f"snapshot {args.name!r} (then 'kheap diff FILE')")
+    if session.face == "cli" and not args.output and not args.json:
+        # --json prints the snapshot itself: redirected, that is the file.
+        raise UsageError(f"kheap snapshot: the CLI keeps nothing between runs: give -o FILE (or --json "
+                         f"> FILE) to keep snapshot {args.name!r}, then 'kheap diff FILE'")
     prog = session.program()
     snap = take_snapshot(prog, tag=args.name)
     session.snapshots[args.name] = snap

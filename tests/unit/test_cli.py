@@ -339,7 +339,7 @@ def test_many_dumps_one_verdict_line_each(capsys, synthetic, tmp_path):
     data = json.loads(out)
     assert status == 2 and data["report"] == "check-many"
     assert [d["status"] for d in data["dumps"]] == ["ok", "corrupt", "error"]
-    assert data["dumps"][1]["report"]["findings"] and data["summary"] == {"ok": 1, "corrupt": 1, "error": 1}
+    assert data["dumps"][1]["report"]["findings"] and data["summary"] == {"ok": 1, "corrupt": 1, "incomplete": 0, "error": 1}
     status, out, _ = run(capsys, "check", "-q", "--core", str(folder), "--elf", str(elf))
     assert status == 2 and len(out.splitlines()) == 2                # -q: only the bad ones
     empty = tmp_path / "empty"

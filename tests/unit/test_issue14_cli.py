@@ -59,12 +59,15 @@ def test_unread_heap_tail_is_incomplete_not_ok():
     assert healthy.verdict == "ok" and healthy.unread == []
 
 
-def test_unread_ranges_are_exact_and_merged():
+def test_unread_ranges_start_exactly_and_never_claim_unread_bytes_as_read():
+    """Each range starts at the first byte that faulted; it may run on to the end of the probe
+    piece the fault was in (the cache's granularity), never stop short of what is unreadable."""
     k, _ = busy_kernel(4)
     holes = ((k.heap_end - 0x3000, k.heap_end - 0x2800), (k.heap_end - 0x1000, k.heap_end))
     cache = BlockCache(k.reader(holes), block_size=4096)
-    assert cache.unreadable_ranges(k.heap_start, k.heap_size) == list(holes)
+    assert cache.unreadable_ranges(k.heap_start, k.heap_size) == [(holes[0][0], k.heap_end - 0x2000), holes[1]]
     assert cache.unreadable_ranges(k.heap_start, 0x100) == []
+    assert cache.unreadable_ranges(k.heap_end - 0x1000, 0x10) == [(k.heap_end - 0x1000, k.heap_end - 0xFF0)]
 
 
 def test_corruption_in_what_was_read_is_still_corrupt():
@@ -168,7 +171,7 @@ def test_stripped_elf_without_a_heap_start_names_each_faces_option(capsys, monke
     status, out, err = run(capsys, "check", *target_of(path, base, elf))
     line = one_line(err)
     assert status == 2 and out == ""
-    assert line.endswith(": give --heap-start ADDR (and --heap-size BYTES)") and "heap_start" not in line
+    assert line.endswith(": give --heap-start ADDR (and --heap-size BYTES)") and "give heap_start" not in line
     status, out, err = run(capsys, "check", "--json", "--heap-start", hex(k.heap_start), "--heap-size", "64k",
                            *target_of(path, base, elf))
     assert status == 0, err
@@ -274,7 +277,8 @@ def test_cli_expressions_mean_what_a_debugger_means(tmp_path):
         assert ev("&heap_segment_list_head") == head                             # &: its address
         assert ev("panic_info") == elf.address_of("panic_info")                  # a struct: its address
         assert ev("uaf_blocks") == elf.address_of("uaf_blocks")                  # an array: its address
-        assert ev("(uaf_blocks + 1) - 4") == elf.address_of("uaf_blocks")
+        assert ev("(uaf_blocks + 1) - 1") == elf.address_of("uaf_blocks")                # C: elements
+        assert ev("(uaf_blocks + 1) - uaf_blocks") == 1
         assert ev("num_pages") == 0                                               # an integer: its value
         for bad, words in (("a*b", "the CLI takes numbers, symbols"), ("no_such", "no symbol"),
                            ("kmalloc + kfree", "cannot be added"), ("$r0", "no register")):

@@ -89,7 +89,7 @@ def test_check_many_report_one_verdict_line_per_dump():
                ("c.kdump", "error", None, "c.kdump is truncated")]
     report = R.check_many_report(results, exit_status=2)
     text = assert_is_a_report(report, "check-many")
-    assert report["summary"] == {"ok": 1, "corrupt": 1, "error": 1} and report["exit_status"] == 2
+    assert report["summary"] == {"ok": 1, "corrupt": 1, "incomplete": 0, "error": 1} and report["exit_status"] == 2
     assert [d["status"] for d in report["dumps"]] == ["ok", "corrupt", "error"]
     assert report["dumps"][1]["report"] is corrupt and report["dumps"][1]["errors"] == corrupt["errors"]
     assert report["dumps"][2]["verdict"] is None and report["dumps"][2]["error"] == "c.kdump is truncated"
