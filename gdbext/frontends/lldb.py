@@ -144,18 +144,17 @@ class LldbSession(Session):
         frame = self._context.GetFrame()
         if not frame.IsValid():
             frame = process.GetSelectedThread().GetSelectedFrame()
-        value = frame.EvaluateExpression(expression) if frame.IsValid() \
-            else self._target().EvaluateExpression(expression)
-        if not value.IsValid() or value.GetError().Fail():
-            reason = value.GetError().GetCString() if value.IsValid() else "invalid expression"
-            raise CommandError(f"cannot evaluate {expression!r}: {(reason or '').strip()}")
+        def evaluate(text):
+            value = frame.EvaluateExpression(text) if frame.IsValid() else self._target().EvaluateExpression(text)
+            if not value.IsValid() or value.GetError().Fail():
+                reason = value.GetError().GetCString() if value.IsValid() else "invalid expression"
+                raise CommandError(f"cannot evaluate {expression!r}: {(reason or '').strip()}")
+            return value
+
+        value = evaluate(expression)
         if _KINDS.get(value.GetType().GetCanonicalType().GetTypeClass()) in ADDRESS_OF_KINDS:
-            address = value.GetLoadAddress()
-            if address == lldb.LLDB_INVALID_ADDRESS:
-                address = value.AddressOf().GetValueAsUnsigned(lldb.LLDB_INVALID_ADDRESS)
-            if address == lldb.LLDB_INVALID_ADDRESS:
-                raise CommandError(f"cannot evaluate {expression!r}: a {value.GetTypeName()} that is not in memory")
-            return address & _MASK64
+            # An expression's result is a copy with no address: ask for the object's address.
+            value = evaluate(f"&({expression})")
         return value.GetValueAsUnsigned() & _MASK64
 
     def blame_target(self):

@@ -71,7 +71,7 @@ def test_stripped_elf_with_heap_start_checks_and_hints_name_each_face(vm_pool, t
     subprocess.run([STRIP[arch], "--strip-all", "-o", str(stripped), str(vm.elf)], check=True)
     remote = ["--remote", f"127.0.0.1:{vm.gdb_port}", "--elf", stripped]
     line = assert_one_line_error(kheap("check", *remote))
-    assert line.endswith(": give --heap-start ADDR (and --heap-size BYTES)") and "heap_start" not in line, line
+    assert line.endswith(": give --heap-start ADDR (and --heap-size BYTES)") and "give heap_start" not in line, line
     proc = kheap("check", "--json", "--heap-start", hex(start), "--heap-size", "1M", *remote)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     report = json.loads(proc.stdout)
