@@ -142,3 +142,11 @@ def test_run_sh_refuses_a_port_out_of_range():
         proc.communicate()
         pytest.fail("qemu/run.sh --gdb-port 210412 booted QEMU")
     assert proc.returncode == 2 and "port 210412 is out of range (1-65535)" in err, (out, err)
+
+
+def test_readme_examples_are_what_the_kernel_prints(vm_pool):
+    """The README's pretty-printer line is what gdb prints on the bundled arm kernel (clean)."""
+    vm = vm_pool.get("arm", "clean")
+    printed = run_gdb(vm.elf, vm.gdb_port, ["print *heap_segment_list_head"]).output(0).strip()
+    readme = (REPO / "README.md").read_text()
+    assert printed.startswith("$1 = heap_segment_t {") and printed in readme, printed
