@@ -64,8 +64,10 @@ class Expression:
     A name means what it means in a debugger (:data:`~.session.ADDRESS_OF_KINDS`): a pointer or
     integer global the value it holds (read from the target), an array, function, struct or
     union its address. Arithmetic is C's: a pointer plus N moves N of what it points to (the
-    DWARF says how big), as in gdb. A data symbol without a DWARF type is refused, as gdb
-    refuses it ("has unknown type"): ``&name`` is its address.
+    DWARF says how big), as in gdb. A data object without a DWARF type is refused, as gdb
+    refuses it ("has unknown type"): ``&name`` is its address. A label without a type (a
+    linker symbol: ``boot_stack_top``) is its address, counted in bytes, where gdb wants a cast
+    (``(char *)&boot_stack_top - 16``): the CLI answers where gdb would not, never otherwise.
     """
 
     def __init__(self, session, text):
@@ -180,6 +182,11 @@ class Expression:
         shape = elf.variable_shape(name)
         if sym.kind == "func" or (shape is not None and shape[0] == "function"):
             return sym.address, 1                          # a function: its address
+        if shape is None and sym.kind == "notype":
+            # A label with no object behind it (the linker's boot_stack_top, _start): C declares
+            # such a symbol as an array (extern char boot_stack_top[]), so it is its address.
+            # gdb asks for a cast here ((char *)&boot_stack_top); it never answers otherwise.
+            return sym.address, 1
         if shape is None:
             raise self._error(f"{name!r} has no type in the ELF's DWARF, so its value is unknown "
                               f"(as in gdb): &{name} is its address")

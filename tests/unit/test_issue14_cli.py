@@ -280,6 +280,7 @@ def test_cli_expressions_mean_what_a_debugger_means(tmp_path):
         assert ev("(uaf_blocks + 1) - 1") == elf.address_of("uaf_blocks")                # C: elements
         assert ev("(uaf_blocks + 1) - uaf_blocks") == 1
         assert ev("num_pages") == 0                                               # an integer: its value
+        assert ev("boot_stack_top-16") == elf.address_of("boot_stack_top") - 16   # a label: its address
         for bad, words in (("a*b", "the CLI takes numbers, symbols"), ("no_such", "no symbol"),
                            ("kmalloc + kfree", "cannot be added"), ("$r0", "no register")):
             with pytest.raises(CommandError, match=words):
