@@ -144,6 +144,7 @@ class LldbSession(Session):
         frame = self._context.GetFrame()
         if not frame.IsValid():
             frame = process.GetSelectedThread().GetSelectedFrame()
+
         def evaluate(text):
             value = frame.EvaluateExpression(text) if frame.IsValid() else self._target().EvaluateExpression(text)
             if not value.IsValid() or value.GetError().Fail():
