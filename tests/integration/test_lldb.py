@@ -17,6 +17,7 @@ import pytest
 
 from debuggers import LLDB, REPO, lldb_argv, run_gdb, run_lldb
 from expectations import ARCHES, CORRUPTION_CODES, HEALTHY, assert_expected_findings
+from gdbext.core.text import plural
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lldb]
 
@@ -162,7 +163,7 @@ def test_auto_check_is_one_stop_hook_and_every_stop_still_stops(start_vm, arch):
     assert [int(m.group(1)) if m else None for m in sizes] == [24, 64, 64], \
         [run.output(i)[-300:] for i in (4, 5, 8)]
     # The stop hook prints on lldb's own output: one verdict per stop while on, none after off.
-    assert _verdicts(run.stdout) == [f"kheap: heap OK (0 errors, 0 warnings, {n} segments)"
+    assert _verdicts(run.stdout) == [f"kheap: heap OK (0 errors, 0 warnings, {plural(n, 'segment')})"
                                      for n in (1, 2, 3)], run.stdout[-3000:]
     assert "AutoCheckHook" not in run.output(10) and "is off" in run.output(11)
     assert "kheap_checkpoint" in run.output(13)
