@@ -88,6 +88,7 @@ DEFAULT_TIMEOUT = 5.0      # seconds for connect and for every request, retransm
 HALT_PROBE = 0.5           # silence after our first packet that makes us send \x03
 PIPELINE_DEPTH = 16        # ``m`` requests in flight during a bulk read (see bench/bench_rsp.py)
 MAX_DEPTH = 256            # ... at most, when the stub's replies are small (see _depth)
+FOLLOW_DEPTH = 8           # ... times as many when the caller works in the waits (see _depth)
 STALL_FLUSH = 0.002        # a stream that waits this long sends the acks it owes at once
 PROBE_WAIT = 0.25          # at least this long for the stub's answer to the pipelining probe
 QUIET = 0.05               # at least this much silence means a confused stub has finished
@@ -830,8 +831,14 @@ class RemoteTarget:
         reply = self._command(b"m%x,%x" % (address, size), deadline=deadline)
         return self._parse_m(reply, address, size)
 
-    def _depth(self) -> int:
+    def _depth(self, following: bool = False) -> int:
         """How many ``m`` requests a stream keeps in flight.
+
+        ``following``: the caller works in the stream's waits (``progress``): the stub is given
+        :data:`FOLLOW_DEPTH` times as many requests, so it never runs out of work while the
+        caller does its own (stress heap, aarch64, one VM, check and raw read alternating: a
+        check took 1.28x a raw read with 16 in flight, 1.16x with 64, 1.05x with 128; a raw
+        read itself gains 0-5% from going deeper, so its default stays).
 
         ``pipeline`` counts requests of a 2 KiB chunk; a stub that caps its replies lower gets
         proportionally more of them (up to :data:`MAX_DEPTH`), so the bytes in flight, and the
@@ -842,7 +849,8 @@ class RemoteTarget:
         """
         if self.pipeline <= 1 or not self.pipelining:
             return 1
-        return min(MAX_DEPTH, max(self.pipeline, self.pipeline * 2048 // max(1, self.chunk_size)))
+        depth = self.pipeline * (FOLLOW_DEPTH if following else 1)
+        return min(MAX_DEPTH, max(depth, depth * 2048 // max(1, self.chunk_size)))
 
     def _read_chunk(self, address: int, size: int) -> bytes:
         """A prefix of ``size`` <= chunk bytes, or MemoryFault at the first bad address.
@@ -998,7 +1006,7 @@ class RemoteTarget:
         at one request in flight.
         """
         step = self.chunk_size
-        depth = self._depth()
+        depth = self._depth(following=progress is not None)
         chunks = ((k, a, min(step, end - a)) for k, (start, end) in enumerate(ranges)
                   for a in range(start, end, step))
         parts: List[List[bytes]] = [[] for _ in ranges]

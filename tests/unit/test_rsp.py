@@ -697,3 +697,17 @@ def test_a_check_through_other_stubs_equals_one_over_plain_memory(knobs, corrupt
     assert (corruption == "none") == (remote.findings == [])
     assert elapsed < 5, f"{elapsed:.1f}s"
     assert_never_wrote(s)
+
+
+def test_a_stream_whose_caller_works_in_the_waits_keeps_more_requests_at_the_stub():
+    """With ``progress`` the caller works while the stub answers: the stream asks for
+    FOLLOW_DEPTH times as many chunks at once, so the stub never waits for the caller."""
+    from gdbext.targets.rsp import FOLLOW_DEPTH
+    sent_first = []
+    with stub() as s, connect(s, pipeline=4) as t:
+        before = t.packets_sent
+        t.read_many([(BASE, 0x10000)], progress=lambda a, c: sent_first.append(t.packets_sent - before))
+        assert t.read(BASE, 0x10000) == IMAGE[:0x10000]
+        plain = [p for p in s.received if p.startswith(b"m")]
+    assert sent_first and sent_first[0] == min(32, 4 * FOLLOW_DEPTH) > 4   # 0x10000 is 32 chunks
+    assert len(plain) == 64
