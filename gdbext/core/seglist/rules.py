@@ -194,7 +194,10 @@ class Bits(Term):
         return bool(getattr(c, self.column)[i] & _column(c, self.mask))
 
     def pick(self, c: "Columns") -> Iterable[int]:
-        return compress(count(), map(and_, getattr(c, self.column), repeat(_column(c, self.mask))))
+        column, mask = getattr(c, self.column), _column(c, self.mask)
+        if not any(map(and_, column, repeat(mask))):
+            return ()                             # the usual case, in one pass with no list
+        return compress(count(), map(and_, column, repeat(mask)))
 
 
 class NoneOf(Term):
@@ -207,7 +210,10 @@ class NoneOf(Term):
         return getattr(c, self.column)[i] == 0 and getattr(c, self.other)[i] == 0
 
     def pick(self, c: "Columns") -> Iterable[int]:
-        return _indexes_of(list(map(or_, getattr(c, self.column), getattr(c, self.other))), 0)
+        x, y = getattr(c, self.column), getattr(c, self.other)
+        if 0 not in map(or_, x, y):
+            return ()                             # the usual case, in one pass with no list
+        return _indexes_of(list(map(or_, x, y)), 0)
 
 
 class Outside(Term):
@@ -222,9 +228,8 @@ class Outside(Term):
 
     def pick(self, c: "Columns") -> Iterable[int]:
         x, low, high = getattr(c, self.column), getattr(c, self.low), getattr(c, self.high)
-        links = list(filter(None, x))
-        if not links or (min(links) >= low and max(links) <= high):
-            return ()
+        if not x or (max(x) <= high and (min(x) >= low or min(filter(None, x), default=low) >= low)):
+            return ()                             # (a 0 is no link: only the list's last has one)
         return [i for i, v in enumerate(x) if v and not low <= v <= high]
 
 
@@ -507,17 +512,25 @@ class ColumnCursor:
         while self.done < upto:
             lo = self.done
             hi = min(upto, lo + CHUNK)
-            address = addresses[lo:hi].tolist()
-            with memoryview(raw) as view:         # released at once: the walk's bytes may grow
+            with memoryview(addresses) as a, memoryview(raw) as view:   # released at once: the walk may grow
+                address = a[lo:hi].tolist()
                 columns = self.layout.columns(view[lo * ds:hi * ds])
             before = self.before
-            c = Columns(address, columns, [before[0]] + address[:-1], [], [], [], self.heap_start, self.heap_end,
+            c = Columns(address, columns, _after(before[0], address), [], [], [], self.heap_start, self.heap_end,
                         self.header_size, None if explained is None else explained - lo, self.alignment)
-            c.before_next = [address[0] if lo == 0 else before[1]] + c.next[:-1]
-            c.before_flag = [before[2]] + c.flag[:-1]
-            c.before_end = [before[3]] + c.end[:-1]
+            c.before_next = _after(address[0] if lo == 0 else before[1], c.next)
+            c.before_flag = _after(before[2], c.flag)
+            c.before_end = _after(before[3], c.end)
             self.done, self.before = hi, (address[-1], c.next[-1], c.flag[-1], c.end[-1])
             yield lo, c
+
+
+def _after(first: Any, column: List[Any]) -> List[Any]:
+    """``[first] + column[:-1]``: each header's predecessor's value, in one copy."""
+    out = [first]
+    out += column
+    del out[-1]
+    return out
 
 
 def _explained(walk: HeapWalk) -> Optional[int]:
@@ -763,8 +776,9 @@ def _poison_findings(prog: Any, poison: int, off: int, buf: Any, base: int,
     # A payload of size - off bytes from a + off.
     lengths = list(map(sub, sizes, repeat(off)))
     starts = list(map(add, addresses, repeat(off - base)))
-    # Lazily, so a million free segments cost no list of slices.
-    intact = map(buf.startswith, map(run.__getitem__, map(slice, lengths)), starts, map(add, starts, lengths))
+    # One run of poison per distinct length (a heap has few), lazily compared.
+    runs = {n: run[:n] for n in set(lengths)}
+    intact = map(buf.startswith, map(runs.__getitem__, lengths), starts, map(add, starts, lengths))
     damaged = compress(zip(addresses, sizes), map(not_, intact))
     out: List[Finding] = []
     pb = bytes([poison])
@@ -799,7 +813,9 @@ def validate_poison(prog: Any, walk: HeapWalk, tally: Optional[Tally] = None, fi
         tally = Tally()
         for _, c in walk_columns(walk):
             tally(c)
-    addresses, sizes = tally.free_addresses[first:], tally.free_sizes[first:]
+    addresses, sizes = tally.free_addresses, tally.free_sizes
+    if first:
+        addresses, sizes = addresses[first:], sizes[first:]
     if not addresses:
         return []
     buf = prog.heap_bytes()
