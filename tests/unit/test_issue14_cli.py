@@ -25,7 +25,7 @@ from gdbext.targets import write_kheap_dump
 
 from fake_gdbstub import FakeGdbStub, StubConfig
 from heapbuilder import busy_kernel
-from test_cli import kheap_dump, one_line, raw_image, run, synthetic  # noqa: F401 - the fixture
+from unit.test_cli import kheap_dump, one_line, raw_image, run, synthetic  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_ELF = REPO / "kernel" / "build" / "arm" / "kernel.elf"

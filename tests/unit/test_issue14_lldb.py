@@ -3,7 +3,7 @@ the same registers whichever face gathered them."""
 
 from gdbext.core import reach
 
-from test_reach import Kernel
+from unit.test_reach import Kernel
 
 
 def test_roots_are_the_general_purpose_registers_in_every_face():
