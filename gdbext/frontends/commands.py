@@ -409,8 +409,9 @@ def _show(session, args):
 
 
 def _pages_options(parser):
-    parser.add_argument("--page", type=count, metavar="N", help="show page_t number N")
-    parser.add_argument("--address", metavar="ADDR", help="show the page_t of the page holding ADDR")
+    one = parser.add_mutually_exclusive_group()
+    one.add_argument("--page", type=count, metavar="N", help="show page_t number N")
+    one.add_argument("--address", metavar="ADDR", help="show the page_t of the page holding ADDR")
     parser.add_argument("--no-free-list", action="store_true",
                         help="count pages by kind without walking the free list")
 
@@ -460,6 +461,9 @@ def _map_options(parser):
          "--html FILE draws it as a page.", "kheap map --html heap.html")
 @options(_map_options)
 def _map(session, args):
+    if args.full and not args.html:
+        raise UsageError("kheap map: --full goes with --html FILE (the page shows the findings of "
+                         "'check --full')")
     if args.html:
         return _map_html(session, args.html, args.full)
     prog = session.program()

@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 from gdbext.core.reports import reach as reach_reports
 
+from test_cli import one_line, raw_image, run, synthetic  # noqa: F401 - the fixture
+
 
 def test_scan_notes_agree_in_number():
     """``kheap leaks --scan`` on the overflow scenario said "1 segments with a corrupt header
@@ -18,3 +20,18 @@ def test_scan_notes_agree_in_number():
     notes = reach_reports._scan_notes(prog, ix, roots)
     assert notes[0].endswith("only the 1 segment before it was scanned and judged"), notes
     assert notes[1] == "1 segment with a corrupt header was neither scanned nor judged", notes
+
+
+def test_options_that_go_together_or_exclude_each_other(capsys, synthetic, tmp_path):
+    """``pages --page 1 --address 0`` showed page 0 (the --page was dropped silently);
+    ``map --full`` without ``--html`` printed the text map as if --full meant something there
+    (its help says "with --html"), as ``walk --context`` without ``--around`` did before."""
+    elf, k = synthetic()
+    path, base = raw_image(tmp_path, k)
+    target = ["--raw", str(path), "--base", hex(base), "--elf", str(elf)]
+    status, _, err = run(capsys, "pages", "--page", "1", "--address", "0", *target)
+    assert status == 2 and "not allowed with argument --page" in one_line(err), err
+    status, _, err = run(capsys, "map", "--full", *target)
+    assert status == 2 and "--full goes with --html" in one_line(err), err
+    status, out, _ = run(capsys, "map", "--html", str(tmp_path / "m.html"), "--full", *target)
+    assert status == 0 and "wrote" in out
