@@ -156,8 +156,36 @@ def run(session, name, argv):
         known = ", ".join(c.name for c in _COMMANDS.values()
                           if face not in ("gdb", "lldb", "cli") or face in c.faces)
         raise UsageError(f"kheap: unknown command {name!r} (one of: {known})")
+    _setting_given_as_option(session, cmd, argv)
     args = _parser(cmd).parse_args(argv)
     return cmd, args, cmd.handler(session, args)
+
+
+_SETTING_NAMES = frozenset(name for name, *_ in SETTINGS)
+
+
+def _setting_given_as_option(session, cmd, argv):
+    """In a debugger, the CLI's global options (``--heap-start 0x3d5000``, ``--debug``) are
+    settings: a user who types the CLI's spelling there is told the face's (``set kheap
+    heap-start 0x3d5000`` in gdb, ``kheap set heap-start 0x3d5000`` in lldb), not "unrecognized
+    arguments". Options the command itself has are left to its parser."""
+    face = getattr(session, "face", None)
+    if face not in ("gdb", "lldb"):
+        return
+    own = _parser(cmd)._option_string_actions
+    for index, token in enumerate(argv):
+        if token == "--":
+            return
+        option, equals, value = token.partition("=")
+        name = option[2:]
+        if not option.startswith("--") or name not in _SETTING_NAMES or option in own:
+            continue
+        if not equals:
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            value = "on" if name in ("debug", "auto-check") else \
+                following if following and not following.startswith("-") else "VALUE"
+        raise UsageError(f"kheap {cmd.name}: {option} is a setting in {face}: "
+                         f"{session.setting_spelling(name, value)}")
 
 
 def outcome_to_text(session, args, outcome):

@@ -35,3 +35,36 @@ def test_options_that_go_together_or_exclude_each_other(capsys, synthetic, tmp_p
     assert status == 2 and "--full goes with --html" in one_line(err), err
     status, out, _ = run(capsys, "map", "--html", str(tmp_path / "m.html"), "--full", *target)
     assert status == 0 and "wrote" in out
+
+
+def test_a_cli_override_typed_in_a_debugger_names_the_setting():
+    """``kheap check --heap-start 0x3d5000`` in gdb (or lldb) said "unrecognized arguments:
+    --heap-start 0x3d5000": the CLI's spelling; there it is a setting, and the error says so in
+    the face's spelling."""
+    from gdbext.frontends import commands
+    from gdbext.frontends.session import Session
+    from gdbext.frontends.cmdline import UsageError
+
+    class Gdb(Session):
+        face = "gdb"
+
+    class Lldb(Session):
+        face = "lldb"
+
+        def setting_spelling(self, name, value=None):
+            return f"kheap set {name}" + ("" if value is None else f" {value}")
+
+    cases = [(Gdb(), ["--heap-start", "0x3d5000"], "kheap check: --heap-start is a setting in gdb: "
+              "set kheap heap-start 0x3d5000"),
+             (Gdb(), ["--debug"], "kheap check: --debug is a setting in gdb: set kheap debug on"),
+             (Gdb(), ["--full", "--block-size=64k"], "kheap check: --block-size is a setting in gdb: "
+              "set kheap block-size 64k"),
+             (Lldb(), ["--heap-size"], "kheap check: --heap-size is a setting in lldb: "
+              "kheap set heap-size VALUE")]
+    for session, argv, message in cases:
+        try:
+            commands.run(session, "check", argv)
+        except UsageError as error:
+            assert str(error) == message
+        else:
+            raise AssertionError(f"{argv} was accepted")
