@@ -707,7 +707,7 @@ def _blame_options(parser):
                         help="the bytes to watch (default: those the first error finding of a fresh "
                              "check names: a header field, a payload's overwritten bytes); in a "
                              "debugger any expression")
-    parser.add_argument("--size", type=count, default=0, metavar="N",
+    parser.add_argument("--size", type=positive, default=None, metavar="N",
                         help="bytes to watch from ADDR (default: the header field or global object "
                              "there, else one word)")
     parser.add_argument("--until", metavar="LOCATION",

@@ -68,3 +68,13 @@ def test_a_cli_override_typed_in_a_debugger_names_the_setting():
             assert str(error) == message
         else:
             raise AssertionError(f"{argv} was accepted")
+
+
+def test_blame_size_zero_is_a_usage_error(capsys, synthetic, tmp_path):
+    """``kheap blame ADDR --size 0 -y`` watched the whole header (16 bytes) as if no --size had
+    been given, and said FOUND; zero bytes cannot be watched: a usage error, as map --cells 0."""
+    elf, k = synthetic()
+    path, base = raw_image(tmp_path, k)
+    status, _, err = run(capsys, "blame", "0x1000", "--size", "0", "-y",
+                         "--raw", str(path), "--base", hex(base), "--elf", str(elf))
+    assert status == 2 and "argument --size: must be at least 1, not 0" in one_line(err), err
