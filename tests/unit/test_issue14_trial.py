@@ -78,3 +78,13 @@ def test_blame_size_zero_is_a_usage_error(capsys, synthetic, tmp_path):
     status, _, err = run(capsys, "blame", "0x1000", "--size", "0", "-y",
                          "--raw", str(path), "--base", hex(base), "--elf", str(elf))
     assert status == 2 and "argument --size: must be at least 1, not 0" in one_line(err), err
+
+
+def test_timeout_must_be_more_than_zero(capsys):
+    """``kheap check --timeout 0 --remote HOST:PORT`` said "cannot connect to HOST:PORT:
+    Operation now in progress" (a live stub was listening); a wait of 0 or less is a usage error."""
+    for value in ("0", "-1", "nan"):
+        status, _, err = run(capsys, "check", "--timeout", value, "--remote", "127.0.0.1:1", "--elf", "x")
+        assert status == 2 and "argument --timeout: must be more than 0 seconds" in one_line(err), err
+    status, _, err = run(capsys, "check", "--timeout", "abc", "--remote", "127.0.0.1:1", "--elf", "x")
+    assert status == 2 and "not a number of seconds: 'abc'" in one_line(err), err
