@@ -88,3 +88,31 @@ def test_timeout_must_be_more_than_zero(capsys):
         assert status == 2 and "argument --timeout: must be more than 0 seconds" in one_line(err), err
     status, _, err = run(capsys, "check", "--timeout", "abc", "--remote", "127.0.0.1:1", "--elf", "x")
     assert status == 2 and "not a number of seconds: 'abc'" in one_line(err), err
+
+
+def test_watch_history_and_leaks_text_agree_in_number():
+    """``kheap watch``/``history``/``leaks`` (gdb, lldb) said "1 operations recorded", "1 live
+    blocks", "1 breakpoints removed", "1 blocks", and "0 live blocks ... by caller (payload
+    addresses, ...):" with nothing after the colon."""
+    from gdbext.core import reports
+    from gdbext.core.reports import history
+
+    counters = {"operations": 1, "calls": 1, "allocations": 1, "frees": 0, "failed": 0,
+                "bytes_requested": 8, "bytes_allocated": 32, "bytes_freed": 0, "current_usage": 32,
+                "peak_usage": 32}
+    status = {"active": True, "counters": counters, "history_size": 1, "history_limit": 10,
+              "live": 1, "full_every": 0}
+    text = reports.render_text(history.watch_report("status", status))
+    assert "1 operation (1 call)" in text and "1 live block," in text, text
+    text = reports.render_text(history.watch_report("off", {"removed": 1, "counters": counters}))
+    assert "off: 1 breakpoint removed (1 operation recorded)" in text, text
+    text = reports.render_text(history.watch_report(
+        "on", {"breakpoints": 2, "return_sites": {"kfree": [0x100]}}))
+    assert "kfree (1 entry, 1 return)" in text, text
+    text = reports.render_text(history.history_report(4, None, [], 1, counters))
+    assert text.startswith("1 operation recorded"), text
+    text = reports.render_text(history.leaks_report(4, 0, []))
+    assert text.strip() == "0 live blocks (0 bytes) allocated since operation #0 and not freed", text
+    group = {"caller": "main", "count": 1, "bytes": 32, "blocks": [0x1000]}
+    text = reports.render_text(history.leaks_report(4, 0, [group]))
+    assert text.startswith("1 live block (32 bytes)") and " 1 block " in text, text
