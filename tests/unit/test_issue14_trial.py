@@ -116,3 +116,24 @@ def test_watch_history_and_leaks_text_agree_in_number():
     group = {"caller": "main", "count": 1, "bytes": 32, "blocks": [0x1000]}
     text = reports.render_text(history.leaks_report(4, 0, [group]))
     assert text.startswith("1 live block (32 bytes)") and " 1 block " in text, text
+
+
+def test_watch_page_stop_history_and_blame_progress_agree_in_number():
+    """The same rule where a count of 1 is common: a watch page of 1 operation, a watch stop
+    on a block with a history of 1 operation, blame's progress after 1 write."""
+    from gdbext.core import blame, reports
+    from gdbext.core.reports import history
+
+    report = history.watch_report("status", {})
+    report["html"] = {"path": "ops.html", "bytes": 10, "operations": 1}
+    assert "(10 bytes, 1 operation)" in reports.render_text(report)
+    op = {"kind": "kfree", "pointer": 0x1010, "caller": "main", "caller_pc": 0x8000,
+          "parent": None, "index": 1, "effect": None}
+    stop = {"report": "watch-stop", "schema_version": 1, "pointer_size": 4, "reason": "bad-pointer",
+            "findings": [], "address": 0x1010, "history": [op]}
+    assert "history of 0x00001010 (1 operation):" in reports.render_text(stop)
+    times = iter([0.0, 5.0])
+    seen = []
+    recorder = blame.Recorder(None, progress=seen.append, clock=lambda: next(times))
+    recorder.record(0x8000, {}, b"\0")
+    assert seen == ["kheap blame: 1 write so far, 5.0 s"], seen

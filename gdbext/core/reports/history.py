@@ -116,7 +116,7 @@ def _render_watch_and_page(report: Dict[str, Any], out: Text) -> None:
     _render_watch(report, out)
     page = report.get("html")
     if page:
-        out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {page['operations']} operations)")
+        out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {plural(page['operations'], 'operation')})")
 
 
 def call_site(prog: Any, caller_pc: Optional[int]) -> Optional[str]:
@@ -243,6 +243,6 @@ def _render_watch_stop(r: Dict[str, Any], out: Text) -> None:
         out.line(f"  first freed by: {describe_operation(r['first_free'], fmt)}")
     history = r.get("history") or []
     if history:
-        out.line(f"  history of {fmt(r['address'])} ({len(history)} operations):")
+        out.line(f"  history of {fmt(r['address'])} ({plural(len(history), 'operation')}):")
         for op in history[-12:]:
             out.line(f"    {describe_operation(op, fmt)}")
