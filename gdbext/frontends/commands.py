@@ -755,5 +755,9 @@ def _refs(session, args):
         report = reports.dangling_report(prog, index, items, roots)
         return _outcome(report, report["count"] > 0)
     index, block, refs = reach.find_refs(prog, roots, target)
-    named = None if block is None else NamedSegment(index.starts[block], index.payloads[block][0])
+    if block is None:
+        # As 'kheap show': no segment holds ADDR, so there is nothing to list (exit 2 in the
+        # CLI, an error in a debugger), not an empty report that exits 0.
+        raise CommandError(f"kheap refs: {prog.fmt(target)} is in no segment the walk reached")
+    named = NamedSegment(index.starts[block], index.payloads[block][0])
     return _outcome(reports.refs_report(prog, index, block, refs, target, roots), named=named)

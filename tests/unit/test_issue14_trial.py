@@ -137,3 +137,15 @@ def test_watch_page_stop_history_and_blame_progress_agree_in_number():
     recorder = blame.Recorder(None, progress=seen.append, clock=lambda: next(times))
     recorder.record(0x8000, {}, b"\0")
     assert seen == ["kheap blame: 1 write so far, 5.0 s"], seen
+
+
+def test_refs_of_an_address_in_no_segment_is_an_error(capsys, synthetic, tmp_path):
+    """``kheap refs 0`` printed "NULL is in no segment the walk reached" and exited 0, where
+    ``kheap show 0`` (the same question: which segment?) is an error, exit 2."""
+    elf, k = synthetic()
+    path, base = raw_image(tmp_path, k)
+    target = ["--raw", str(path), "--base", hex(base), "--elf", str(elf), "--stacks", "none"]
+    status, out, err = run(capsys, "refs", "0", *target)
+    assert status == 2 and out == "" and one_line(err) == "kheap refs: 0x00000000 is in no segment the walk reached", (out, err)
+    status, out, err = run(capsys, "refs", hex(k.segments()[0][0]), *target)
+    assert status == 0 and "point" in out, (out, err)
