@@ -149,3 +149,15 @@ def test_refs_of_an_address_in_no_segment_is_an_error(capsys, synthetic, tmp_pat
     assert status == 2 and out == "" and one_line(err) == "kheap refs: 0x00000000 is in no segment the walk reached", (out, err)
     status, out, err = run(capsys, "refs", hex(k.segments()[0][0]), *target)
     assert status == 0 and "point" in out, (out, err)
+
+
+def test_diff_of_a_binary_file_says_what_a_snapshot_is(capsys, tmp_path):
+    """``kheap diff before.json crash.kdump`` said "crash.kdump is not a kheap snapshot: not
+    JSON ('utf-8' codec can't decode byte 0x94 in position 56: invalid start byte)"."""
+    dump = tmp_path / "crash.kdump"
+    dump.write_bytes(b"\x7fELF\x01\x01\x01" + bytes(range(128, 256)))
+    status, _, err = run(capsys, "diff", str(dump), str(dump))
+    message = one_line(err)
+    assert status == 2 and "codec" not in message and "byte 0x" not in message, message
+    assert message == (f"kheap diff: {dump} is not a kheap snapshot: a binary file, not the JSON "
+                       "that 'kheap snapshot NAME -o FILE' writes"), message
