@@ -277,12 +277,21 @@ ADDR_HELP = ("an address or an expression, taken as gdb's 'x ADDR' takes it: its
              "the CLI numbers, symbols, &symbol, $registers, + and - (0x3d5000+0x44, kmalloc+0x10)")
 
 
-def _address_arg(session, text):
-    """ADDR arguments accept numbers everywhere and expressions where a debugger is there."""
+def _address_arg(session, text, prog=None):
+    """ADDR arguments accept numbers everywhere and expressions where a debugger is there.
+
+    With ``prog``, the value is an address of the target's width, as C converts an integer to
+    a pointer (``-1`` is 0xffffffff on a 32-bit kernel, not 0xffffffffffffffff); a number that
+    does not fit 64 bits is refused, as gdb refuses it ("Numeric constant too large")."""
     try:
-        return address(text)
+        value = address(text)
     except Exception:  # noqa: BLE001 - not a plain number: let the face evaluate it
-        return session.evaluate(text)
+        value = session.evaluate(text)
+    if value >= 1 << 64:
+        raise CommandError(f"cannot evaluate {text!r}: the number is too large for an address")
+    if prog is not None:
+        value &= (1 << (8 * prog.pointer_size)) - 1
+    return value
 
 
 def _info_options(parser):
@@ -340,7 +349,7 @@ def _walk(session, args):
     walk = prog.allocator.walk(prog)
     report = reports.walk_report(prog, walk)
     segments = report["segments"]
-    around = None if args.around is None else _address_arg(session, args.around)
+    around = None if args.around is None else _address_arg(session, args.around, prog)
     named = None
     if around is not None:
         target = around
@@ -404,7 +413,7 @@ def _find_options(parser):
 @options(_find_options)
 def _find(session, args):
     prog = session.program()
-    target = _address_arg(session, args.address)
+    target = _address_arg(session, args.address, prog)
     match = prog.allocator.find(prog, target)
     report = reports.find_report(prog, target, match)
     named = NamedSegment(match.segment.address, match.segment.payload) if match else None
@@ -424,7 +433,7 @@ def _show_options(parser):
 @options(_show_options)
 def _show(session, args):
     prog = session.program()
-    target = _address_arg(session, args.address)
+    target = _address_arg(session, args.address, prog)
     match = prog.allocator.find(prog, target)
     if match is None:
         where = reports.find_report(prog, target, None)
@@ -452,7 +461,7 @@ def _pages(session, args):
     if args.page is not None or args.address is not None:
         index = args.page
         if args.address is not None:
-            index = _address_arg(session, args.address) // PAGE_SIZE
+            index = _address_arg(session, args.address, prog) // PAGE_SIZE
         num = prog.bounds.num_pages
         if num is not None and index >= num:
             raise CommandError(f"kheap pages: page {index} is past the last page ({num - 1})")
@@ -748,7 +757,7 @@ def _refs(session, args):
     if args.dangling == (args.address is not None):
         raise UsageError("kheap refs: give ADDR or --dangling (one of them)")
     prog = session.program()
-    target = None if args.dangling else _address_arg(session, args.address)
+    target = None if args.dangling else _address_arg(session, args.address, prog)
     roots = _reach_roots(session, prog, args)
     if args.dangling:
         index, items = reach.dangling(prog, roots)

@@ -161,3 +161,18 @@ def test_diff_of_a_binary_file_says_what_a_snapshot_is(capsys, tmp_path):
     assert status == 2 and "codec" not in message and "byte 0x" not in message, message
     assert message == (f"kheap diff: {dump} is not a kheap snapshot: a binary file, not the JSON "
                        "that 'kheap snapshot NAME -o FILE' writes"), message
+
+
+def test_an_address_has_the_targets_width(capsys, synthetic, tmp_path):
+    """``kheap find -1`` on a 32-bit kernel said "0xffffffffffffffff is unmapped" (gdb's face
+    too: it masked to 64 bits), and ``find 0x1ffffffffffffffff`` (65 bits) was taken as is."""
+    elf, k = synthetic(pointer_size=4)
+    path, base = raw_image(tmp_path, k)
+    target = ["--raw", str(path), "--base", hex(base), "--elf", str(elf)]
+    status, out, err = run(capsys, "find", "-1", *target)
+    assert status == 0 and out.startswith("0xffffffff ") and "0xffffffffffffffff" not in out, (out, err)
+    status, out, err = run(capsys, "find", "0x1ffffffffffffffff", *target)
+    assert status == 2 and "too large for an address" in one_line(err), (out, err)
+    first = k.segments()[0][0]
+    status, out, _ = run(capsys, "find", hex(first + (1 << 32)), *target)   # wraps as C's cast
+    assert status == 0 and f"is in the used segment at 0x{first:08x}" in out, out
