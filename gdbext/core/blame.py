@@ -258,7 +258,7 @@ class Recorder:
                              stack_base, bytes(stack), now - self.started))
         if self._progress is not None and now >= self._next_progress:
             self._next_progress = now + PROGRESS_EVERY
-            self._progress(f"kheap blame: {len(self.hits)} writes so far, {now - self.started:.1f} s")
+            self._progress(f"kheap blame: {plural(len(self.hits), 'write')} so far, {now - self.started:.1f} s")
         if self.max_hits and len(self.hits) >= self.max_hits:
             self.full = True
             return False

@@ -11,7 +11,7 @@ import functools
 
 from gdbext import SCHEMA_VERSION
 from gdbext.frontends import commands
-from gdbext.frontends.cmdline import SafeArgumentParser, address
+from gdbext.frontends.cmdline import SafeArgumentParser, address, seconds
 from gdbext.frontends.session import COLOR_VALUES
 
 PROG = "kheap"
@@ -40,7 +40,7 @@ def add_global_options(parser, json_option=True, with_help=True):
     target.add_argument("--raw", metavar="FILE", help="a raw memory image (needs --base)")
     target.add_argument("--base", metavar="ADDR", type=address,
                         help="physical address of the raw image's first byte")
-    target.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0,
+    target.add_argument("--timeout", metavar="SECONDS", type=seconds, default=5.0,
                         help="--remote: seconds to wait for the stub (default 5)")
     out = parser.add_argument_group("output")
     if json_option:

@@ -66,3 +66,15 @@ def positive(text):
         return parse_size(text, minimum=1)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def seconds(text):
+    """An argparse type for a wait in seconds (``--timeout``): a number above 0 (0 made the
+    connection fail at once with "Operation now in progress"; a negative one likewise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value

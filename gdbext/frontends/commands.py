@@ -156,8 +156,36 @@ def run(session, name, argv):
         known = ", ".join(c.name for c in _COMMANDS.values()
                           if face not in ("gdb", "lldb", "cli") or face in c.faces)
         raise UsageError(f"kheap: unknown command {name!r} (one of: {known})")
+    _setting_given_as_option(session, cmd, argv)
     args = _parser(cmd).parse_args(argv)
     return cmd, args, cmd.handler(session, args)
+
+
+_SETTING_NAMES = frozenset(name for name, *_ in SETTINGS)
+
+
+def _setting_given_as_option(session, cmd, argv):
+    """In a debugger, the CLI's global options (``--heap-start 0x3d5000``, ``--debug``) are
+    settings: a user who types the CLI's spelling there is told the face's (``set kheap
+    heap-start 0x3d5000`` in gdb, ``kheap set heap-start 0x3d5000`` in lldb), not "unrecognized
+    arguments". Options the command itself has are left to its parser."""
+    face = getattr(session, "face", None)
+    if face not in ("gdb", "lldb"):
+        return
+    own = _parser(cmd)._option_string_actions
+    for index, token in enumerate(argv):
+        if token == "--":
+            return
+        option, equals, value = token.partition("=")
+        name = option[2:]
+        if not option.startswith("--") or name not in _SETTING_NAMES or option in own:
+            continue
+        if not equals:
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            value = "on" if name in ("debug", "auto-check") else \
+                following if following and not following.startswith("-") else "VALUE"
+        raise UsageError(f"kheap {cmd.name}: {option} is a setting in {face}: "
+                         f"{session.setting_spelling(name, value)}")
 
 
 def outcome_to_text(session, args, outcome):
@@ -249,12 +277,21 @@ ADDR_HELP = ("an address or an expression, taken as gdb's 'x ADDR' takes it: its
              "the CLI numbers, symbols, &symbol, $registers, + and - (0x3d5000+0x44, kmalloc+0x10)")
 
 
-def _address_arg(session, text):
-    """ADDR arguments accept numbers everywhere and expressions where a debugger is there."""
+def _address_arg(session, text, prog=None):
+    """ADDR arguments accept numbers everywhere and expressions where a debugger is there.
+
+    With ``prog``, the value is an address of the target's width, as C converts an integer to
+    a pointer (``-1`` is 0xffffffff on a 32-bit kernel, not 0xffffffffffffffff); a number that
+    does not fit 64 bits is refused, as gdb refuses it ("Numeric constant too large")."""
     try:
-        return address(text)
+        value = address(text)
     except Exception:  # noqa: BLE001 - not a plain number: let the face evaluate it
-        return session.evaluate(text)
+        value = session.evaluate(text)
+    if value >= 1 << 64:
+        raise CommandError(f"cannot evaluate {text!r}: the number is too large for an address")
+    if prog is not None:
+        value &= (1 << (8 * prog.pointer_size)) - 1
+    return value
 
 
 def _info_options(parser):
@@ -312,7 +349,7 @@ def _walk(session, args):
     walk = prog.allocator.walk(prog)
     report = reports.walk_report(prog, walk)
     segments = report["segments"]
-    around = None if args.around is None else _address_arg(session, args.around)
+    around = None if args.around is None else _address_arg(session, args.around, prog)
     named = None
     if around is not None:
         target = around
@@ -376,7 +413,7 @@ def _find_options(parser):
 @options(_find_options)
 def _find(session, args):
     prog = session.program()
-    target = _address_arg(session, args.address)
+    target = _address_arg(session, args.address, prog)
     match = prog.allocator.find(prog, target)
     report = reports.find_report(prog, target, match)
     named = NamedSegment(match.segment.address, match.segment.payload) if match else None
@@ -396,7 +433,7 @@ def _show_options(parser):
 @options(_show_options)
 def _show(session, args):
     prog = session.program()
-    target = _address_arg(session, args.address)
+    target = _address_arg(session, args.address, prog)
     match = prog.allocator.find(prog, target)
     if match is None:
         where = reports.find_report(prog, target, None)
@@ -409,8 +446,9 @@ def _show(session, args):
 
 
 def _pages_options(parser):
-    parser.add_argument("--page", type=count, metavar="N", help="show page_t number N")
-    parser.add_argument("--address", metavar="ADDR", help="show the page_t of the page holding ADDR")
+    one = parser.add_mutually_exclusive_group()
+    one.add_argument("--page", type=count, metavar="N", help="show page_t number N")
+    one.add_argument("--address", metavar="ADDR", help="show the page_t of the page holding ADDR")
     parser.add_argument("--no-free-list", action="store_true",
                         help="count pages by kind without walking the free list")
 
@@ -423,7 +461,7 @@ def _pages(session, args):
     if args.page is not None or args.address is not None:
         index = args.page
         if args.address is not None:
-            index = _address_arg(session, args.address) // PAGE_SIZE
+            index = _address_arg(session, args.address, prog) // PAGE_SIZE
         num = prog.bounds.num_pages
         if num is not None and index >= num:
             raise CommandError(f"kheap pages: page {index} is past the last page ({num - 1})")
@@ -460,6 +498,9 @@ def _map_options(parser):
          "--html FILE draws it as a page.", "kheap map --html heap.html")
 @options(_map_options)
 def _map(session, args):
+    if args.full and not args.html:
+        raise UsageError("kheap map: --full goes with --html FILE (the page shows the findings of "
+                         "'check --full')")
     if args.html:
         return _map_html(session, args.html, args.full)
     prog = session.program()
@@ -675,7 +716,7 @@ def _blame_options(parser):
                         help="the bytes to watch (default: those the first error finding of a fresh "
                              "check names: a header field, a payload's overwritten bytes); in a "
                              "debugger any expression")
-    parser.add_argument("--size", type=count, default=0, metavar="N",
+    parser.add_argument("--size", type=positive, default=None, metavar="N",
                         help="bytes to watch from ADDR (default: the header field or global object "
                              "there, else one word)")
     parser.add_argument("--until", metavar="LOCATION",
@@ -716,12 +757,16 @@ def _refs(session, args):
     if args.dangling == (args.address is not None):
         raise UsageError("kheap refs: give ADDR or --dangling (one of them)")
     prog = session.program()
-    target = None if args.dangling else _address_arg(session, args.address)
+    target = None if args.dangling else _address_arg(session, args.address, prog)
     roots = _reach_roots(session, prog, args)
     if args.dangling:
         index, items = reach.dangling(prog, roots)
         report = reports.dangling_report(prog, index, items, roots)
         return _outcome(report, report["count"] > 0)
     index, block, refs = reach.find_refs(prog, roots, target)
-    named = None if block is None else NamedSegment(index.starts[block], index.payloads[block][0])
+    if block is None:
+        # As 'kheap show': no segment holds ADDR, so there is nothing to list (exit 2 in the
+        # CLI, an error in a debugger), not an empty report that exits 0.
+        raise CommandError(f"kheap refs: {prog.fmt(target)} is in no segment the walk reached")
+    named = NamedSegment(index.starts[block], index.payloads[block][0])
     return _outcome(reports.refs_report(prog, index, block, refs, target, roots), named=named)

@@ -248,7 +248,8 @@ class KheapPrefix(gdb.Command):
         super().__init__("kheap", gdb.COMMAND_DATA, prefix=True)
 
     def invoke(self, argument, from_tty):
-        if argument.strip():
+        # 'kheap --help' as in the CLI (and 'kheap -h'): the list of subcommands, as plain 'kheap'.
+        if argument.strip() and argument.strip() not in ("-h", "--help"):
             _run(argument.split()[0], gdb.string_to_argv(argument)[1:])
         else:
             gdb.write(commands.prefix_help("gdb") + "\n")

@@ -41,6 +41,10 @@ def load_snapshot_file(path):
         raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
     except SnapshotError as error:
         raise CommandError(f"{path} is not a kheap snapshot: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        # A dump or core given where a snapshot goes: say what a snapshot is, not the codec's error.
+        raise CommandError(f"{path} is not a kheap snapshot: a binary file, not the JSON that "
+                           "'kheap snapshot NAME -o FILE' writes") from None
     except ValueError as error:
         raise CommandError(f"{path} is not a kheap snapshot: not JSON ({' '.join(str(error).split())})") from None
 

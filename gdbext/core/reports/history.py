@@ -86,23 +86,23 @@ def watch_report(action: str, status: Dict[str, Any]) -> Dict[str, Any]:
 def _render_watch(report: Dict[str, Any], out: Text) -> None:
     if report["action"] == "on":
         sites = report.get("return_sites", {})
-        where = ", ".join(f"{k} (1 entry, {len(v)} returns)" for k, v in sites.items())
-        out.line(f"kheap watch: on: {report['breakpoints']} breakpoints: {where}; continue to run the kernel")
+        where = ", ".join(f"{k} (1 entry, {plural(len(v), 'return')})" for k, v in sites.items())
+        out.line(f"kheap watch: on: {plural(report['breakpoints'], 'breakpoint')}: {where}; continue to run the kernel")
         return
     if report["action"] == "off":
         removed = report.get("removed")
         done = ("nothing to remove: no kheap watch breakpoints were set" if removed == 0
-                else f"{removed} breakpoints removed" if removed is not None else "breakpoints removed")
+                else f"{plural(removed, 'breakpoint')} removed" if removed is not None else "breakpoints removed")
         out.line(f"kheap watch: off: {done}" + (
-            f" ({report['counters']['operations']} operations recorded)" if "counters" in report else ""))
+            f" ({plural(report['counters']['operations'], 'operation')} recorded)" if "counters" in report else ""))
         return
     if "counters" not in report:
         out.line("kheap watch: off (never turned on)")
         return
     c = report["counters"]
-    out.line(f"kheap watch: {'on' if report['active'] else 'off'}; {c['operations']} operations "
-             f"({c['calls']} calls), history {report['history_size']}/{report['history_limit']}, "
-             f"{report['live']} live blocks, full check every {report['full_every'] or 'checkpoint'}")
+    out.line(f"kheap watch: {'on' if report['active'] else 'off'}; {plural(c['operations'], 'operation')} "
+             f"({plural(c['calls'], 'call')}), history {report['history_size']}/{report['history_limit']}, "
+             f"{plural(report['live'], 'live block')}, full check every {report['full_every'] or 'checkpoint'}")
     out.line(f"  allocations={c['allocations']} frees={c['frees']} failed={c['failed']} "
              f"bytes_requested={c['bytes_requested']} bytes_allocated={c['bytes_allocated']} "
              f"bytes_freed={c['bytes_freed']} current_usage={c['current_usage']} peak_usage={c['peak_usage']}")
@@ -116,7 +116,7 @@ def _render_watch_and_page(report: Dict[str, Any], out: Text) -> None:
     _render_watch(report, out)
     page = report.get("html")
     if page:
-        out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {page['operations']} operations)")
+        out.line(f"kheap watch: wrote {page['path']} ({page['bytes']} bytes, {plural(page['operations'], 'operation')})")
 
 
 def call_site(prog: Any, caller_pc: Optional[int]) -> Optional[str]:
@@ -157,8 +157,8 @@ def _operation_line(op: Dict[str, Any], fmt: Any) -> str:
 
 @renders("history")
 def _render_history(r: Dict[str, Any], out: Text) -> None:
-    head = (f"{r['matched']} operations touched {out.addr(r['address'])}" if r["address"] is not None
-            else f"{r['matched']} operations recorded")
+    head = (f"{plural(r['matched'], 'operation')} touched {out.addr(r['address'])}" if r["address"] is not None
+            else f"{plural(r['matched'], 'operation')} recorded")
     out.line(head + (f" ({r['not_shown']} earlier not shown)" if r["not_shown"] else ""))
     for op in r["operations"]:
         out.line(_operation_line(op, lambda a: out.addr(a) if a else "NULL"))
@@ -197,13 +197,14 @@ def _render_leaks(r: Dict[str, Any], out: Text) -> None:
     if r.get("mark_set"):
         out.line(f"kheap leaks: mark set at operation #{r['mark']}")
         return
-    out.line(f"{r['count']} live blocks ({r['bytes']} bytes) allocated since operation #{r['mark']} "
-             "and not freed, by caller (payload addresses, as kmalloc returned them):")
+    out.line(f"{plural(r['count'], 'live block')} ({plural(r['bytes'], 'byte')}) allocated since operation "
+             f"#{r['mark']} and not freed" + (", by caller (payload addresses, as kmalloc returned them):"
+                                              if r["groups"] else ""))
     n = r.get("blocks_shown", 8)
     for g in r["groups"]:
         shown = ", ".join(out.addr(b) for b in g["blocks"][:n])
         more = f" (+{len(g['blocks']) - n} more)" if len(g["blocks"]) > n else ""
-        out.line(f"  {g['caller']:<28} {g['count']:>6} blocks {g['bytes']:>9} bytes: {shown}{more}")
+        out.line(f"  {g['caller']:<28} {g['count']:>6} {'block ' if g['count'] == 1 else 'blocks'} {g['bytes']:>9} bytes: {shown}{more}")
         if g.get("sources"):
             out.line(f"  {'':<28} at {', '.join(g['sources'][:4])}"
                      + (f" (+{len(g['sources']) - 4} more)" if len(g["sources"]) > 4 else ""))
@@ -242,6 +243,6 @@ def _render_watch_stop(r: Dict[str, Any], out: Text) -> None:
         out.line(f"  first freed by: {describe_operation(r['first_free'], fmt)}")
     history = r.get("history") or []
     if history:
-        out.line(f"  history of {fmt(r['address'])} ({len(history)} operations):")
+        out.line(f"  history of {fmt(r['address'])} ({plural(len(history), 'operation')}):")
         for op in history[-12:]:
             out.line(f"    {describe_operation(op, fmt)}")

@@ -33,9 +33,11 @@ def _scan_notes(prog: Any, ix: Any, roots: Any) -> List[str]:
         stop = walk.stop_json()
         where = f" at {prog.fmt(stop['address'])}" if stop.get("address") is not None else ""
         notes.append(f"the walk stopped ({stop['reason']}{where}: {stop.get('detail', '')}): only the "
-                     f"{len(ix.blocks)} segments before it were scanned and judged")
+                     f"{plural(len(ix.blocks), 'segment')} before it "
+                     f"{'was' if len(ix.blocks) == 1 else 'were'} scanned and judged")
     if ix.bad:
-        notes.append(f"{len(ix.bad)} segments with a corrupt header were neither scanned nor judged")
+        notes.append(f"{plural(len(ix.bad), 'segment')} with a corrupt header "
+                     f"{'was' if len(ix.bad) == 1 else 'were'} neither scanned nor judged")
     if ix.readable_end < prog.heap_end:
         notes.append(f"the heap is unreadable from {prog.fmt(ix.readable_end)}: segments past it "
                      "were not scanned")
