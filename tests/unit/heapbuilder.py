@@ -323,3 +323,29 @@ def busy_kernel(pointer_size: int = 4, endian: str = "<", **kw) -> Tuple[Synthet
     k.kfree(ptrs[7])
     live = [p for i, p in enumerate(ptrs) if i not in (1, 4, 5, 7)]
     return k, live
+
+
+def prog_session(k: SyntheticKernel, elf: Optional[ElfInfo] = None, face: str = "cli"):
+    """The command table's session over a synthetic kernel (no debugger): ADDR is a number."""
+    from gdbext.frontends.session import Session
+
+    class ProgSession(Session):
+        def __init__(self) -> None:
+            super().__init__()
+            self.face, self.k, self.elf = face, k, elf
+
+        def program(self) -> Program:
+            if self._program is None:
+                self._program = self.k.program(overrides=self.overrides(), elf=self.elf)
+            return self._program
+
+        def elf_path(self) -> str:
+            return "<synthetic>"
+
+        def reader(self):
+            return self.k.reader()
+
+        def evaluate(self, expression: str) -> int:
+            return int(expression, 0)
+
+    return ProgSession()

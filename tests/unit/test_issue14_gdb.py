@@ -10,7 +10,7 @@ from gdbext.frontends.cli_options import global_parser
 from gdbext.frontends.session import COLOR_VALUES, CommandError, Session
 from gdbext.frontends.watch_controller import WatchControllerBase
 
-from heapbuilder import busy_kernel
+from heapbuilder import prog_session, busy_kernel
 from .test_reach import FakeSession, Kernel, core
 
 
@@ -90,20 +90,8 @@ def test_quotes_and_abbreviations():
 
 
 # -- the segment a command names (gdb: $_ and $__) -------------------------------------------------
-class ProgSession(Session):
-    face = "gdb"
-
-    def __init__(self, k):
-        super().__init__()
-        self.k = k
-
-    def program(self):
-        if self._program is None:
-            self._program = self.k.program(overrides=self.overrides())
-        return self._program
-
-    def evaluate(self, expression):
-        return int(expression, 0)
+def ProgSession(k, elf=None):
+    return prog_session(k, elf, face='gdb')
 
 
 def test_find_and_walk_around_name_the_segment_header_and_payload():

@@ -26,36 +26,15 @@ from gdbext.core.symbols import Section, SHF_ALLOC, SHF_WRITE
 from gdbext.core.triage import fault_origin
 from gdbext.core.watch import Operation
 from gdbext.frontends import cli, commands
-from gdbext.frontends.session import Session
 
-from heapbuilder import SyntheticKernel, busy_kernel
+from heapbuilder import prog_session, SyntheticKernel, busy_kernel
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_ELF = {arch: REPO / "kernel" / "build" / arch / "kernel.elf" for arch in ("arm", "aarch64")}
 
 
-class ProgSession(Session):
-    """The command table over a synthetic kernel (no debugger)."""
-
-    face = "cli"
-
-    def __init__(self, k, elf=None):
-        super().__init__()
-        self.k, self.elf = k, elf
-
-    def program(self):
-        if self._program is None:
-            self._program = self.k.program(overrides=self.overrides(), elf=self.elf)
-        return self._program
-
-    def elf_path(self):
-        return "<synthetic>"
-
-    def reader(self):
-        return self.k.reader()
-
-    def evaluate(self, expression):
-        return int(expression, 0)
+def ProgSession(k, elf=None):
+    return prog_session(k, elf, face='cli')
 
 
 def run(session, line):

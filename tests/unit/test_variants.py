@@ -23,8 +23,8 @@ from gdbext.core.reports import info_report, render_text
 from gdbext.core.seglist import find_segment, walk_heap
 from gdbext.core.seglist.layout import SegmentLayout
 from gdbext.frontends import commands
-from gdbext.frontends.session import CommandError, Session
-from tests.unit.heapbuilder import SyntheticKernel
+from gdbext.frontends.session import CommandError
+from tests.unit.heapbuilder import SyntheticKernel, prog_session
 
 P4_8 = pytest.mark.parametrize("p", [4, 8])
 
@@ -111,28 +111,8 @@ def run(session, line):
     return commands.execute_to_text(session, argv[0], argv[1:])
 
 
-class ProgSession(Session):
-    """A session over a synthetic kernel (the command table without a debugger)."""
-
-    face = "cli"
-
-    def __init__(self, k, elf=None):
-        super().__init__()
-        self.k, self.elf = k, elf
-
-    def program(self):
-        if self._program is None:
-            self._program = self.k.program(overrides=self.overrides(), elf=self.elf)
-        return self._program
-
-    def elf_path(self):
-        return "<synthetic>"
-
-    def reader(self):
-        return self.k.reader()
-
-    def evaluate(self, expression):
-        return int(expression, 0)
+def ProgSession(k, elf=None):
+    return prog_session(k, elf, face='cli')
 
 
 # -- the names table ------------------------------------------------------------------------------
