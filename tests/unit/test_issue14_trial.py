@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from gdbext.core.reports import reach as reach_reports
 
-from test_cli import one_line, raw_image, run, synthetic  # noqa: F401 - the fixture
+from unit.test_cli import one_line, raw_image, run, synthetic  # noqa: F401 - the fixture
 
 
 def test_scan_notes_agree_in_number():
@@ -176,3 +176,15 @@ def test_an_address_has_the_targets_width(capsys, synthetic, tmp_path):
     first = k.segments()[0][0]
     status, out, _ = run(capsys, "find", hex(first + (1 << 32)), *target)   # wraps as C's cast
     assert status == 0 and f"is in the used segment at 0x{first:08x}" in out, out
+
+
+def test_unit_tests_import_neighbours_whose_names_the_integration_suite_shares_by_package():
+    """tests/unit/test_cli.py and tests/integration/test_cli.py are both 'test_cli' on the path:
+    a plain ``from test_cli import`` gets whichever the run imported first (CI broke on it)."""
+    import re
+    from pathlib import Path
+    unit = Path(__file__).resolve().parent
+    shared = {p.stem for p in (unit.parent / "integration").glob("test_*.py")} & {p.stem for p in unit.glob("test_*.py")}
+    bad = [f"{p.name}: {m.group(0).strip()}" for p in unit.glob("*.py")
+           for m in re.finditer(r"^\s*(?:from|import) (\w+)", p.read_text(), re.M) if m.group(1) in shared]
+    assert not bad, bad
