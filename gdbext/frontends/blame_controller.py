@@ -45,6 +45,17 @@ class BlameTarget:
 
     face = "none"
     notes: Tuple[str, ...] = ()
+    # The face's names of the stack pointer, link register and frame pointer, by architecture
+    # (gdb, lldb and the remote protocol's target description each name them their own way).
+    REGISTERS: Dict[str, Dict[str, str]] = {}
+
+    def use_registers_of(self, elf: Any) -> None:
+        """``names`` (sp/lr/fp as this face calls them) and ``mask`` (an address's width) for
+        ``elf``'s architecture; one line when kheap blame does not know it."""
+        if elf.arch not in self.REGISTERS:
+            raise CommandError(f"kheap blame: unsupported architecture {elf.arch}")
+        self.names = self.REGISTERS[elf.arch]
+        self.mask = (1 << (8 * elf.pointer_size)) - 1
 
     def check_can_blame(self) -> None:
         """Raise CommandError (one line) unless this is a live QEMU system emulator."""

@@ -27,10 +27,6 @@ from gdbext.frontends.session import CommandError
 from gdbext.targets import TargetError
 
 # Register names of the RSP client's layouts (target description), per architecture.
-_REGISTERS = {
-    "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
-    "aarch64": {"sp": "sp", "lr": "x30", "fp": "x29"},
-}
 BREAK_KIND = 4                       # Z0 length: one A32/A64 instruction
 OBJDUMPS = {
     "arm": ("arm-none-eabi-objdump", "arm-linux-gnueabihf-objdump", "arm-linux-gnueabi-objdump",
@@ -41,6 +37,10 @@ OBJDUMPS = {
 
 class CliBlameTarget(BlameTarget):
     face = "cli"
+    REGISTERS = {
+        "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
+        "aarch64": {"sp": "sp", "lr": "x30", "fp": "x29"},
+    }
 
     def __init__(self, session):
         kind = session.target_kind()
@@ -51,9 +51,7 @@ class CliBlameTarget(BlameTarget):
         self.session = session
         self.rsp = session.target()
         self.elf = session.elf_info()
-        if self.elf.arch not in _REGISTERS:
-            raise CommandError(f"kheap blame: unsupported architecture {self.elf.arch}")
-        self.names = _REGISTERS[self.elf.arch]
+        self.use_registers_of(self.elf)
         self.watches = []                               # (address, size) inserted
         self.breaks = []                                # addresses inserted
         self._range = None

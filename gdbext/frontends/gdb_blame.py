@@ -21,10 +21,6 @@ from gdbext.frontends.blame_controller import NEEDS_QEMU, BlameTarget
 from gdbext.frontends.session import CommandError
 
 # Registers an unwind starts from, as gdb names them.
-_REGISTERS = {
-    "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
-    "aarch64": {"sp": "sp", "lr": "x30", "fp": "x29"},
-}
 STORE_SIZE = 4                        # A32 and A64 instructions
 
 
@@ -61,6 +57,10 @@ def _value(name):
 
 class GdbBlameTarget(BlameTarget):
     face = "gdb"
+    REGISTERS = {
+        "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
+        "aarch64": {"sp": "sp", "lr": "x30", "fp": "x29"},
+    }
     notes = ("gdb reports only the writes that change the watched bytes (a store of the value "
              "already there is not seen; the CLI sees every store)",)
 
@@ -71,10 +71,7 @@ class GdbBlameTarget(BlameTarget):
         from gdbext.core.symbols import load_elf_info
 
         elf = load_elf_info(session.elf_path())
-        if elf.arch not in _REGISTERS:
-            raise CommandError(f"kheap blame: unsupported architecture {elf.arch}")
-        self.names = _REGISTERS[elf.arch]
-        self.mask = (1 << (8 * elf.pointer_size)) - 1
+        self.use_registers_of(elf)
         self.watchpoints = []
         self.breakpoints = []
         self.reason = None

@@ -23,15 +23,15 @@ from gdbext.core.memory import MemoryFault
 from gdbext.frontends.blame_controller import NEEDS_QEMU, BlameTarget
 from gdbext.frontends.session import CommandError
 
-_REGISTERS = {
-    "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
-    "aarch64": {"sp": "sp", "lr": "lr", "fp": "fp"},
-}
 BREAKPOINT_NAME = "kheap-blame"
 
 
 class LldbBlameTarget(BlameTarget):
     face = "lldb"
+    REGISTERS = {
+        "arm": {"sp": "sp", "lr": "lr", "fp": "r11"},
+        "aarch64": {"sp": "sp", "lr": "lr", "fp": "fp"},
+    }
     notes = ("lldb 14 takes QEMU's watchpoint stops as coming after the store (QEMU stops before "
              "it): kheap steps over each watched store itself (one StepInstruction per write)",)
 
@@ -43,10 +43,7 @@ class LldbBlameTarget(BlameTarget):
         from gdbext.core.symbols import load_elf_info
 
         elf = load_elf_info(session.elf_path())
-        if elf.arch not in _REGISTERS:
-            raise CommandError(f"kheap blame: unsupported architecture {elf.arch}")
-        self.names = _REGISTERS[elf.arch]
-        self.mask = (1 << (8 * elf.pointer_size)) - 1
+        self.use_registers_of(elf)
         self.watchpoints = []
         self.breakpoints = []
         self._range = None
