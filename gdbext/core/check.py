@@ -19,6 +19,7 @@ from typing import Any, List, Tuple
 from .findings import CODES, ERROR, STRUCTURAL, UNREAD, WARNING, Culprit, Finding, register_code
 from .pages import pages_checked, validate_pages
 from .program import Program
+from .text import plural
 
 __all__ = ["CheckReport", "check", "validate_stats", "CODES"]
 
@@ -118,7 +119,7 @@ def _double_free(prog: Program, walk: Any, figures: Any, live: int, current_usag
         return None
     same = [b.address for b in prog.allocator.blocks(walk, prog.heap_end)
             if b.state == "free" and b.size == missing] if extra == 1 else []
-    reason = (f"likely double free: the kernel counts {extra} fewer live allocation{'s' if extra != 1 else ''} "
+    reason = (f"likely double free: the kernel counts {plural(extra, 'fewer live allocation')} "
               f"and {missing} fewer bytes in use than the list holds, as when kfree runs twice on one "
               "block (the second call counts it again)")
     if len(same) == 1:
@@ -130,8 +131,10 @@ class _Follower:
     """The read's progress callback: feeds the allocator's walker the heap's bytes as they
     arrive and lets the family's validator judge what has been walked, so over the remote
     protocol the walk and most of the rule run while the client waits for the stub (a link's
-    read calls it only then). It keeps only the bytes from the header the walk needs next: a
-    few KiB, never a second copy of the heap. Nothing here may read memory: the read is busy.
+    read calls it only then). It keeps the bytes only from the lowest address the walk or the
+    validator still needs (the header the walk needs next, the headers not yet judged, a free
+    payload being looked at), never a second copy of the heap. Nothing here may read memory:
+    the read is busy.
     """
 
     def __init__(self, walker: Any, validator: Any) -> None:
