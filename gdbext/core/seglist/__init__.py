@@ -207,8 +207,11 @@ class SegmentValidator:
         poison = self.poison
         # Free payloads to look at come with headers judged (counted) or are still arriving;
         # the payload offset can be learnt once the walk is past the segments its probe reads.
-        if done != judged or poison.waiting() if poison.offset is not None else \
-                len(walker.addresses) > PROBE_SEGMENTS or walker.stop_reason is not None:
+        if poison.offset is None:
+            ready = len(walker.addresses) > PROBE_SEGMENTS or walker.stop_reason is not None
+        else:
+            ready = done != judged or poison.waiting()
+        if ready:
             poison.follow(window, base)
         need = poison.needs_from()
         if done < len(walker.addresses):         # walked, not yet counted: their payloads
